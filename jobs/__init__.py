@@ -1,0 +1,1 @@
+"""The workloads that run inside the pods (and locally): generate, train, serve."""

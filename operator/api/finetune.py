@@ -1,0 +1,229 @@
+"""FineTune: supervised fine-tuning of a base model on Alpaca-format data (FSDP or LoRA)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Literal
+
+from pydantic import ConfigDict, Field
+
+from .base import API_VERSION, ApiModel, ShortStr, StatusModel, cel
+from .common import (
+    USD,
+    Artifact,
+    BuiltinModel,
+    ComputeResources,
+    LocalObjectReference,
+    ModelSource,
+    Phase,
+    Placement,
+    StatusBase,
+    Storage,
+    URI_PATTERN,
+)
+from .resource import Resource
+
+
+class Method(str, Enum):
+    FULL = "full"
+    LORA = "lora"
+
+
+class Scheduler(str, Enum):
+    COSINE = "cosine"
+    LINEAR = "linear"
+    CONSTANT = "constant"
+
+
+class Precision(str, Enum):
+    BF16 = "bf16"
+    FP32 = "fp32"
+
+
+class DatasetSource(ApiModel):
+    """Training data: an InstructDataset (waited for, then pinned by digest) or a JSONL file."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "(has(self.instructDatasetRef) ? 1 : 0) + (has(self.uri) ? 1 : 0) + (has(self.pvc) ? 1 : 0) == 1",
+                    "exactly one of instructDatasetRef, uri or pvc must be set",
+                ),
+            ]
+        }
+    )
+
+    instruct_dataset_ref: LocalObjectReference | None = Field(
+        default=None, description="An InstructDataset in this namespace; training waits until it has Succeeded."
+    )
+    uri: Annotated[str, Field(max_length=2048, pattern=URI_PATTERN)] | None = Field(
+        default=None, description="An Alpaca-format JSONL file at an fsspec URI."
+    )
+    pvc: "PVCFile | None" = Field(default=None, description="An Alpaca-format JSONL file on a PVC.")
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = Field(
+        default=None, description="Expected sha256 of the file; training refuses data that does not match."
+    )
+
+
+class PVCFile(ApiModel):
+    """A file on a PersistentVolumeClaim."""
+
+    claim_name: Annotated[str, Field(min_length=1, max_length=253)] = Field(description="Name of the claim.")
+    path: Annotated[str, Field(min_length=1, max_length=1024, pattern=r"^[^/].*$")] = Field(
+        description="Path of the file inside the volume (relative)."
+    )
+
+
+DatasetSource.model_rebuild()
+
+
+class LoRA(ApiModel):
+    """Low-rank adapters (peft) instead of updating every weight."""
+
+    r: int = Field(default=8, ge=1, le=1024, description="Rank of the adapters.")
+    alpha: int = Field(default=16, ge=1, le=4096, description="Scaling numerator (alpha / r).")
+    dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the adapter input.")
+    target_modules: Annotated[list[Annotated[str, Field(max_length=128)]], Field(min_length=1, max_length=64)] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        description="Names of the linear layers that get adapters.",
+    )
+
+
+class Hyperparameters(ApiModel):
+    """The training recipe. Defaults are Stanford Alpaca's."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.globalBatchSize % self.microBatchSize == 0",
+                    "globalBatchSize must be a multiple of microBatchSize",
+                    field_path=".globalBatchSize",
+                ),
+            ]
+        }
+    )
+
+    epochs: float = Field(default=3.0, gt=0, le=1000, description="Passes over the dataset.")
+    learning_rate: float = Field(default=2e-5, gt=0, le=1, description="Peak learning rate (AdamW).")
+    global_batch_size: int = Field(
+        default=128, ge=1, le=65536, description="Examples per optimizer step across all devices (gradient accumulation fills the gap)."
+    )
+    micro_batch_size: int = Field(default=4, ge=1, le=4096, description="Examples per device per forward pass.")
+    max_seq_length: int = Field(default=512, ge=16, le=131072, description="Tokens per example; longer ones are truncated.")
+    warmup_ratio: float = Field(default=0.03, ge=0, le=1, description="Fraction of steps spent warming up.")
+    lr_scheduler: Scheduler = Field(default=Scheduler.COSINE, description="cosine, linear or constant after warmup.")
+    weight_decay: float = Field(default=0.0, ge=0, le=1, description="AdamW weight decay.")
+    max_grad_norm: float = Field(default=1.0, gt=0, le=1000, description="Gradient clipping norm.")
+    precision: Precision = Field(default=Precision.BF16, description="bf16 mixed precision on GPU; CPU runs use fp32.")
+    tf32: bool = Field(default=True, description="Allow TF32 matmuls on Ampere and newer GPUs.")
+    packing: bool = Field(
+        default=True, description="Pack several examples into one row, attention kept inside each example."
+    )
+    gradient_checkpointing: bool = Field(default=False, description="Recompute activations to save memory.")
+    seed: int = Field(default=42, ge=0, description="Random seed for data order and initialisation.")
+    checkpoint_every_steps: int = Field(default=50, ge=1, le=1_000_000, description="Save a resumable checkpoint every N optimizer steps.")
+    max_steps: int | None = Field(default=None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
+
+
+class GPUs(ApiModel):
+    """The accelerators: nodes x GPUs per node. Zero GPUs means a CPU run (gloo)."""
+
+    nodes: int = Field(default=1, ge=1, le=512, description="Pods in the PyTorchJob (Master + Workers).")
+    per_node: int = Field(default=8, ge=0, le=16, description="GPUs per pod (torchrun nproc per node).")
+    type: Annotated[str, Field(max_length=128)] = Field(
+        default="nvidia-a100-80gb", description="GPU type, the key of the operator's price table and GPU-pool defaults."
+    )
+    resource_name: Annotated[str, Field(max_length=253)] = Field(
+        default="nvidia.com/gpu", description="Extended resource name requested per pod."
+    )
+
+
+class RunPolicy(ApiModel):
+    """Passed to the PyTorchJob's runPolicy."""
+
+    backoff_limit: int = Field(default=3, ge=0, le=100, description="Restarts before the job is Failed.")
+    active_deadline_seconds: int | None = Field(
+        default=None, ge=1, description="Hard time limit. A budget sets a tighter one when it allows less time."
+    )
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0, description="Delete the job this long after it ends.")
+    clean_pod_policy: Literal["None", "Running", "All"] = Field(
+        default="None", description="Which pods to delete when the job ends (None keeps logs readable)."
+    )
+
+
+class FineTuneSpec(ApiModel):
+    """Fine-tune a base model on instruction data, Alpaca style."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("self.method == 'lora' || !has(self.lora)", "lora is only allowed with method: lora", field_path=".lora"),
+            ]
+        }
+    )
+
+    base_model: ModelSource = Field(
+        default_factory=lambda: ModelSource(builtin=BuiltinModel.SMOLLM2_135M_INSTRUCT),
+        description="The model to fine-tune.",
+        json_schema_extra={"x-kubernetes-validations": [cel("self == oldSelf", "baseModel is immutable")]},
+    )
+    dataset: DatasetSource = Field(
+        description="The training data.",
+        json_schema_extra={"x-kubernetes-validations": [cel("self == oldSelf", "dataset is immutable")]},
+    )
+    method: Method = Field(
+        default=Method.FULL,
+        description="full (FSDP, every weight) or lora (adapters through peft).",
+        json_schema_extra={"x-kubernetes-validations": [cel("self == oldSelf", "method is immutable")]},
+    )
+    lora: LoRA | None = Field(default=None, description="LoRA settings, with method: lora.")
+    hyperparameters: Hyperparameters = Field(
+        default_factory=Hyperparameters,
+        description="The training recipe.",
+        json_schema_extra={"x-kubernetes-validations": [cel("self == oldSelf", "hyperparameters are immutable")]},
+    )
+    gpus: GPUs = Field(default_factory=GPUs, description="Nodes and GPUs per node.")
+    resources: ComputeResources | None = Field(default=None, description="CPU and memory per training pod.")
+    placement: Placement | None = Field(default=None, description="Node selector, tolerations and affinity.")
+    shm_size: Annotated[str, Field(max_length=32, pattern=r"^[0-9]+([EPTGMK]i?)?$")] = Field(
+        default="16Gi", description="Size of the memory-backed /dev/shm (NCCL and data loaders need it)."
+    )
+    gpu_hour_usd: USD | None = Field(
+        default=None, alias="gpuHourUSD", description="Price of one GPU-hour; falls back to the operator's price table."
+    )
+    budget_usd: USD | None = Field(
+        default=None, alias="budgetUSD", description="Stop training when the cost reaches this many US dollars."
+    )
+    run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Restart and cleanup policy.")
+    output: Storage = Field(
+        description="Where the model, checkpoints, metrics and loss curve are written.",
+        json_schema_extra={"x-kubernetes-validations": [cel("self == oldSelf", "output is immutable")]},
+    )
+    image: ShortStr | None = Field(default=None, description="Overrides the operator's train image.")
+
+
+class TrainingProgress(StatusModel):
+    step: int = Field(default=0, ge=0, description="Optimizer steps done.")
+    total_steps: int | None = Field(default=None, ge=0, description="Optimizer steps planned.")
+    epoch: float = Field(default=0.0, ge=0, description="Epochs done (fractional).")
+    loss: float | None = Field(default=None, description="Latest training loss.")
+    learning_rate: float | None = Field(default=None, description="Current learning rate.")
+    tokens_per_second: float | None = Field(default=None, ge=0, description="Training throughput in real tokens.")
+
+
+class FineTuneStatus(StatusBase):
+    phase: Phase | None = Field(default=None, description="Pending, Running, Succeeded or Failed.")
+    progress: TrainingProgress | None = Field(default=None, description="Live training progress.")
+    dataset: Artifact | None = Field(default=None, description="The dataset consumed, pinned by sha256.")
+    model: Artifact | None = Field(default=None, description="The fine-tuned model.")
+    gpu_hours: float | None = Field(default=None, ge=0, alias="gpuHours", description="GPU-hours used so far.")
+    job_name: ShortStr | None = Field(default=None, description="The PyTorchJob.")
+    start_time: Annotated[str, Field(max_length=64)] | None = Field(default=None, description="When training started.")
+    completion_time: Annotated[str, Field(max_length=64)] | None = Field(default=None, description="When it finished.")
+
+
+class FineTune(Resource[FineTuneSpec, FineTuneStatus]):
+    api_version: Literal["alpaca.dev/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
+    kind: Literal["FineTune"] = "FineTune"

@@ -1,0 +1,205 @@
+"""InstructDataset: self-instruct generation of Alpaca-format data from seed tasks and a teacher."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import ConfigDict, Field
+
+from .base import API_VERSION, ApiModel, ShortStr, StatusModel, cel
+from .common import (
+    USD,
+    Artifact,
+    ComputeResources,
+    ConfigMapKeyRef,
+    LocalObjectReference,
+    Phase,
+    SecretKeyRef,
+    StatusBase,
+    Storage,
+    URI_PATTERN,
+)
+from .resource import Resource
+
+# The words Alpaca's generator drops instructions for: tasks a text model cannot do.
+DEFAULT_BLACKLIST: tuple[str, ...] = (
+    "image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps",
+    "draw", "plot", "go to", "video", "audio", "music", "flowchart", "diagram",
+)
+
+
+class TokenPricing(ApiModel):
+    """What the teacher charges, in US dollars per million tokens."""
+
+    input_usd_per_million_tokens: USD = Field(
+        default=0.0, alias="inputUSDPerMillionTokens", description="Price of a million prompt tokens."
+    )
+    output_usd_per_million_tokens: USD = Field(
+        default=0.0, alias="outputUSDPerMillionTokens", description="Price of a million completion tokens."
+    )
+
+
+class Teacher(ApiModel):
+    """The model that writes new tasks: any OpenAI-compatible API, or a ModelServer in the cluster."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("has(self.baseURL) != has(self.modelServerRef)", "exactly one of baseURL or modelServerRef must be set"),
+                cel(
+                    "!has(self.modelServerRef) || !has(self.apiKeySecretRef)",
+                    "apiKeySecretRef is not used with modelServerRef (in-cluster servers need no key)",
+                ),
+                cel("!has(self.baseURL) || has(self.model)", "model is required with baseURL"),
+            ]
+        }
+    )
+
+    base_url: Annotated[str, Field(max_length=2048, pattern=r"^https?://.+$")] | None = Field(
+        default=None, alias="baseURL", description="Base URL of an OpenAI-compatible API, e.g. https://api.openai.com/v1."
+    )
+    model_server_ref: LocalObjectReference | None = Field(
+        default=None, description="A ModelServer in this namespace to use as the teacher; waits until it is Ready."
+    )
+    model: ShortStr | None = Field(
+        default=None, description="Model name sent to the API. Defaults to the ModelServer's served model name."
+    )
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding the API key. Passed to the Job only as an environment variable."
+    )
+    pricing: TokenPricing | None = Field(
+        default=None,
+        description="Token prices. Falls back to the operator's price table for this model; cost is 0 when neither has one.",
+    )
+    max_concurrency: int = Field(default=8, ge=1, le=512, description="Requests in flight at once.")
+    request_timeout_seconds: float = Field(default=300.0, gt=0, le=3600, description="Timeout of one request.")
+    max_retries: int = Field(
+        default=8, ge=0, le=50, description="Retries of a request on 429, 5xx and timeouts (exponential backoff)."
+    )
+
+
+class SeedTasks(ApiModel):
+    """Where the human-written seed tasks come from. Empty means the project's own 175 seed tasks."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("!(has(self.configMapRef) && has(self.uri))", "at most one of configMapRef or uri may be set"),
+            ]
+        }
+    )
+
+    config_map_ref: ConfigMapKeyRef | None = Field(
+        default=None, description="A ConfigMap key holding seed tasks as JSONL."
+    )
+    uri: Annotated[str, Field(max_length=2048, pattern=URI_PATTERN)] | None = Field(
+        default=None, description="A JSONL file of seed tasks at an fsspec URI."
+    )
+
+
+class Generation(ApiModel):
+    """How the teacher is prompted (Alpaca's defaults)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.seedTasksPerPrompt + self.generatedTasksPerPrompt < self.instructionsPerRequest",
+                    "instructionsPerRequest must leave at least one slot after the example tasks",
+                    field_path=".instructionsPerRequest",
+                ),
+            ]
+        }
+    )
+
+    num_examples: int = Field(default=52000, ge=1, le=10_000_000, description="Examples to keep.")
+    seed_tasks_per_prompt: int = Field(default=3, ge=1, le=20, description="Seed tasks shown in each request.")
+    generated_tasks_per_prompt: int = Field(
+        default=0, ge=0, le=20, description="Already generated tasks shown in each request, beside the seed tasks."
+    )
+    instructions_per_request: int = Field(
+        default=20, ge=2, le=100, description="Numbered task slots in each request, example tasks included."
+    )
+    temperature: float = Field(default=1.0, ge=0, le=2, description="Sampling temperature.")
+    top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling probability mass.")
+    max_tokens: int = Field(default=3072, ge=16, le=131072, description="Completion token limit of one request.")
+    random_seed: int = Field(default=0, ge=0, description="Seed for choosing example tasks (reproducible prompts).")
+
+
+class Filters(ApiModel):
+    """Which generated tasks are kept. Every drop is counted by reason in the manifest and status."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.minInstructionWords <= self.maxInstructionWords",
+                    "minInstructionWords must not exceed maxInstructionWords",
+                    field_path=".minInstructionWords",
+                ),
+            ]
+        }
+    )
+
+    rouge_l_threshold: float = Field(
+        default=0.7,
+        gt=0,
+        le=1,
+        alias="rougeLThreshold",
+        description="Drop an instruction whose ROUGE-L F-measure against any seed or kept instruction is above this.",
+    )
+    min_instruction_words: int = Field(default=4, ge=1, le=1000, description="Fewest words an instruction may have.")
+    max_instruction_words: int = Field(default=150, ge=1, le=1000, description="Most words an instruction may have.")
+    blacklist: Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]], Field(max_length=256)] = Field(
+        default_factory=lambda: list(DEFAULT_BLACKLIST),
+        description="Words and phrases that drop an instruction (tasks a text model cannot do).",
+    )
+
+
+class InstructDatasetSpec(ApiModel):
+    """Generate Alpaca-format instruction data (instruction / input / output) from seed tasks."""
+
+    teacher: Teacher = Field(description="The model that writes the new tasks.")
+    seed_tasks: SeedTasks = Field(default_factory=SeedTasks, description="The human-written seed tasks.")
+    generation: Generation = Field(default_factory=Generation, description="How the teacher is prompted.")
+    filters: Filters = Field(default_factory=Filters, description="Which generated tasks are kept.")
+    budget_usd: USD | None = Field(
+        default=None,
+        alias="budgetUSD",
+        description="Stop generating when the cost reaches this many US dollars; what was paid for is kept.",
+    )
+    output: Storage = Field(description="Where dataset.jsonl and manifest.json are written.")
+    image: ShortStr | None = Field(default=None, description="Overrides the operator's generate image.")
+    resources: ComputeResources | None = Field(default=None, description="CPU and memory of the generation pod.")
+
+
+class GenerationProgress(StatusModel):
+    """Live counts from the generation job."""
+
+    kept: int = Field(default=0, ge=0, description="Examples kept so far.")
+    target: int | None = Field(default=None, ge=0, description="Examples asked for.")
+    generated: int = Field(default=0, ge=0, description="Instructions parsed from the teacher's answers.")
+    filtered: dict[str, int] = Field(default_factory=dict, description="Dropped instructions by reason.")
+    requests: int = Field(default=0, ge=0, description="Requests answered by the teacher.")
+    prompt_tokens: int = Field(default=0, ge=0, description="Prompt tokens billed.")
+    completion_tokens: int = Field(default=0, ge=0, description="Completion tokens billed.")
+    cost_usd: USD = Field(default=0.0, alias="costUSD", description="Teacher cost so far in US dollars.")
+
+
+class InstructDatasetStatus(StatusBase):
+    phase: Phase | None = Field(default=None, description="Pending, Running, Succeeded or Failed.")
+    progress: GenerationProgress | None = Field(default=None, description="Live counts from the generation job.")
+    dataset: Artifact | None = Field(default=None, description="The finished dataset.jsonl and its sha256.")
+    job_name: ShortStr | None = Field(default=None, description="The generation Job.")
+    teacher_url: Annotated[str, Field(max_length=2048)] | None = Field(
+        default=None, alias="teacherURL", description="The teacher endpoint in use."
+    )
+    start_time: Annotated[str, Field(max_length=64)] | None = Field(default=None, description="When the Job started.")
+    completion_time: Annotated[str, Field(max_length=64)] | None = Field(
+        default=None, description="When the Job finished."
+    )
+
+
+class InstructDataset(Resource[InstructDatasetSpec, InstructDatasetStatus]):
+    api_version: Literal["alpaca.dev/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
+    kind: Literal["InstructDataset"] = "InstructDataset"

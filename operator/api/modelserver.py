@@ -1,0 +1,120 @@
+"""ModelServer: an OpenAI-compatible inference Deployment with a chat page."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Literal
+
+from pydantic import ConfigDict, Field
+
+from .base import API_VERSION, ApiModel, ShortStr, cel
+from .common import (
+    USD,
+    Artifact,
+    ComputeResources,
+    LocalObjectReference,
+    ModelSource,
+    Placement,
+    SecretKeyRef,
+    StatusBase,
+)
+from .resource import Resource
+
+
+class Runtime(str, Enum):
+    TRANSFORMERS = "transformers"
+    VLLM = "vllm"
+
+
+class ServerPhase(str, Enum):
+    PENDING = "Pending"
+    PROGRESSING = "Progressing"
+    READY = "Ready"
+    FAILED = "Failed"
+
+
+class ServedModel(ApiModel):
+    """What to serve: the output of a FineTune (waited for), or a model source."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("has(self.fineTuneRef) != has(self.source)", "exactly one of fineTuneRef or source must be set"),
+            ]
+        }
+    )
+
+    fine_tune_ref: LocalObjectReference | None = Field(
+        default=None, description="A FineTune in this namespace; the server waits until it has Succeeded."
+    )
+    source: ModelSource | None = Field(default=None, description="A model folder, URI or builtin model.")
+
+
+class Auth(ApiModel):
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding the Bearer token clients must send to /v1."
+    )
+
+
+class Batching(ApiModel):
+    max_batch_size: int = Field(default=16, ge=1, le=1024, description="Sequences decoded together.")
+    max_queue: int = Field(default=64, ge=1, le=100000, description="Requests waiting before new ones get 429.")
+    max_new_tokens: int = Field(default=512, ge=1, le=131072, description="Upper bound on max_tokens per request.")
+
+
+class ModelServerSpec(ApiModel):
+    """Serve a model with an OpenAI-compatible API (/v1) and a chat page (/)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.runtime != 'vllm' || self.gpusPerReplica >= 1",
+                    "runtime vllm needs gpusPerReplica >= 1",
+                    field_path=".gpusPerReplica",
+                ),
+            ]
+        }
+    )
+
+    model: ServedModel = Field(description="The model to serve.")
+    served_model_name: Annotated[str, Field(max_length=253, pattern=r"^[A-Za-z0-9][-._:/A-Za-z0-9]*$")] | None = Field(
+        default=None, description="Model name clients send; defaults to the resource name."
+    )
+    runtime: Runtime = Field(
+        default=Runtime.TRANSFORMERS, description="transformers (alpaca serve, CPU or GPU) or vllm (GPU)."
+    )
+    replicas: int = Field(default=1, ge=0, le=1000, description="Pods serving the model.")
+    gpus_per_replica: int = Field(
+        default=0, ge=0, le=16, description="GPUs per pod (vLLM tensor parallel size). 0 serves on CPU."
+    )
+    gpu_type: Annotated[str, Field(max_length=128)] = Field(
+        default="nvidia-a100-80gb", description="GPU type, the key of the operator's price table."
+    )
+    gpu_hour_usd: USD | None = Field(
+        default=None, alias="gpuHourUSD", description="Price of one GPU-hour; falls back to the operator's price table."
+    )
+    replica_hour_usd: USD | None = Field(
+        default=None, alias="replicaHourUSD", description="Price of one pod-hour beside GPUs (e.g. a CPU node)."
+    )
+    batching: Batching = Field(default_factory=Batching, description="Dynamic batching and queue bounds.")
+    auth: Auth | None = Field(default=None, description="Bearer-token auth on /v1.")
+    resources: ComputeResources | None = Field(default=None, description="CPU and memory per pod.")
+    placement: Placement | None = Field(default=None, description="Node selector, tolerations and affinity.")
+    image: ShortStr | None = Field(default=None, description="Overrides the operator's serve (or vLLM) image.")
+
+
+class ModelServerStatus(StatusBase):
+    phase: ServerPhase | None = Field(default=None, description="Pending, Progressing, Ready or Failed.")
+    url: Annotated[str, Field(max_length=2048)] | None = Field(default=None, description="In-cluster base URL of the API.")
+    replicas: int | None = Field(default=None, ge=0, description="Pods asked for.")
+    ready_replicas: int | None = Field(default=None, ge=0, description="Pods ready to serve.")
+    model: Artifact | None = Field(default=None, description="The model being served.")
+    served_model_name: ShortStr | None = Field(default=None, description="The name clients send as model.")
+    gpu_hours: float | None = Field(default=None, ge=0, alias="gpuHours", description="GPU-hours used so far.")
+    deployment_name: ShortStr | None = Field(default=None, description="The Deployment.")
+
+
+class ModelServer(Resource[ModelServerSpec, ModelServerStatus]):
+    api_version: Literal["alpaca.dev/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
+    kind: Literal["ModelServer"] = "ModelServer"

@@ -1,0 +1,73 @@
+"""The contract between the operator (or local mode) and the workloads it starts.
+
+The operator resolves everything that needs the cluster (references, Secrets, prices, mount
+paths) and hands each workload one of these as a JSON file; `alpaca generate|train|serve --config`
+reads it back. Nothing secret is ever in here: API keys travel as the *name* of an env var.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+from .base import ApiModel, ShortStr
+from .finetune import FineTuneSpec
+from .instructdataset import InstructDatasetSpec, TokenPricing
+from .modelserver import ModelServerSpec
+
+# Folder path or fsspec URI: a PVC is mounted and appears as a path; local mode uses folders.
+Location = Annotated[str, Field(min_length=1, max_length=4096)]
+
+
+class StatusTarget(ApiModel):
+    """The resource a workload reports progress to (in-cluster credentials, status subresource)."""
+
+    group: ShortStr = "alpaca.dev"
+    version: ShortStr = "v1alpha1"
+    plural: ShortStr
+    namespace: ShortStr
+    name: ShortStr
+
+
+class ResolvedModel(ApiModel):
+    """A model as a workload loads it: a folder (path or URI) and optionally a GGUF file inside it.
+
+    `builtin` names a model shipped in the image; the workload finds its files itself.
+    """
+
+    location: Location | None = None
+    gguf_file: ShortStr | None = None
+    builtin: ShortStr | None = None
+
+
+class GenerateConfig(ApiModel):
+    name: ShortStr = Field(description="Name of the InstructDataset (for logs and the manifest).")
+    spec: InstructDatasetSpec
+    output: Location = Field(description="Folder or URI for dataset.jsonl, manifest.json and the checkpoint.")
+    teacher_url: Annotated[str, Field(max_length=2048)] = Field(alias="teacherURL")
+    teacher_model: ShortStr
+    api_key_env: ShortStr | None = Field(default=None, description="Env var holding the teacher's API key.")
+    pricing: TokenPricing = Field(default_factory=TokenPricing, description="Resolved token prices.")
+    seed_tasks: Location | None = Field(default=None, description="Seed tasks JSONL; None means the built-in set.")
+    status_target: StatusTarget | None = None
+
+
+class TrainConfig(ApiModel):
+    name: ShortStr
+    spec: FineTuneSpec
+    dataset: Location = Field(description="The Alpaca-format JSONL file.")
+    dataset_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    base_model: ResolvedModel
+    output: Location = Field(description="Folder or URI for the model, checkpoints, metrics and loss curve.")
+    status_target: StatusTarget | None = None
+
+
+class ServeConfig(ApiModel):
+    name: ShortStr
+    spec: ModelServerSpec
+    model: ResolvedModel
+    served_model_name: ShortStr
+    host: ShortStr = "0.0.0.0"
+    port: int = Field(default=8000, ge=1, le=65535)
+    api_key_env: ShortStr | None = Field(default=None, description="Env var holding the Bearer token for /v1.")
