@@ -61,7 +61,7 @@ class DatasetSource(ApiModel):
         default=None, description="An Alpaca-format JSONL file at an fsspec URI."
     )
     pvc: "PVCFile | None" = Field(default=None, description="An Alpaca-format JSONL file on a PVC.")
-    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = Field(
+    sha256: Annotated[str, Field(max_length=64, pattern=r"^[0-9a-f]{64}$")] | None = Field(
         default=None, description="Expected sha256 of the file; training refuses data that does not match."
     )
 

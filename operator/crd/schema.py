@@ -26,6 +26,16 @@ class _KubernetesJsonSchema(GenerateJsonSchema):
     def field_title_should_be_set(self, schema: Any) -> bool:  # noqa: ARG002 - pydantic's signature
         return False
 
+    def default_schema(self, schema: Any) -> JsonSchema:
+        # Pydantic leaves default_factory values out of the schema. The API server only fills in
+        # nested defaults when the parent object exists, so nested models need their own default
+        # for `kubectl get -o yaml` to show every effective value.
+        factory = schema.get("default_factory")
+        if factory is not None and not schema.get("default_factory_takes_data"):
+            schema = {key: value for key, value in schema.items() if key != "default_factory"}
+            schema["default"] = factory()
+        return super().default_schema(schema)
+
 
 def model_schema(model: type[BaseModel]) -> JsonSchema:
     """The structural schema of a model, by alias (camelCase), in validation mode."""
@@ -66,7 +76,9 @@ def _structural(node: JsonSchema, defs: dict[str, JsonSchema]) -> JsonSchema:
     for key, value in node.items():
         if key in _DROPPED_KEYS:
             continue
-        if key == "default" and value is None:
+        if key == "default":
+            if value is not None:
+                out["default"] = _without_nulls(value)
             continue
         if key == "const":
             out["enum"] = [value]
@@ -105,6 +117,15 @@ def _structural(node: JsonSchema, defs: dict[str, JsonSchema]) -> JsonSchema:
     if nullable:
         out["nullable"] = True
     return out
+
+
+def _without_nulls(value: Any) -> Any:
+    # A null in a default would be stored, and `has()` in CEL rules would see the field as set.
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
 
 
 def _merge_field_into_target(target: JsonSchema, field: JsonSchema) -> JsonSchema:

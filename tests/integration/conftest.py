@@ -36,3 +36,12 @@ def namespace(api_client: kubernetes.client.ApiClient) -> str:
         kubernetes.client.V1Namespace(metadata=kubernetes.client.V1ObjectMeta(name=name))
     )
     return name
+
+
+@pytest.fixture(scope="session")
+def crds(control_plane: ControlPlane) -> list[str]:
+    """The project's CRDs, installed from crds/*.yaml and Established."""
+    from support.cluster import PROJECT_CRDS, install_crds
+
+    with control_plane.api_client() as client:
+        return install_crds(client, PROJECT_CRDS)

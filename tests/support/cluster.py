@@ -1,0 +1,46 @@
+"""Installing CRDs into the test control plane and waiting until they serve."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import kubernetes.client
+import yaml
+from kubernetes.client.rest import ApiException
+
+ROOT = Path(__file__).resolve().parents[2]
+PROJECT_CRDS = sorted((ROOT / "crds").glob("*.yaml"))
+
+
+def install_crds(api_client: kubernetes.client.ApiClient, files: list[Path], timeout_s: float = 60) -> list[str]:
+    """Create or replace each CRD, then wait for Established. Returns the CRD names."""
+    api = kubernetes.client.ApiextensionsV1Api(api_client)
+    names: list[str] = []
+    for file in files:
+        for document in yaml.safe_load_all(file.read_text()):
+            if not document:
+                continue
+            name = document["metadata"]["name"]
+            try:
+                api.create_custom_resource_definition(document)
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+                current = api.read_custom_resource_definition(name)
+                document["metadata"]["resourceVersion"] = current.metadata.resource_version
+                api.replace_custom_resource_definition(name, document)
+            names.append(name)
+    deadline = time.monotonic() + timeout_s
+    for name in names:
+        while not _established(api.read_custom_resource_definition(name)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"CRD {name} not Established after {timeout_s}s")
+            time.sleep(0.1)
+    return names
+
+
+def _established(crd: Any) -> bool:
+    conditions = (crd.status and crd.status.conditions) or []
+    return any(c.type == "Established" and c.status == "True" for c in conditions)

@@ -1,0 +1,56 @@
+"""Local validation: the same models and CEL rules the API server applies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from support.manifests import INVALID, VALID, Invalid
+
+from alpaca_operator.manifests import ManifestError, load, parse
+
+
+@pytest.mark.parametrize("kind", sorted(VALID))
+def test_valid_manifest_parses(kind: str) -> None:
+    manifest = parse("test.yaml", VALID[kind]())
+    assert manifest.kind == kind
+    assert manifest.resource.spec is not None
+
+
+@pytest.mark.parametrize("case", INVALID, ids=lambda c: c.id)
+def test_invalid_manifest_names_the_field(case: Invalid) -> None:
+    with pytest.raises(ManifestError) as raised:
+        parse("bad.yaml", case.manifest())
+    message = str(raised.value)
+    assert "bad.yaml" in message
+    assert case.field.removeprefix("spec.") in message
+
+
+def test_unknown_field_is_named() -> None:
+    document = VALID["FineTune"]()
+    document["spec"]["hyperparameters"]["learningrate"] = 1e-4
+    with pytest.raises(ManifestError, match=r"spec\.hyperparameters\.learningrate: unknown field"):
+        parse("typo.yaml", document)
+
+
+def test_wrong_kind_and_api_version_are_named() -> None:
+    with pytest.raises(ManifestError, match="kind: must be one of"):
+        parse("x.yaml", {**VALID["FineTune"](), "kind": "FineTuning"})
+    with pytest.raises(ManifestError, match="apiVersion: must be alpaca.dev/v1alpha1"):
+        parse("x.yaml", {**VALID["FineTune"](), "apiVersion": "alpaca.dev/v1"})
+
+
+def test_load_reads_folders_and_multi_document_files(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump_all([VALID["InstructDataset"](), VALID["FineTune"]()]))
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(VALID["ModelServer"]()))
+    (tmp_path / "notes.txt").write_text("not a manifest")
+    kinds = [m.kind for m in load([tmp_path])]
+    assert kinds == ["InstructDataset", "FineTune", "ModelServer"]
+
+
+def test_duplicate_names_are_rejected(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(VALID["FineTune"]()))
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(VALID["FineTune"]()))
+    with pytest.raises(ManifestError, match="also defined in"):
+        load([tmp_path])
