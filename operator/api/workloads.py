@@ -16,6 +16,11 @@ from .finetune import FineTuneSpec
 from .instructdataset import InstructDatasetSpec, TokenPricing
 from .modelserver import ModelServerSpec
 
+# Where each workload puts its results inside its output location; consumers find them here.
+DATASET_FILE = "dataset.jsonl"
+MANIFEST_FILE = "manifest.json"
+MODEL_DIR = "model"
+
 # Folder path or fsspec URI: a PVC is mounted and appears as a path; local mode uses folders.
 Location = Annotated[str, Field(min_length=1, max_length=4096)]
 

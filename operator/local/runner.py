@@ -1,0 +1,261 @@
+"""Run a plan of steps as local processes, with the same entrypoints and configs as the cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from ..api import FineTuneSpec, InstructDatasetSpec
+from ..api.workloads import DATASET_FILE, MANIFEST_FILE, MODEL_DIR
+from ..manifests import Manifest
+from .configs import Outputs, generate_config, serve_config, train_config
+from .layout import Layout
+from .plan import Step
+from .state import StepRecords, fingerprint
+
+COMMAND_OF_KIND = {"InstructDataset": "generate", "FineTune": "train", "ModelServer": "serve"}
+
+
+class StepFailed(RuntimeError):
+    def __init__(self, step: Step, reason: str, log: Path) -> None:
+        self.step, self.reason, self.log = step, reason, log
+        super().__init__(f"{step.title} failed: {reason}\n(full log: {log})")
+
+
+@dataclass
+class StepReport:
+    step: Step
+    phase: str
+    outputs: Outputs = field(default_factory=Outputs)
+    skipped: bool = False
+    seconds: float = 0.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def alpaca_command(subcommand: str, config: Path, *, nproc: int = 1) -> list[str]:
+    """The command line a pod would run, for this machine's Python."""
+    # -P keeps the current folder off sys.path: a checkout's operator/ folder must not shadow the stdlib.
+    if nproc > 1:
+        return [sys.executable, "-P", "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
+                "-m", "alpaca_operator.cli", subcommand, "--config", str(config)]
+    return [sys.executable, "-P", "-m", "alpaca_operator.cli", subcommand, "--config", str(config)]
+
+
+def _tee(source: IO[bytes], log: IO[bytes], echo: IO[bytes] | None) -> None:
+    for chunk in iter(lambda: source.read1(4096), b""):  # type: ignore[attr-defined]
+        log.write(chunk)
+        log.flush()
+        if echo is not None:
+            echo.write(chunk)
+            echo.flush()
+
+
+class LocalRunner:
+    def __init__(self, layout: Layout, *, force: bool = False, echo: bool = True,
+                 say: Callable[[str], None] = print) -> None:
+        self.layout = layout
+        self.force = force
+        self.echo = echo
+        self.say = say
+        self.records = StepRecords(layout.state_dir())
+        self.outputs: dict[tuple[str, str], Outputs] = {}
+        self.servers: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
+        self.reports: list[StepReport] = []
+
+    # -- one step -------------------------------------------------------------------------
+    def run(self, steps: list[Step], keep_serving: bool) -> list[StepReport]:
+        remaining_users = {s.key: sum(s.key in t.needs for t in steps) for s in steps}
+        for index, step in enumerate(steps, 1):
+            self.say(f"[{index}/{len(steps)}] {step.title}")
+            started = time.monotonic()
+            report = self._run_step(step)
+            report.seconds = time.monotonic() - started
+            self.reports.append(report)
+            for need in step.needs:
+                remaining_users[need] -= 1
+                # A server nobody still needs (a teacher, once generation is done) is stopped.
+                if remaining_users[need] == 0 and need in self.servers and not (keep_serving and self._is_final(need, steps)):
+                    self.stop_server(need)
+        if not keep_serving:
+            self.stop_all()
+        return self.reports
+
+    @staticmethod
+    def _is_final(key: tuple[str, str], steps: list[Step]) -> bool:
+        return not any(key in s.needs for s in steps)
+
+    def _run_step(self, step: Step) -> StepReport:
+        if step.manifest.kind == "ModelServer":
+            return self._start_server(step)
+        upstream_digests = [self.outputs[need].sha256 for need in step.needs]
+        value = fingerprint(step.manifest.kind, step.manifest.resource.spec.to_wire(), upstream_digests)
+        if not self.force:
+            cached = self.records.load(step.manifest.kind, step.manifest.name, value)
+            if cached is not None:
+                self.say("    unchanged since the last run: skipped (--force redoes it)")
+                self.outputs[step.key] = cached
+                return StepReport(step, "Succeeded", cached, skipped=True)
+        outputs = self._run_batch(step)
+        self.outputs[step.key] = outputs
+        self.records.save(step.manifest.kind, step.manifest.name, value, outputs)
+        return StepReport(step, "Succeeded", outputs)
+
+    def _config_path(self, step: Step) -> Path:
+        folder = self.layout.state_dir() / "configs"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"{step.manifest.kind}-{step.manifest.name}.json"
+
+    def _log_path(self, step: Step) -> Path:
+        self.layout.logs_dir().mkdir(parents=True, exist_ok=True)
+        return self.layout.logs_dir() / f"{step.manifest.kind}-{step.manifest.name}.log"
+
+    def _run_batch(self, step: Step) -> Outputs:
+        manifest = step.manifest
+        nproc = 1
+        if manifest.kind == "InstructDataset":
+            config: Any = generate_config(manifest, self.layout, self.outputs)
+        else:
+            config = train_config(manifest, self.layout, self.outputs)
+            assert isinstance(manifest.resource.spec, FineTuneSpec)
+            gpus = manifest.resource.spec.gpus
+            nproc = max(1, gpus.per_node) if _cuda_devices() >= gpus.per_node > 1 else 1
+        config_path = self._config_path(step)
+        config_path.write_text(json.dumps(config.to_wire(), indent=2))
+        if "://" not in config.output:
+            Path(config.output).mkdir(parents=True, exist_ok=True)
+        log_path = self._log_path(step)
+        command = alpaca_command(COMMAND_OF_KIND[manifest.kind], config_path, nproc=nproc)
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_child_env())
+            assert process.stdout is not None
+            echo = sys.stderr.buffer if self.echo else None
+            try:
+                _tee(process.stdout, log, echo)
+                code = process.wait()
+            except KeyboardInterrupt:
+                process.send_signal(signal.SIGINT)
+                process.wait()
+                raise
+        if code != 0:
+            raise StepFailed(step, _last_error(log_path) or f"exit code {code}", log_path)
+        return _read_outputs(manifest, config.output)
+
+    # -- servers --------------------------------------------------------------------------
+    def _start_server(self, step: Step, ready_timeout_s: float = 600) -> StepReport:
+        port = free_port()
+        config = serve_config(step.manifest, self.layout, self.outputs, port)
+        config_path = self._config_path(step)
+        config_path.write_text(json.dumps(config.to_wire(), indent=2))
+        log_path = self._log_path(step)
+        log = log_path.open("wb")
+        process = subprocess.Popen(
+            alpaca_command("serve", config_path), stdout=log, stderr=subprocess.STDOUT, env=_child_env(),
+            start_new_session=True,
+        )
+        self.servers[step.key] = process
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + ready_timeout_s
+        self.say(f"    starting {base} (loading the model; log: {log_path})")
+        while True:
+            if process.poll() is not None:
+                raise StepFailed(step, _last_error(log_path) or f"server exited with {process.returncode}", log_path)
+            if _ready(f"{base}/readyz"):
+                break
+            if time.monotonic() > deadline:
+                self.stop_server(step.key)
+                raise StepFailed(step, f"not ready after {ready_timeout_s:.0f}s", log_path)
+            time.sleep(0.5)
+        outputs = Outputs(
+            location=config.model.location, url=f"{base}/v1", served_model_name=config.served_model_name,
+            summary={"page": f"{base}/"},
+        )
+        self.outputs[step.key] = outputs
+        self.say(f"    ready: {base}/ (chat page), {base}/v1 (OpenAI API)")
+        return StepReport(step, "Ready", outputs)
+
+    def stop_server(self, key: tuple[str, str], timeout_s: float = 30) -> None:
+        process = self.servers.pop(key, None)
+        if process is None or process.poll() is not None:
+            return
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        for report in self.reports:
+            if report.step.key == key:
+                report.phase = "Stopped"
+
+    def stop_all(self) -> None:
+        for key in list(self.servers):
+            self.stop_server(key)
+
+    def wait_for_servers(self) -> None:
+        """Block while the servers run (Ctrl-C stops them)."""
+        try:
+            while any(p.poll() is None for p in self.servers.values()):
+                time.sleep(1)
+        finally:
+            self.stop_all()
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONSAFEPATH"] = "1"
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    return env
+
+
+def _cuda_devices() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except ImportError:
+        return 0
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - a localhost URL we built
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _last_error(log: Path, lines: int = 5) -> str:
+    text = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
+    meaningful = [line for line in text if line.strip() and "\r" not in line]
+    return "\n".join(meaningful[-lines:])
+
+
+def _read_outputs(manifest: Manifest, location: str) -> Outputs:
+    folder = Path(location)
+    summary: dict[str, Any] = {}
+    manifest_file = folder / MANIFEST_FILE
+    if manifest_file.exists():
+        summary = json.loads(manifest_file.read_text())
+    if isinstance(manifest.resource.spec, InstructDatasetSpec):
+        sha = summary.get("sha256") or summary.get("datasetSha256")
+        return Outputs(location=location, sha256=sha, summary=summary)
+    sha = summary.get("sha256") or summary.get("modelSha256")
+    model = folder / MODEL_DIR
+    return Outputs(location=location, sha256=sha, summary=summary | {"model": str(model)})

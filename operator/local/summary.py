@@ -1,0 +1,57 @@
+"""The table local mode ends with: one row per resource, what a person checks first."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from .plan import Step
+from .runner import StepReport
+
+
+def _get(summary: dict[str, Any], *names: str) -> Any:
+    for name in names:
+        if name in summary:
+            return summary[name]
+    return None
+
+
+def _details(report: StepReport) -> str:
+    summary = report.outputs.summary
+    kind = report.step.manifest.kind
+    parts: list[str] = []
+    if kind == "InstructDataset":
+        kept, generated = _get(summary, "kept"), _get(summary, "generated")
+        tokens_in, tokens_out = _get(summary, "promptTokens"), _get(summary, "completionTokens")
+        if kept is not None:
+            parts.append(f"{kept} kept / {generated} generated")
+        if tokens_in is not None:
+            parts.append(f"{tokens_in + (tokens_out or 0):,} tokens")
+        parts.append(f"{report.outputs.location}")
+    elif kind == "FineTune":
+        steps, loss = _get(summary, "steps", "step"), _get(summary, "finalLoss", "loss")
+        if steps is not None:
+            parts.append(f"{steps} steps")
+        if isinstance(loss, (int, float)):
+            parts.append(f"loss {loss:.3f}")
+        parts.append(str(summary.get("model", report.outputs.location)))
+    else:
+        parts.append(f"{report.outputs.summary.get('page', '')}  API {report.outputs.url}")
+    return ", ".join(p for p in parts if p)
+
+
+def summary_table(reports: list[StepReport], failed: Step | None = None) -> None:
+    table = Table(title="alpaca run")
+    for column in ("Resource", "Phase", "Cost (USD)", "Time", "Details"):
+        table.add_column(column)
+    for report in reports:
+        cost = _get(report.outputs.summary, "costUSD", "costUsd")
+        phase = report.phase + (" (cached)" if report.skipped else "")
+        table.add_row(
+            report.step.title, phase, "-" if cost is None else f"{cost:.4f}", f"{report.seconds:.0f}s", _details(report)
+        )
+    if failed is not None:
+        table.add_row(failed.title, "[red]Failed[/red]", "-", "-", "see the error above")
+    Console(stderr=True).print(table)
