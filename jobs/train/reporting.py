@@ -1,0 +1,63 @@
+"""What a run leaves behind for people and for the operator: metrics.jsonl, the loss curve, manifest.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+METRICS = "metrics.jsonl"
+LOSS_CURVE = "loss_curve.png"
+MANIFEST = "manifest.json"
+
+
+class MetricsLog:
+    """One JSON object per optimizer step. A resumed run first drops the lines past its checkpoint,
+    so the file always reads as one uninterrupted run."""
+
+    def __init__(self, path: Path, resume_step: int) -> None:
+        self.path = path
+        kept: list[str] = []
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                try:
+                    if json.loads(line)["step"] <= resume_step:
+                        kept.append(line)
+                except (ValueError, KeyError):
+                    continue
+        path.write_text("".join(f"{line}\n" for line in kept))
+
+    def append(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def read(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+def plot_loss(records: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display in a pod
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    ax.plot([r["step"] for r in records], [r["loss"] for r in records], linewidth=1.2)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (response tokens)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    partial = folder / f"{MANIFEST}.partial"
+    partial.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    partial.rename(folder / MANIFEST)  # the operator reads it as the sign the model is complete
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    path = folder / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -1,0 +1,267 @@
+"""The training run: from a TrainConfig to a saved model, resumable at every checkpoint."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alpaca_jobs import models as model_files
+from alpaca_jobs.report import StatusReporter
+from alpaca_jobs.storage import is_remote, local_path, publish, sha256_file
+from alpaca_operator.api.finetune import FineTuneSpec, LoRA, Method, Precision, TrainingProgress
+from alpaca_operator.api.workloads import TrainConfig
+
+from . import attention, checkpoint, collate, distributed, plan, reporting
+from . import model as model_io
+from .data import DatasetError, Example, Record, read_records, tokenize
+from .prompts import MARKER_FILE, PROMPT_NO_INPUT, PROMPT_WITH_INPUT, marker
+from .schedule import learning_rate
+from .step import loss_sum
+
+log = logging.getLogger(__name__)
+
+_STAGING = Path.home() / ".cache" / "alpaca-operator" / "train-output"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    progress_bar: bool = True
+    keep_checkpoints: bool = False
+
+
+def output_folder(location: str, name: str) -> Path:
+    """Where the run writes: the output itself, or a local staging folder mirrored to a remote URI."""
+    if is_remote(location):
+        return _STAGING / name
+    return local_path(location)
+
+
+def read_dataset(config: TrainConfig) -> tuple[Path, list[Record], str]:
+    """The dataset's rows, checked against the pinned digest, before any model is loaded."""
+    path = local_path(config.dataset)
+    if not path.is_file():
+        raise DatasetError(f"{path}: dataset file not found (dataset: {config.dataset})")
+    digest = sha256_file(path)
+    if config.dataset_sha256 and digest != config.dataset_sha256:
+        raise DatasetError(f"{path}: sha256 is {digest} but datasetSha256 pins {config.dataset_sha256}")
+    return path, read_records(path), digest
+
+
+def tokenize_dataset(path: Path, records: list[Record], tokenizer: Any, max_len: int) -> tuple[list[Example], list[int]]:
+    examples, skipped = tokenize(records, tokenizer, max_len)
+    if skipped:
+        shown = ", ".join(map(str, skipped[:10])) + (" ..." if len(skipped) > 10 else "")
+        log.warning("%s: %d examples skipped, their prompt alone fills maxSeqLength=%d (lines %s)", path, len(skipped), max_len, shown)
+    if not examples:
+        raise DatasetError(f"{path}: no example fits maxSeqLength={max_len} with room for a response")
+    return examples, skipped
+
+
+def _use_bf16(spec: FineTuneSpec, device: torch.device) -> bool:
+    return device.type == "cuda" and spec.hyperparameters.precision is Precision.BF16
+
+
+def train(config: TrainConfig, options: RunOptions = RunOptions()) -> dict[str, Any]:
+    """Run (or resume) the fine-tune described by `config`; returns the manifest."""
+    spec = config.spec
+    hp = spec.hyperparameters
+    topology = distributed.topology_from_env()
+    device = distributed.choose_device(topology, want_gpu=spec.gpus.per_node > 0)
+    distributed.start(topology, device)
+    try:
+        return _train(config, spec, hp, topology, device, options)
+    finally:
+        distributed.stop()
+
+
+def _train(config: TrainConfig, spec: FineTuneSpec, hp: Any, topology: distributed.Topology, device: torch.device, options: RunOptions) -> dict[str, Any]:
+    out = output_folder(config.output, config.name)
+    done = reporting.read_manifest(out)
+    if done is not None:
+        log.info("%s already holds a finished model (manifest.json); nothing to do", out)
+        return done
+    if topology.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(hp.seed)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = hp.tf32
+        torch.backends.cudnn.allow_tf32 = hp.tf32
+    bf16 = _use_bf16(spec, device)
+
+    dataset_path, records, dataset_sha = read_dataset(config)
+    files = model_files.resolve(config.base_model)
+    model, tokenizer = model_io.load(files, attention.choose(device))
+    model_io.check_max_length(model.config, hp.max_seq_length)
+    model_io.ensure_pad_token(model, tokenizer)
+    base_config = model.config
+    examples, skipped = tokenize_dataset(dataset_path, records, tokenizer, hp.max_seq_length)
+
+    if hp.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lora = (spec.lora or LoRA()) if spec.method is Method.LORA else None
+    if lora is not None:
+        model = model_io.apply_lora(model, lora)
+    model.to(device)
+    if topology.distributed:
+        distributed.shard(model, bf16=bf16)
+    model.train()
+    sharding = distributed.gather_objects(distributed.sharding_summary(model))
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        trainable, lr=hp.learning_rate, weight_decay=hp.weight_decay, betas=(0.9, 0.999), fused=device.type == "cuda"
+    )
+    stop = plan.total_examples(len(examples), hp.epochs, hp.global_batch_size, hp.max_steps)
+    steps = plan.total_steps(len(examples), hp.epochs, hp.global_batch_size, hp.max_steps)
+
+    ckpt_dir = out / "checkpoints"
+    state = checkpoint.TrainerState(step=0, tokens=0, examples=0, world_size=topology.world_size)
+    if (found := checkpoint.latest(ckpt_dir)) is not None:
+        state = checkpoint.load(found, model, optimizer, topology)
+        log.info("resuming from %s (step %d of %d)", found, state.step, steps)
+    else:
+        distributed.barrier()
+
+    metrics = reporting.MetricsLog(out / reporting.METRICS, state.step) if topology.is_main else None
+    reporter = StatusReporter(config.status_target) if topology.is_main else None
+    bar = _progress_bar(options, topology, steps, state.step)
+    pad_id = tokenizer.pad_token_id
+    lengths = [len(e) for e in examples]
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and not topology.distributed else _NoAutocast()
+    start = time.monotonic()
+    last_loss = math.nan
+
+    for step in range(state.step, steps):
+        began = time.monotonic()
+        lr = learning_rate(step, total_steps=steps, peak=hp.learning_rate, warmup_ratio=hp.warmup_ratio, kind=hp.lr_scheduler)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        chosen = plan.step_indices(step, len(examples), hp.global_batch_size, hp.seed, stop)
+        mine, micro_steps = plan.rank_plan(
+            [lengths[i] for i in chosen],
+            rank=topology.rank,
+            world_size=topology.world_size,
+            packing=hp.packing,
+            micro_batch_size=hp.micro_batch_size,
+            max_seq_length=hp.max_seq_length,
+        )
+        step_targets = sum(examples[i].num_targets for i in chosen)
+        step_tokens = sum(lengths[i] for i in chosen)
+        summed = torch.zeros((), device=device)
+        for micro in range(micro_steps):
+            if micro < len(mine):
+                group = [examples[chosen[p]] for p in mine[micro]]
+                batch = collate.packed(group) if hp.packing else collate.padded(group, pad_id)
+            else:
+                batch = collate.empty(pad_id)
+            with autocast:
+                loss, _ = loss_sum(model, batch.to(device))
+            # FSDP averages gradients over ranks; scaling by the world size turns that into the
+            # sum, and dividing by the step's targets makes it the mean over every response token.
+            (loss * (topology.world_size / step_targets)).backward()
+            summed += loss.detach()
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, hp.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        last_loss = float(distributed.sum_across_ranks(summed)) / step_targets
+        state.step, state.tokens, state.examples = step + 1, state.tokens + step_tokens, state.examples + len(chosen)
+        elapsed = time.monotonic() - began
+        record = {
+            "step": state.step,
+            "epoch": round(state.examples / len(examples), 4),
+            "loss": round(last_loss, 6),
+            "learning_rate": lr,
+            "grad_norm": round(float(_full(grad_norm)), 6),
+            "tokens": state.tokens,
+            "tokens_per_second": round(step_tokens / max(elapsed, 1e-9), 1),
+        }
+        if metrics is not None:
+            metrics.append(record)
+        if reporter is not None:
+            reporter.report(_progress(record, steps), force=state.step == steps)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_second']:.0f}")
+        elif topology.is_main and (state.step % 10 == 0 or state.step == steps):
+            log.info("step %d/%d epoch %.2f loss %.4f lr %.3g %.0f tokens/s", state.step, steps, record["epoch"], last_loss, lr, record["tokens_per_second"])
+        if state.step % hp.checkpoint_every_steps == 0 and state.step < steps:
+            checkpoint.save(ckpt_dir, state, model, optimizer, topology)
+    if bar is not None:
+        bar.close()
+
+    full = distributed.full_state_dict(model)
+    manifest: dict[str, Any] = {}
+    if topology.is_main:
+        model_io.save(full, base_config, tokenizer, out, lora=lora)
+        (out / MARKER_FILE).write_text(json.dumps(marker(), indent=2) + "\n")
+        digest, shards = model_io.weights_digest(out)
+        records = metrics.read() if metrics is not None else []
+        if records:
+            reporting.plot_loss(records, out / reporting.LOSS_CURVE, f"{config.name}: training loss")
+        manifest = {
+            "name": config.name,
+            "model": {"sha256": digest, "files": shards},
+            "baseModel": config.base_model.to_wire(),
+            "dataset": {"location": config.dataset, "sha256": dataset_sha, "examples": len(examples), "skippedLines": skipped},
+            "method": spec.method.value,
+            "steps": state.step,
+            "epochs": round(state.examples / len(examples), 4),
+            "finalLoss": last_loss,
+            "tokens": state.tokens,
+            "examples": state.examples,
+            "worldSize": topology.world_size,
+            "device": device.type,
+            "precision": "bf16" if bf16 else "fp32",
+            "sharding": sharding,
+            "durationSeconds": round(time.monotonic() - start, 3),
+            "prompts": {"withInput": PROMPT_WITH_INPUT, "noInput": PROMPT_NO_INPUT},
+        }
+        reporting.write_manifest(out, manifest)
+        if not options.keep_checkpoints:
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+        publish(out, config.output)
+    distributed.barrier()
+    return manifest
+
+
+class _NoAutocast:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+
+def _full(value: torch.Tensor) -> torch.Tensor:
+    return value.full_tensor() if hasattr(value, "full_tensor") else value
+
+
+def _progress(record: dict[str, Any], total_steps: int) -> dict[str, Any]:
+    return TrainingProgress(
+        step=record["step"],
+        total_steps=total_steps,
+        epoch=record["epoch"],
+        loss=record["loss"],
+        learning_rate=record["learning_rate"],
+        tokens_per_second=record["tokens_per_second"],
+    ).to_wire()
+
+
+def _progress_bar(options: RunOptions, topology: distributed.Topology, total: int, initial: int) -> Any:
+    if not (options.progress_bar and topology.is_main):
+        return None
+    import sys
+
+    if not sys.stderr.isatty():
+        return None  # pods and CI get one log line per ten steps instead
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
