@@ -13,6 +13,7 @@ from . import __version__
 # name -> (module, one-line help). A module has add_arguments(parser) and run(args) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {
     "crds": ("alpaca_operator.crd.cli", "print or write the CustomResourceDefinitions"),
+    "train": ("alpaca_jobs.train.cli", "fine-tune a model on Alpaca-format data (alone or under torchrun)"),
     "validate": ("alpaca_operator.validate_cli", "validate manifests as the cluster would"),
 }
 
