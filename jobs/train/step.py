@@ -39,5 +39,7 @@ def loss_sum(model: nn.Module, batch: MicroBatch) -> tuple[torch.Tensor, int]:
         )
         logits = out.logits[:, :-1].reshape(-1, out.logits.shape[-1])
         chosen = targets.reshape(-1)
-    total = F.cross_entropy(logits.float(), chosen, ignore_index=IGNORE_INDEX, reduction="sum")
+    if logits.dtype in (torch.bfloat16, torch.float16):
+        logits = logits.float()  # a softmax over ~50K classes in bf16 loses most of the loss's digits
+    total = F.cross_entropy(logits, chosen, ignore_index=IGNORE_INDEX, reduction="sum")
     return total, int((chosen != IGNORE_INDEX).sum())
