@@ -103,6 +103,16 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     k8s_ldflags+=" -X ${pkg}.gitMinor=${k8s_minor} -X ${pkg}.gitTreeState=clean"
 done
 
+# helm renders offline (`helm template`, `helm lint`) for the Kubernetes version compiled into it,
+# v1.20 unless told: give it its client-go's minor, as helm's own release build does.
+helm_k8s_minor="$(pinned helm k8s.io/client-go)"
+helm_k8s_minor="${helm_k8s_minor#v0.}"
+helm_k8s_minor="${helm_k8s_minor%%.*}"
+helm_ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=${helm_version}"
+for pkg in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+    helm_ldflags+=" -X ${pkg}.k8sVersionMajor=1 -X ${pkg}.k8sVersionMinor=${helm_k8s_minor}"
+done
+
 build() {
     local tool="$1" mod_dir="$2" pkg="$3" ldflags="$4"
     if [[ -x "${bin_dir}/${tool}" ]]; then
@@ -125,7 +135,7 @@ for tool in "${wanted[@]}"; do
         etcd) build etcd etcd . "-s -w" ;;
         kube-apiserver) build kube-apiserver kubernetes k8s.io/kubernetes/cmd/kube-apiserver "${k8s_ldflags}" ;;
         kubectl) build kubectl kubernetes k8s.io/kubernetes/cmd/kubectl "${k8s_ldflags}" ;;
-        helm) build helm helm helm.sh/helm/v3/cmd/helm "-s -w" ;;
+        helm) build helm helm helm.sh/helm/v3/cmd/helm "${helm_ldflags}" ;;
     esac
 done
 
