@@ -1,1 +1,56 @@
-"""handlers"""
+"""kopf handlers, one module per kind. They stay thin: each watch event updates the controller's
+caches and queues the resource; the reconcilers in the per-kind modules do the work."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import kopf
+
+from ..api.base import GROUP, VERSION
+from ..controller import Controller
+from ..naming import COMPONENT, GENERATE, MANAGED_BY, MANAGED_BY_LABEL, SERVE, TRAIN
+from ..observe import ChildState, summarize_deployment, summarize_job, summarize_pytorchjob
+from . import finetune, instructdataset, modelserver
+
+# (group, version, plural) of each child kind, its component label, its parent kind, its summary.
+CHILDREN: tuple[tuple[str, str, str, str, str, Callable[[dict[str, Any]], ChildState]], ...] = (
+    ("batch", "v1", "jobs", GENERATE, instructdataset.KIND, summarize_job),
+    ("kubeflow.org", "v1", "pytorchjobs", TRAIN, finetune.KIND, summarize_pytorchjob),
+    ("apps", "v1", "deployments", SERVE, modelserver.KIND, summarize_deployment),
+)
+
+
+def register(registry: kopf.OperatorRegistry, ctl: Controller) -> None:
+    """Register the reconcilers with the controller and the watches with kopf."""
+    for module in (instructdataset, finetune, modelserver):
+        info = module.register(ctl)
+        _watch_parent(registry, ctl, info.plural, info.kind)
+    for group, version, plural, component, parent_kind, summarize in CHILDREN:
+        _watch_child(registry, ctl, group, version, plural, component, parent_kind, summarize)
+
+
+def _watch_parent(registry: kopf.OperatorRegistry, ctl: Controller, plural: str, kind: str) -> None:
+    async def on_parent_event(type: str | None, body: kopf.Body, **_: Any) -> None:  # noqa: A002 - kopf's kwarg
+        ctl.observe_parent(kind, type, _plain(body))
+
+    kopf.on.event(GROUP, VERSION, plural, id=f"{plural}-event", registry=registry)(on_parent_event)
+
+
+def _watch_child(
+    registry: kopf.OperatorRegistry, ctl: Controller, group: str, version: str, plural: str,
+    component: str, parent_kind: str, summarize: Callable[[dict[str, Any]], ChildState],
+) -> None:
+    async def on_child_event(type: str | None, body: kopf.Body, **_: Any) -> None:  # noqa: A002 - kopf's kwarg
+        plain = _plain(body)
+        ctl.observe_child(parent_kind, type, plain, summarize(plain))
+
+    labels = {MANAGED_BY_LABEL: MANAGED_BY, COMPONENT: component}
+    kopf.on.event(group, version, plural, labels=labels, id=f"{plural}-event", registry=registry)(on_child_event)
+
+
+def _plain(body: kopf.Body) -> dict[str, Any]:
+    # kopf's Body is a live view that kopf keeps mutating; the caches need a snapshot.
+    return copy.deepcopy(dict(body))

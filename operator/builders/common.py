@@ -1,0 +1,158 @@
+"""Pieces every builder shares: the parent, mounts for storage, config files, placement, resources."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..api.base import ApiModel
+from ..api.common import ComputeResources, Placement, PVCLocation, Storage
+from ..api.workloads import StatusTarget
+from ..naming import GENERATION_ANNOTATION, SPEC_HASH_ANNOTATION, labels, spec_hash
+from ..settings import GPUPool
+
+Manifest = dict[str, Any]
+
+CONFIG_DIR = "/etc/alpaca"
+CONFIG_FILE = f"{CONFIG_DIR}/config.json"
+CONFIG_KEY = "config.json"
+OUTPUT_MOUNT = "/var/lib/alpaca/output"
+DATASET_MOUNT = "/var/lib/alpaca/dataset"
+MODEL_MOUNT = "/var/lib/alpaca/model"
+SEEDS_DIR = "/etc/alpaca/seeds"
+
+# Where pods read the config and secrets from: env var names are part of the workload contract.
+TEACHER_API_KEY_ENV = "ALPACA_TEACHER_API_KEY"
+SERVER_API_KEY_ENV = "ALPACA_SERVER_API_KEY"
+
+
+@dataclass(frozen=True)
+class Parent:
+    """The resource being built for: enough to name, label and target its children."""
+
+    name: str
+    namespace: str
+    plural: str
+    generation: int | None = None
+
+    def status_target(self) -> StatusTarget:
+        return StatusTarget(plural=self.plural, namespace=self.namespace, name=self.name)
+
+
+@dataclass
+class Mounts:
+    """Volumes and the container's mounts of them, collected while a pod is built."""
+
+    volumes: list[Manifest] = field(default_factory=list)
+    mounts: list[Manifest] = field(default_factory=list)
+
+    def add(self, volume: Manifest, mount: Manifest) -> None:
+        if all(v["name"] != volume["name"] for v in self.volumes):
+            self.volumes.append(volume)
+        self.mounts.append(mount)
+
+    def extend(self, other: Mounts) -> None:
+        for volume, mount in zip_mounts(other):
+            self.add(volume, mount)
+
+
+def zip_mounts(mounts: Mounts) -> list[tuple[Manifest, Manifest]]:
+    by_name = {v["name"]: v for v in mounts.volumes}
+    return [(by_name[m["name"]], m) for m in mounts.mounts]
+
+
+def pvc_mount(volume_name: str, location: PVCLocation, mount_path: str, *, read_only: bool) -> Mounts:
+    mount: Manifest = {"name": volume_name, "mountPath": mount_path, "readOnly": read_only}
+    if location.sub_path:
+        mount["subPath"] = location.sub_path
+    volume = {"name": volume_name, "persistentVolumeClaim": {"claimName": location.claim_name, "readOnly": read_only}}
+    return Mounts([volume], [mount])
+
+
+def output_location(storage: Storage, mount_path: str = OUTPUT_MOUNT) -> tuple[str, Mounts]:
+    """Where a workload writes: the mount path of a PVC folder, or the URI as is."""
+    if storage.pvc is not None:
+        return mount_path, pvc_mount("output", storage.pvc, mount_path, read_only=False)
+    assert storage.uri is not None  # the CRD's CEL rule: exactly one of pvc or uri
+    return storage.uri, Mounts()
+
+
+def config_map(parent: Parent, name: str, component: str, config: ApiModel) -> Manifest:
+    """The workload's config file. It never holds a secret: keys travel as env var names."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": parent.namespace, "labels": labels(parent.name, component)},
+        "data": {CONFIG_KEY: json.dumps(config.to_wire(), indent=2, sort_keys=True)},
+    }
+
+
+def config_mounts(config_map_name: str) -> Mounts:
+    return Mounts(
+        [{"name": "config", "configMap": {"name": config_map_name}}],
+        [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}],
+    )
+
+
+def secret_env(env_name: str, secret_name: str, key: str) -> Manifest:
+    return {"name": env_name, "valueFrom": {"secretKeyRef": {"name": secret_name, "key": key}}}
+
+
+def compute_resources(resources: ComputeResources | None, extended: dict[str, int] | None = None) -> Manifest:
+    """Requests equal to limits for CPU and memory (predictable pods); GPUs are limits only."""
+    limits: dict[str, str] = {}
+    requests: dict[str, str] = {}
+    if resources is not None:
+        for key, value in (("cpu", resources.cpu), ("memory", resources.memory)):
+            if value is not None:
+                limits[key] = requests[key] = value
+    for key, count in (extended or {}).items():
+        if count > 0:
+            limits[key] = str(count)
+    out: Manifest = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def placement(spec: Placement | None, pool: GPUPool | None) -> Manifest:
+    """nodeSelector, tolerations and affinity: each from the spec when set, else the GPU pool's."""
+    out: Manifest = {}
+    node_selector = spec.node_selector if spec and spec.node_selector is not None else (pool.node_selector if pool else None)
+    tolerations = spec.tolerations if spec and spec.tolerations is not None else (pool.tolerations if pool else None)
+    affinity = spec.affinity if spec and spec.affinity is not None else (pool.affinity if pool else None)
+    if node_selector:
+        out["nodeSelector"] = dict(node_selector)
+    if tolerations:
+        out["tolerations"] = [t.to_wire() for t in tolerations]
+    if affinity:
+        out["affinity"] = affinity
+    return out
+
+
+def container_security() -> Manifest:
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def stamp(manifest: Manifest, parent: Parent, hashed: object) -> Manifest:
+    """Record which generation a child was built from and a digest of what was built."""
+    annotations = manifest["metadata"].setdefault("annotations", {})
+    if parent.generation is not None:
+        annotations[GENERATION_ANNOTATION] = str(parent.generation)
+    annotations[SPEC_HASH_ANNOTATION] = spec_hash(hashed)
+    return manifest
+
+
+def shm_mount(size: str | None) -> Mounts:
+    """A memory-backed /dev/shm: the runtime's 64 MiB default starves NCCL and data loaders."""
+    empty_dir: Manifest = {"medium": "Memory"}
+    if size:
+        empty_dir["sizeLimit"] = size
+    return Mounts([{"name": "dshm", "emptyDir": empty_dir}], [{"name": "dshm", "mountPath": "/dev/shm"}])

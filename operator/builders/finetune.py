@@ -1,0 +1,137 @@
+"""FineTune -> ConfigMap (the TrainConfig) + Kubeflow PyTorchJob running `alpaca train` under torchrun."""
+
+from __future__ import annotations
+
+from ..api.finetune import FineTuneSpec
+from ..api.workloads import TrainConfig
+from ..cost import budget_deadline_seconds, hourly_rate, tighter_deadline
+from ..naming import TRAIN, child_name, labels
+from ..settings import OperatorSettings
+from .common import (
+    CONFIG_FILE,
+    Manifest,
+    Parent,
+    compute_resources,
+    config_map,
+    config_mounts,
+    container_security,
+    output_location,
+    placement,
+    shm_mount,
+    stamp,
+)
+from .inputs import Input, model_source
+
+PYTORCHJOB_API_VERSION = "kubeflow.org/v1"
+# The training operator finds the container to inject MASTER_ADDR, PET_* and friends into by name.
+CONTAINER_NAME = "pytorch"
+
+
+def job_name(parent: str) -> str:
+    return child_name(parent, TRAIN)
+
+
+def config_map_name(parent: str) -> str:
+    return child_name(parent, f"{TRAIN}-config")
+
+
+def total_gpus(spec: FineTuneSpec) -> int:
+    return spec.gpus.nodes * spec.gpus.per_node
+
+
+def gpu_price(spec: FineTuneSpec, settings: OperatorSettings) -> float | None:
+    return spec.gpu_hour_usd if spec.gpu_hour_usd is not None else settings.gpu_price(spec.gpus.type)
+
+
+def active_deadline_seconds(spec: FineTuneSpec, settings: OperatorSettings) -> int | None:
+    """The tighter of the spec's deadline and the time the budget pays for."""
+    rate = hourly_rate(total_gpus(spec), gpu_price(spec, settings))
+    return tighter_deadline(spec.run_policy.active_deadline_seconds, budget_deadline_seconds(spec.budget_usd, rate))
+
+
+def budget_is_the_deadline(spec: FineTuneSpec, settings: OperatorSettings) -> bool:
+    """Whether hitting activeDeadlineSeconds means the budget ran out (rather than the spec's limit)."""
+    rate = hourly_rate(total_gpus(spec), gpu_price(spec, settings))
+    from_budget = budget_deadline_seconds(spec.budget_usd, rate)
+    limit = spec.run_policy.active_deadline_seconds
+    return from_budget is not None and (limit is None or from_budget <= limit)
+
+
+def train_config(parent: Parent, spec: FineTuneSpec, dataset: Input, output: str) -> TrainConfig:
+    model, _ = model_source(spec.base_model)
+    return TrainConfig(
+        name=parent.name,
+        spec=spec,
+        dataset=dataset.location,
+        dataset_sha256=dataset.pinned.sha256 if dataset.pinned else None,
+        base_model=model,
+        output=output,
+        status_target=parent.status_target(),
+    )
+
+
+def build(parent: Parent, spec: FineTuneSpec, settings: OperatorSettings, dataset: Input) -> tuple[Manifest, Manifest]:
+    """(ConfigMap, PyTorchJob) for one FineTune whose dataset is resolved."""
+    output, output_mounts = output_location(spec.output)
+    cm_name = config_map_name(parent.name)
+    cm = config_map(parent, cm_name, TRAIN, train_config(parent, spec, dataset, output))
+
+    mounts = config_mounts(cm_name)
+    mounts.extend(output_mounts)
+    mounts.extend(dataset.mounts)
+    mounts.extend(model_source(spec.base_model)[1])
+    mounts.extend(shm_mount(spec.shm_size))
+
+    gpus = spec.gpus.per_node
+    container: Manifest = {
+        "name": CONTAINER_NAME,
+        "image": spec.image or settings.images.train,
+        "imagePullPolicy": settings.images.pull_policy,
+        # torchrun reads nnodes, node rank and the master's address from the PET_* variables the
+        # training operator injects; --no-python lets it start the `alpaca` console script.
+        "command": ["torchrun", "--no-python", "alpaca", "train", "--config", CONFIG_FILE],
+        "volumeMounts": mounts.mounts,
+        "resources": compute_resources(spec.resources, {spec.gpus.resource_name: gpus}),
+        "securityContext": container_security(),
+    }
+    pod_labels = labels(parent.name, TRAIN)
+    pod_spec: Manifest = {
+        "serviceAccountName": settings.workload_service_account,
+        "containers": [container],
+        "volumes": mounts.volumes,
+        # GPU-pool defaults apply to GPU pods only: a CPU run must not land on (or wait for) GPU nodes.
+        **placement(spec.placement, settings.gpu_pools.get(spec.gpus.type) if gpus > 0 else None),
+    }
+
+    def replica(count: int) -> Manifest:
+        return {
+            "replicas": count,
+            "restartPolicy": "OnFailure",
+            "template": {"metadata": {"labels": dict(pod_labels)}, "spec": pod_spec},
+        }
+
+    replica_specs: Manifest = {"Master": replica(1)}
+    if spec.gpus.nodes > 1:
+        replica_specs["Worker"] = replica(spec.gpus.nodes - 1)
+
+    run_policy: Manifest = {
+        "backoffLimit": spec.run_policy.backoff_limit,
+        "cleanPodPolicy": spec.run_policy.clean_pod_policy,
+    }
+    deadline = active_deadline_seconds(spec, settings)
+    if deadline is not None:
+        run_policy["activeDeadlineSeconds"] = deadline
+    if spec.run_policy.ttl_seconds_after_finished is not None:
+        run_policy["ttlSecondsAfterFinished"] = spec.run_policy.ttl_seconds_after_finished
+
+    job: Manifest = {
+        "apiVersion": PYTORCHJOB_API_VERSION,
+        "kind": "PyTorchJob",
+        "metadata": {"name": job_name(parent.name), "namespace": parent.namespace, "labels": dict(pod_labels)},
+        "spec": {
+            "nprocPerNode": str(max(gpus, 1)),
+            "runPolicy": run_policy,
+            "pytorchReplicaSpecs": replica_specs,
+        },
+    }
+    return cm, stamp(job, parent, {"job": job["spec"], "config": cm["data"]})

@@ -1,0 +1,90 @@
+"""Inputs a workload reads: a dataset or model produced by another resource, or named directly.
+
+An upstream resource's output is reached the way it was written: a PVC folder is mounted
+read-only (a path the upstream workload reported under its own output mount is rewritten to the
+consumer's mount), and a URI is passed as is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..api.common import Artifact, ModelSource, PVCLocation, SecretKeyRef, Storage
+from ..api.finetune import DatasetSource
+from ..api.workloads import ResolvedModel
+from .common import DATASET_MOUNT, MODEL_MOUNT, OUTPUT_MOUNT, Mounts, pvc_mount
+
+DATASET_FILE = "dataset.jsonl"
+
+
+@dataclass(frozen=True)
+class Input:
+    """A file or folder as the workload sees it, what to mount for it, and what to pin in status."""
+
+    location: str
+    mounts: Mounts = field(default_factory=Mounts)
+    pinned: Artifact | None = None
+
+
+@dataclass(frozen=True)
+class TeacherServer:
+    """A Ready ModelServer used as a teacher."""
+
+    name: str
+    url: str
+    served_model_name: str
+    api_key_secret_ref: SecretKeyRef | None = None
+    hourly_usd: float = 0.0
+
+
+def _rewrite(reported: str | None, mount_path: str, default_relative: str) -> str:
+    if reported and reported.startswith(OUTPUT_MOUNT):
+        return mount_path + reported[len(OUTPUT_MOUNT):]
+    return f"{mount_path}/{default_relative}".rstrip("/")
+
+
+def upstream_output(
+    storage: Storage, artifact: Artifact | None, *, mount_path: str, volume: str, default_relative: str
+) -> Input:
+    """The output of an upstream resource (its spec.output plus the artifact its workload reported)."""
+    if storage.pvc is not None:
+        location = _rewrite(artifact.uri if artifact else None, mount_path, default_relative)
+        pinned = Artifact(uri=artifact.uri if artifact else location, sha256=artifact.sha256 if artifact else None)
+        return Input(location, pvc_mount(volume, storage.pvc, mount_path, read_only=True), pinned)
+    assert storage.uri is not None
+    if artifact is not None and "://" in artifact.uri:
+        location = artifact.uri
+    else:
+        location = f"{storage.uri.rstrip('/')}/{default_relative}".rstrip("/")
+    return Input(location, Mounts(), Artifact(uri=location, sha256=artifact.sha256 if artifact else None))
+
+
+def dataset_from_upstream(storage: Storage, artifact: Artifact | None) -> Input:
+    return upstream_output(storage, artifact, mount_path=DATASET_MOUNT, volume="dataset", default_relative=DATASET_FILE)
+
+
+def dataset_direct(source: DatasetSource) -> Input:
+    """A dataset named by URI or PVC file in the FineTune spec (no upstream resource)."""
+    if source.uri is not None:
+        return Input(source.uri, Mounts(), Artifact(uri=source.uri, sha256=source.sha256))
+    assert source.pvc is not None
+    mounts = pvc_mount("dataset", PVCLocation(claim_name=source.pvc.claim_name), DATASET_MOUNT, read_only=True)
+    location = f"{DATASET_MOUNT}/{source.pvc.path}"
+    return Input(location, mounts, Artifact(uri=f"pvc://{source.pvc.claim_name}/{source.pvc.path}", sha256=source.sha256))
+
+
+def model_from_upstream(storage: Storage, artifact: Artifact | None) -> Input:
+    return upstream_output(storage, artifact, mount_path=MODEL_MOUNT, volume="model", default_relative="")
+
+
+def model_source(source: ModelSource, mount_path: str = MODEL_MOUNT) -> tuple[ResolvedModel, Mounts]:
+    """A ModelSource as the workload loads it."""
+    if source.builtin is not None:
+        return ResolvedModel(builtin=source.builtin.value, gguf_file=source.gguf_file), Mounts()
+    if source.pvc is not None:
+        return (
+            ResolvedModel(location=mount_path, gguf_file=source.gguf_file),
+            pvc_mount("model", source.pvc, mount_path, read_only=True),
+        )
+    assert source.uri is not None
+    return ResolvedModel(location=source.uri, gguf_file=source.gguf_file), Mounts()

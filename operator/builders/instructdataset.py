@@ -1,0 +1,136 @@
+"""InstructDataset -> ConfigMap (the GenerateConfig) + Job running `alpaca generate`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..api.common import SecretKeyRef
+from ..api.instructdataset import InstructDatasetSpec, TokenPricing
+from ..api.workloads import GenerateConfig
+from ..naming import GENERATE, child_name, labels
+from ..settings import OperatorSettings
+from .common import (
+    CONFIG_FILE,
+    SEEDS_DIR,
+    TEACHER_API_KEY_ENV,
+    Manifest,
+    Mounts,
+    Parent,
+    compute_resources,
+    config_map,
+    config_mounts,
+    container_security,
+    output_location,
+    secret_env,
+    stamp,
+)
+from .inputs import TeacherServer
+
+SEEDS_FILE = "seed_tasks.jsonl"
+BACKOFF_LIMIT = 3
+
+
+def job_name(parent: str) -> str:
+    return child_name(parent, GENERATE)
+
+
+def config_map_name(parent: str) -> str:
+    return child_name(parent, f"{GENERATE}-config")
+
+
+@dataclass(frozen=True)
+class ResolvedTeacher:
+    url: str
+    model: str
+    pricing: TokenPricing
+    api_key: SecretKeyRef | None
+
+
+class TeacherUnresolved(ValueError):
+    """The spec names no usable teacher model (a spec problem, not a wait)."""
+
+
+def resolve_teacher(spec: InstructDatasetSpec, settings: OperatorSettings, server: TeacherServer | None) -> ResolvedTeacher:
+    """URL, model, prices and key of the teacher. A ModelServer teacher is free per token (its GPU time is priced)."""
+    teacher = spec.teacher
+    if teacher.model_server_ref is not None:
+        if server is None:
+            raise TeacherUnresolved("teacher.modelServerRef: the ModelServer is not resolved")
+        return ResolvedTeacher(server.url, teacher.model or server.served_model_name, TokenPricing(), server.api_key_secret_ref)
+    if teacher.base_url is None or teacher.model is None:
+        raise TeacherUnresolved("teacher: baseURL and model are required without modelServerRef")
+    pricing = teacher.pricing or settings.token_price(teacher.model) or TokenPricing()
+    return ResolvedTeacher(teacher.base_url, teacher.model, pricing, teacher.api_key_secret_ref)
+
+
+def generate_config(parent: Parent, spec: InstructDatasetSpec, teacher: ResolvedTeacher, output: str) -> GenerateConfig:
+    seeds: str | None = None
+    if spec.seed_tasks.config_map_ref is not None:
+        seeds = f"{SEEDS_DIR}/{SEEDS_FILE}"
+    elif spec.seed_tasks.uri is not None:
+        seeds = spec.seed_tasks.uri
+    return GenerateConfig(
+        name=parent.name,
+        spec=spec,
+        output=output,
+        teacher_url=teacher.url,
+        teacher_model=teacher.model,
+        api_key_env=TEACHER_API_KEY_ENV if teacher.api_key is not None else None,
+        pricing=teacher.pricing,
+        seed_tasks=seeds,
+        status_target=parent.status_target(),
+    )
+
+
+def build(
+    parent: Parent, spec: InstructDatasetSpec, settings: OperatorSettings, teacher: ResolvedTeacher
+) -> tuple[Manifest, Manifest]:
+    """(ConfigMap, Job) for one InstructDataset."""
+    output, mounts = output_location(spec.output)
+    cm_name = config_map_name(parent.name)
+    cm = config_map(parent, cm_name, GENERATE, generate_config(parent, spec, teacher, output))
+
+    all_mounts = config_mounts(cm_name)
+    all_mounts.extend(mounts)
+    if spec.seed_tasks.config_map_ref is not None:
+        ref = spec.seed_tasks.config_map_ref
+        all_mounts.extend(
+            Mounts(
+                [{"name": "seeds", "configMap": {"name": ref.name, "items": [{"key": ref.key, "path": SEEDS_FILE}]}}],
+                [{"name": "seeds", "mountPath": SEEDS_DIR, "readOnly": True}],
+            )
+        )
+    env: list[Manifest] = []
+    if teacher.api_key is not None:
+        env.append(secret_env(TEACHER_API_KEY_ENV, teacher.api_key.name, teacher.api_key.key))
+
+    container: Manifest = {
+        "name": GENERATE,
+        "image": spec.image or settings.images.generate,
+        "imagePullPolicy": settings.images.pull_policy,
+        "command": ["alpaca", "generate", "--config", CONFIG_FILE],
+        "env": env,
+        "volumeMounts": all_mounts.mounts,
+        "resources": compute_resources(spec.resources),
+        "securityContext": container_security(),
+    }
+    pod_labels = labels(parent.name, GENERATE)
+    job: Manifest = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": job_name(parent.name), "namespace": parent.namespace, "labels": dict(pod_labels)},
+        "spec": {
+            # The generator checkpoints as it goes, so a retried pod resumes rather than restarts.
+            "backoffLimit": BACKOFF_LIMIT,
+            "template": {
+                "metadata": {"labels": dict(pod_labels)},
+                "spec": {
+                    "serviceAccountName": settings.workload_service_account,
+                    "restartPolicy": "Never",
+                    "containers": [container],
+                    "volumes": all_mounts.volumes,
+                },
+            },
+        },
+    }
+    return cm, stamp(job, parent, {"job": job["spec"], "config": cm["data"]})

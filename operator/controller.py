@@ -1,0 +1,243 @@
+"""The level-based core: caches fed by kopf's watches, a work queue, and worker threads.
+
+kopf watches the three kinds and the children (with its reconnects, inactivity timeouts, peering
+and liveness); its thin event handlers only update the caches here and queue the parent. A worker
+then runs the kind's reconcile: resolve references, create what is missing (409 = already
+there), compute the whole status and write it only when it changed. A resync re-queues every
+resource periodically, which re-checks waits and accrues cost while work runs. This replaces
+per-resource kopf timers, which would put a finalizer on every resource and block its deletion
+whenever the operator is down.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+
+from .builders.rbac import workload_rbac
+from .kube import Cluster
+from .observe import ChildState, Computed, diff
+from .settings import OperatorSettings
+from .workqueue import WorkQueue
+
+log = logging.getLogger("alpaca_operator")
+
+Key = tuple[str, str, str]  # (kind, namespace, name)
+Body = dict[str, Any]
+Reconciler = Callable[["Controller", Key, Body], None]
+RefsOf = Callable[[Body], list[tuple[str, str]]]
+
+# Retries of a reconcile that raised: doubling, capped.
+_BACKOFF_START, _BACKOFF_MAX = 1.0, 300.0
+
+
+@dataclass(frozen=True)
+class KindInfo:
+    kind: str
+    plural: str
+    reconcile: Reconciler
+    refs: RefsOf  # (kind, name) of the resources this one waits for
+
+
+class Controller:
+    def __init__(self, settings: OperatorSettings, cluster: Cluster, metrics: Any = None) -> None:
+        self.settings = settings
+        self.cluster = cluster
+        self.metrics = metrics
+        self.kinds: dict[str, KindInfo] = {}
+        self.parents: dict[Key, Body] = {}
+        self.children: dict[Key, ChildState] = {}
+        self._dependents: dict[Key, set[Key]] = defaultdict(set)
+        self._refs: dict[Key, list[Key]] = {}
+        self._failures: dict[Key, int] = {}
+        self._retry_at: dict[Key, float] = {}
+        self._rbac_ready: set[str] = set()
+        self._lock = threading.RLock()
+        self.queue = WorkQueue()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def register(self, info: KindInfo) -> None:
+        self.kinds[info.kind] = info
+
+    # -- caches, fed by kopf's event handlers --------------------------------------------
+
+    def observe_parent(self, kind: str, event_type: str | None, body: Body) -> None:
+        meta = body.get("metadata") or {}
+        key: Key = (kind, meta["namespace"], meta["name"])
+        with self._lock:
+            for ref in self._refs.pop(key, []):
+                self._dependents[ref].discard(key)
+            if event_type == "DELETED":
+                self.parents.pop(key, None)
+                self._failures.pop(key, None)
+                self._retry_at.pop(key, None)
+                if self.metrics:
+                    self.metrics.forget(key)
+            else:
+                self.parents[key] = body
+                refs = [(ref_kind, key[1], name) for ref_kind, name in self.kinds[kind].refs(body)]
+                self._refs[key] = refs
+                for ref in refs:
+                    self._dependents[ref].add(key)
+            dependents = list(self._dependents.get(key, ()))
+        if event_type != "DELETED":
+            self.queue.add(key)
+        # A resource that others wait for changed: let them re-check now rather than at resync.
+        for dependent in dependents:
+            self.queue.add(dependent)
+
+    def observe_child(self, parent_kind: str, event_type: str | None, body: Body, state: ChildState) -> None:
+        meta = body.get("metadata") or {}
+        owner = next((o for o in meta.get("ownerReferences") or [] if o.get("kind") == parent_kind), None)
+        if owner is None:
+            return
+        key: Key = (parent_kind, meta["namespace"], owner["name"])
+        with self._lock:
+            if event_type == "DELETED":
+                self.children.pop(key, None)
+            else:
+                self.children[key] = state
+        self.queue.add(key)
+
+    def child(self, key: Key) -> ChildState | None:
+        with self._lock:
+            return self.children.get(key)
+
+    def parent(self, kind: str, namespace: str, name: str) -> Body | None:
+        with self._lock:
+            return self.parents.get((kind, namespace, name))
+
+    # -- workers -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for index in range(self.settings.workers):
+            thread = threading.Thread(target=self._work, name=f"alpaca-worker-{index}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        resync = threading.Thread(target=self._resync, name="alpaca-resync", daemon=True)
+        resync.start()
+        self._threads.append(resync)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.queue.close()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self._threads.clear()
+
+    def _resync(self) -> None:
+        while not self._stop.wait(self.settings.resync_seconds):
+            now = time.monotonic()
+            with self._lock:
+                # A resource backing off after errors is retried on its own schedule, not hammered.
+                keys = [k for k in self.parents if self._retry_at.get(k, 0.0) <= now]
+            for key in keys:
+                self.queue.add(key)
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            key = self.queue.get()
+            if key is None:
+                return
+            try:
+                self.reconcile_now(key)  # type: ignore[arg-type]
+            finally:
+                self.queue.done(key)
+
+    def reconcile_now(self, key: Key) -> None:
+        body = self.parent(*key)
+        if body is None:
+            return
+        info = self.kinds[key[0]]
+        try:
+            info.reconcile(self, key, body)
+        except Exception as exc:  # noqa: BLE001 - one resource's failure must not stop the others
+            failures = self._failures.get(key, 0) + 1
+            self._failures[key] = failures
+            delay = min(_BACKOFF_MAX, _BACKOFF_START * 2 ** (failures - 1))
+            detail = f"HTTP {exc.status} {exc.reason}" if isinstance(exc, ApiException) else repr(exc)
+            log.warning("reconcile of %s %s/%s failed (retry in %.0fs): %s", key[0], key[1], key[2], delay, detail)
+            if self.metrics:
+                self.metrics.error(key[0])
+            self._retry_at[key] = time.monotonic() + delay
+            self.queue.add_after(key, delay)
+        else:
+            self._failures.pop(key, None)
+            self._retry_at.pop(key, None)
+        finally:
+            if self.metrics:
+                self.metrics.reconciled(key[0])
+
+    # -- helpers the reconcilers share ---------------------------------------------------
+
+    def ensure_workload_rbac(self, namespace: str) -> None:
+        """The workloads' ServiceAccount, Role and RoleBinding, once per namespace and process."""
+        if namespace in self._rbac_ready:
+            return
+        for manifest in workload_rbac(namespace, self.settings.workload_service_account):
+            self.cluster.create(manifest)
+        self._rbac_ready.add(namespace)
+
+    def create_owned(self, owner: Body, manifests: list[Body]) -> list[bool]:
+        """Create children owned by `owner` (controller reference: garbage-collected with it)."""
+        meta = owner["metadata"]
+        created = []
+        for manifest in manifests:
+            manifest["metadata"]["ownerReferences"] = [
+                {
+                    "apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": meta["name"],
+                    "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True,
+                }
+            ]
+            created.append(self.cluster.create(manifest))
+        return created
+
+    def write_status(
+        self, key: Key, body: Body, computed: Computed, *, now: datetime | None = None,
+        annotations: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Write what changed in the status and post an Event per condition transition."""
+        moment = now or datetime.now(timezone.utc)
+        generation = (body.get("metadata") or {}).get("generation")
+        current = dict(body.get("status") or {})
+        patch, transitions = diff(current, computed, generation=generation, now=moment)
+        info = self.kinds[key[0]]
+        if annotations:
+            self.cluster.patch_custom(info.plural, key[1], key[2], {"metadata": {"annotations": annotations}})
+        if patch:
+            self.cluster.patch_status(info.plural, key[1], key[2], patch)
+            with self._lock:
+                # Keep the cache ahead of the watch, so a reconcile before the echo does not rewrite.
+                cached = self.parents.get(key)
+                if cached is not None:
+                    cached.setdefault("status", {}).update(patch)
+        stamp = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+        for transition in transitions:
+            try:
+                self.cluster.post_event(
+                    body, type_="Warning" if transition.warning else "Normal", reason=transition.reason,
+                    message=f"{transition.type}={transition.status}: {transition.message}", now=stamp,
+                )
+            except ApiException as exc:  # an Event is informative; losing one must not fail the reconcile
+                log.warning("could not post event %s on %s/%s: HTTP %s", transition.reason, key[1], key[2], exc.status)
+        if self.metrics:
+            status = {**current, **patch}
+            self.metrics.observed(key, status.get("phase"), status.get("costUSD"))
+        return patch
+
+
+def cost_clock(now: datetime, interval: float) -> datetime:
+    """`now` rounded down to the cost interval: within one interval, cost figures stay identical, so
+    recomputing the status does not write (and re-trigger) on every event."""
+    seconds = now.timestamp()
+    return datetime.fromtimestamp(seconds - seconds % interval, tz=timezone.utc)
+

@@ -1,0 +1,103 @@
+"""FineTune: wait for and pin the dataset, create ConfigMap + PyTorchJob, report training and cost."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..api.common import Artifact
+from ..api.finetune import FineTuneSpec
+from ..api.instructdataset import InstructDatasetSpec
+from ..builders import finetune as build
+from ..builders.common import Parent
+from ..builders.inputs import Input, dataset_direct, dataset_from_upstream
+from ..conditions import FALSE, TRUE, Desired
+from ..controller import Body, Controller, Key, KindInfo, cost_clock
+from ..observe import DATASET_READY, FAILED, PENDING, RUNNING, finetune_status, summarize_pytorchjob
+from .common import invalid_spec, pending_child
+
+KIND = "FineTune"
+PLURAL = "finetunes"
+
+
+def refs(body: Body) -> list[tuple[str, str]]:
+    ref = ((body.get("spec") or {}).get("dataset") or {}).get("instructDatasetRef")
+    return [("InstructDataset", ref["name"])] if ref and ref.get("name") else []
+
+
+def resolve_dataset(ctl: Controller, namespace: str, spec: FineTuneSpec) -> tuple[Input | None, Desired]:
+    """The dataset to train on, or the DatasetReady condition saying why not yet."""
+    source = spec.dataset
+    ref = source.instruct_dataset_ref
+    if ref is None:
+        given = dataset_direct(source)
+        return given, Desired(DATASET_READY, TRUE, "Given", f"dataset at {given.location}")
+    upstream = ctl.parent("InstructDataset", namespace, ref.name)
+    if upstream is None:
+        return None, Desired(DATASET_READY, FALSE, "NotFound", f"InstructDataset {ref.name!r} does not exist; re-checked periodically")
+    status: dict[str, Any] = upstream.get("status") or {}
+    phase = status.get("phase")
+    if phase == FAILED:
+        return None, Desired(DATASET_READY, FALSE, "DatasetFailed", f"InstructDataset {ref.name!r} failed: {status.get('message') or ''}".rstrip(": "))
+    if phase != "Succeeded":
+        return None, Desired(DATASET_READY, FALSE, "Waiting", f"waiting for InstructDataset {ref.name!r} to succeed (phase {phase or 'unknown'})")
+    artifact = Artifact.model_validate(status["dataset"]) if status.get("dataset") else None
+    if source.sha256 and artifact and artifact.sha256 and artifact.sha256 != source.sha256:
+        return None, Desired(DATASET_READY, FALSE, "DigestMismatch", f"InstructDataset {ref.name!r} has sha256 {artifact.sha256}, the spec expects {source.sha256}")
+    upstream_spec = InstructDatasetSpec.model_validate(upstream.get("spec") or {})
+    resolved = dataset_from_upstream(upstream_spec.output, artifact)
+    digest = resolved.pinned.sha256 if resolved.pinned else None
+    return resolved, Desired(DATASET_READY, TRUE, "Pinned", f"InstructDataset {ref.name!r} pinned" + (f" at sha256 {digest}" if digest else ""))
+
+
+def reconcile(ctl: Controller, key: Key, body: Body) -> None:
+    _, namespace, name = key
+    meta = body["metadata"]
+    try:
+        spec = FineTuneSpec.model_validate(body.get("spec") or {})
+    except ValidationError as exc:
+        ctl.write_status(key, body, invalid_spec(exc))
+        return
+    now = datetime.now(timezone.utc)
+    status: dict[str, Any] = body.get("status") or {}
+    child = ctl.child(key)
+    dependency: Desired | None = None
+    pinned = status.get("dataset")
+    if child is None:
+        dataset, dependency = resolve_dataset(ctl, namespace, spec)
+        if dataset is not None:
+            ctl.ensure_workload_rbac(namespace)
+            parent = Parent(name, namespace, PLURAL, meta.get("generation"))
+            config_map, job = build.build(parent, spec, ctl.settings, dataset)
+            created = ctl.create_owned(body, [config_map, job])
+            child = pending_child(ctl, job, created[-1], summarize_pytorchjob)
+            # Pinned once, when training is set up: a later re-generation of the dataset does not
+            # change what this FineTune consumed.
+            if pinned is None and dataset.pinned is not None:
+                pinned = dataset.pinned.to_wire()
+    computed = finetune_status(
+        current=status,
+        generation=meta.get("generation"),
+        child=child,
+        dependency=dependency,
+        pinned=pinned,
+        gpus=build.total_gpus(spec),
+        gpu_hour_usd=build.gpu_price(spec, ctl.settings),
+        budget_usd=spec.budget_usd,
+        budget_is_deadline=build.budget_is_the_deadline(spec, ctl.settings),
+        now=cost_clock(now, ctl.settings.cost_interval_seconds),
+    )
+    if (child is not None and computed.fields.get("phase") == FAILED and child.phase in (PENDING, RUNNING)
+            and child.reason != "Suspended"):
+        # Out of budget before the deadline fired (a price edit, a restart): stop the pods, keep the job.
+        stub = {"apiVersion": build.PYTORCHJOB_API_VERSION, "kind": "PyTorchJob", "metadata": {"name": child.name, "namespace": namespace}}
+        ctl.cluster.merge_patch(stub, {"spec": {"runPolicy": {"suspend": True}}})
+    ctl.write_status(key, body, computed, now=now)
+
+
+def register(ctl: Controller) -> KindInfo:
+    info = KindInfo(KIND, PLURAL, reconcile, refs)
+    ctl.register(info)
+    return info

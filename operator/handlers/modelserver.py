@@ -1,0 +1,109 @@
+"""ModelServer: wait for and pin the model, keep Deployment + Service in line with the spec, accrue cost."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..api.common import Artifact
+from ..api.finetune import FineTuneSpec
+from ..api.modelserver import ModelServerSpec
+from ..api.workloads import ResolvedModel
+from ..builders import modelserver as build
+from ..builders.common import Mounts, Parent
+from ..builders.inputs import model_from_upstream, model_source
+from ..conditions import FALSE, TRUE, Desired
+from ..controller import Body, Controller, Key, KindInfo
+from ..naming import ACCRUED_AT_ANNOTATION, SPEC_HASH_ANNOTATION
+from ..observe import FAILED, MODEL_READY, accrue, parse_time, server_status, summarize_deployment
+from .common import invalid_spec, pending_child
+
+KIND = "ModelServer"
+PLURAL = "modelservers"
+
+
+def refs(body: Body) -> list[tuple[str, str]]:
+    ref = ((body.get("spec") or {}).get("model") or {}).get("fineTuneRef")
+    return [("FineTune", ref["name"])] if ref and ref.get("name") else []
+
+
+def resolve_model(
+    ctl: Controller, namespace: str, spec: ModelServerSpec
+) -> tuple[ResolvedModel | None, Mounts, dict[str, Any] | None, Desired | None]:
+    """(model, mounts, pinned artifact, ModelReady condition or None when the model is given directly)."""
+    ref = spec.model.fine_tune_ref
+    if ref is None:
+        assert spec.model.source is not None
+        model, mounts = model_source(spec.model.source)
+        source = spec.model.source
+        uri = source.uri or (f"builtin://{source.builtin.value}" if source.builtin else f"pvc://{source.pvc.claim_name}/{source.pvc.sub_path}" if source.pvc else "")
+        return model, mounts, {"uri": uri}, None
+    upstream = ctl.parent("FineTune", namespace, ref.name)
+    if upstream is None:
+        return None, Mounts(), None, Desired(MODEL_READY, FALSE, "NotFound", f"FineTune {ref.name!r} does not exist; re-checked periodically")
+    status: dict[str, Any] = upstream.get("status") or {}
+    phase = status.get("phase")
+    if phase == FAILED:
+        return None, Mounts(), None, Desired(MODEL_READY, FALSE, "FineTuneFailed", f"FineTune {ref.name!r} failed")
+    if phase != "Succeeded":
+        return None, Mounts(), None, Desired(MODEL_READY, FALSE, "Waiting", f"waiting for FineTune {ref.name!r} to succeed (phase {phase or 'unknown'})")
+    artifact = Artifact.model_validate(status["model"]) if status.get("model") else None
+    resolved = model_from_upstream(FineTuneSpec.model_validate(upstream.get("spec") or {}).output, artifact)
+    pinned = resolved.pinned.to_wire() if resolved.pinned else None
+    return ResolvedModel(location=resolved.location), resolved.mounts, pinned, Desired(MODEL_READY, TRUE, "Pinned", f"serving the model of FineTune {ref.name!r}")
+
+
+def reconcile(ctl: Controller, key: Key, body: Body) -> None:
+    _, namespace, name = key
+    meta = body["metadata"]
+    now = datetime.now(timezone.utc)
+    try:
+        spec = ModelServerSpec.model_validate(body.get("spec") or {})
+    except ValidationError as exc:
+        ctl.write_status(key, body, invalid_spec(exc))
+        return
+    status: dict[str, Any] = body.get("status") or {}
+    child = ctl.child(key)
+    parent = Parent(name, namespace, PLURAL, meta.get("generation"))
+    model, mounts, pinned, dependency = resolve_model(ctl, namespace, spec)
+    if child is not None and dependency is not None and dependency.status != TRUE:
+        # Already serving: an upstream that went away later does not take the server down.
+        dependency, pinned = None, status.get("model")
+    elif model is not None:
+        try:
+            config_map, deployment, service = build.build(parent, spec, ctl.settings, model, mounts)
+        except build.UnsupportedModel as exc:
+            ctl.write_status(key, body, invalid_spec(exc))
+            return
+        if child is None:
+            ctl.ensure_workload_rbac(namespace)
+            created = ctl.create_owned(body, [config_map, service, deployment])
+            child = pending_child(ctl, deployment, created[-1], summarize_deployment)
+        elif child.spec_hash != deployment["metadata"]["annotations"][SPEC_HASH_ANNOTATION]:
+            # Replicas, resources, image, batching...: a server applies spec edits by rolling out.
+            ctl.cluster.merge_patch(config_map, {"data": config_map["data"]})
+            ctl.cluster.merge_patch(deployment, {"metadata": {"annotations": deployment["metadata"]["annotations"]}, "spec": deployment["spec"]})
+    computed = server_status(
+        current=status,
+        child=child,
+        dependency=dependency,
+        url=build.url(parent),
+        served_model_name=build.served_model_name(name, spec),
+        pinned=pinned,
+        replicas=spec.replicas,
+    )
+    annotations = None
+    last = parse_time((meta.get("annotations") or {}).get(ACCRUED_AT_ANNOTATION))
+    if last is None or (now - last).total_seconds() >= ctl.settings.cost_interval_seconds:
+        pods = child.pods if child is not None else 0
+        computed.fields.update(accrue(status, pods=pods, gpus_per_pod=spec.gpus_per_replica, pod_rate_usd=build.replica_rate(spec, ctl.settings), last=last, now=now))
+        annotations = {ACCRUED_AT_ANNOTATION: now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
+    ctl.write_status(key, body, computed, now=now, annotations=annotations)
+
+
+def register(ctl: Controller) -> KindInfo:
+    info = KindInfo(KIND, PLURAL, reconcile, refs)
+    ctl.register(info)
+    return info

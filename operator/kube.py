@@ -1,0 +1,144 @@
+"""A small synchronous client for the few kinds of objects the operator creates and patches.
+
+Create is idempotent by name (409 means the object is already there, which is what a handler that
+runs again after a restart must see), and every call has a timeout so a hung connection cannot
+stall a handler thread forever.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from typing import Any
+
+import kubernetes.client
+import kubernetes.config
+from kubernetes.client.exceptions import ApiException
+
+from .api.base import API_VERSION
+
+# apiVersion/kind -> plural, for every kind the operator writes.
+PLURALS: dict[tuple[str, str], str] = {
+    ("v1", "ConfigMap"): "configmaps",
+    ("v1", "Service"): "services",
+    ("v1", "ServiceAccount"): "serviceaccounts",
+    ("batch/v1", "Job"): "jobs",
+    ("apps/v1", "Deployment"): "deployments",
+    ("kubeflow.org/v1", "PyTorchJob"): "pytorchjobs",
+    ("rbac.authorization.k8s.io/v1", "Role"): "roles",
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): "rolebindings",
+}
+
+
+def collection_path(api_version: str, plural: str, namespace: str) -> str:
+    prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    return f"{prefix}/namespaces/{namespace}/{plural}"
+
+
+class Cluster:
+    """Create/patch/get by manifest; counts requests by verb (for metrics and the scale benchmark)."""
+
+    def __init__(self, api_client: kubernetes.client.ApiClient, *, timeout: float = 30.0) -> None:
+        self.api_client = api_client
+        self.timeout = timeout
+        self.requests: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_kubeconfig(cls, path: str | None, *, timeout: float = 30.0, pool_size: int = 32) -> Cluster:
+        configuration = kubernetes.client.Configuration()
+        if path:
+            kubernetes.config.load_kube_config(config_file=path, client_configuration=configuration)
+        else:
+            try:
+                kubernetes.config.load_incluster_config(client_configuration=configuration)
+            except kubernetes.config.ConfigException:
+                kubernetes.config.load_kube_config(client_configuration=configuration)
+        # One connection per handler thread, or threads queue on the pool.
+        configuration.connection_pool_maxsize = pool_size
+        return cls(kubernetes.client.ApiClient(configuration), timeout=timeout)
+
+    def _call(self, verb: str, path: str, body: Any = None, content_type: str | None = None) -> Any:
+        with self._lock:
+            self.requests[verb] += 1
+        headers = {"Accept": "application/json", "Content-Type": content_type or "application/json"}
+        client = self.api_client
+        if not hasattr(client, "param_serialize"):  # kubernetes < 34: the older generated client
+            return client.call_api(
+                path, verb, header_params=headers, body=body, response_type="object",
+                auth_settings=["BearerToken"], _return_http_data_only=True, _request_timeout=self.timeout,
+            )
+        method, url, header_params, serialized, post_params = client.param_serialize(
+            verb, path, header_params=headers, body=body, auth_settings=["BearerToken"]
+        )
+        response = client.call_api(method, url, header_params=header_params, body=serialized, post_params=post_params, _request_timeout=self.timeout)
+        data = response.read()
+        if not 200 <= response.status < 300:
+            raise ApiException(status=response.status, reason=response.reason, body=data.decode(errors="replace") if data else None)
+        return json.loads(data) if data else None
+
+    def _object_path(self, manifest: dict[str, Any]) -> tuple[str, str]:
+        api_version, kind = manifest["apiVersion"], manifest["kind"]
+        plural = PLURALS[(api_version, kind)]
+        meta = manifest["metadata"]
+        return collection_path(api_version, plural, meta["namespace"]), meta["name"]
+
+    def create(self, manifest: dict[str, Any]) -> bool:
+        """Create the object; False when one of that name already exists."""
+        collection, _ = self._object_path(manifest)
+        try:
+            self._call("POST", collection, manifest)
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True
+
+    def get(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
+        collection, name = self._object_path(manifest)
+        try:
+            result: dict[str, Any] = self._call("GET", f"{collection}/{name}")
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return result
+
+    def merge_patch(self, manifest: dict[str, Any], patch: dict[str, Any]) -> None:
+        collection, name = self._object_path(manifest)
+        self._call("PATCH", f"{collection}/{name}", patch, "application/merge-patch+json")
+
+    def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        path = f"/apis/{API_VERSION}/namespaces/{namespace}/{plural}/{name}/status"
+        result: dict[str, Any] = self._call("PATCH", path, {"status": status}, "application/merge-patch+json")
+        return result
+
+    def patch_custom(self, plural: str, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        path = f"/apis/{API_VERSION}/namespaces/{namespace}/{plural}/{name}"
+        self._call("PATCH", path, patch, "application/merge-patch+json")
+
+    def post_event(self, involved: dict[str, Any], *, type_: str, reason: str, message: str, now: str) -> None:
+        """A core/v1 Event on a resource, as `kubectl describe` shows it."""
+        meta = involved["metadata"]
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": involved["apiVersion"], "kind": involved["kind"], "name": meta["name"],
+                "namespace": meta["namespace"], "uid": meta.get("uid"),
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": type_,
+            "source": {"component": "alpaca-operator"},
+            "reportingComponent": "alpaca.dev/operator",
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        self._call("POST", collection_path("v1", "events", meta["namespace"]), event)
+
+    def close(self) -> None:
+        self.api_client.close()

@@ -1,0 +1,287 @@
+"""Observed children -> the parent's status. Pure: the handlers feed it the index and write the result.
+
+One function per kind computes every operator-owned status field and condition from the spec,
+the observed child and the resolved references; `diff` turns that into the smallest status patch
+(empty when nothing changed) and the transitions that become Events. Fields the workloads own
+(`progress`, an InstructDataset's `dataset`, a FineTune's `model`) are never in the patch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from .api.instructdataset import InstructDatasetSpec, TokenPricing
+from .conditions import FALSE, TRUE, Desired, Transition, merge, transitions
+from .cost import gpu_hours, round_usd, token_cost
+from .naming import GENERATION_ANNOTATION, SPEC_HASH_ANNOTATION
+
+READY = "Ready"
+SPEC_APPLIED = "SpecApplied"
+DATASET_READY = "DatasetReady"
+MODEL_READY = "ModelReady"
+TEACHER_READY = "TeacherReady"
+
+PENDING, RUNNING, SUCCEEDED, FAILED = "Pending", "Running", "Succeeded", "Failed"
+PROGRESSING, SERVER_READY = "Progressing", "Ready"
+
+
+@dataclass(frozen=True)
+class ChildState:
+    """What the operator keeps in memory about one child (small: it is indexed for every resource)."""
+
+    name: str
+    phase: str
+    reason: str
+    message: str = ""
+    start_time: str | None = None
+    completion_time: str | None = None
+    generation: int | None = None
+    spec_hash: str | None = None
+    replicas: int = 0
+    ready_replicas: int = 0
+    pods: int = 0
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _stamps(meta: dict[str, Any]) -> tuple[int | None, str | None]:
+    annotations = meta.get("annotations") or {}
+    generation = annotations.get(GENERATION_ANNOTATION)
+    return (int(generation) if generation and generation.isdigit() else None), annotations.get(SPEC_HASH_ANNOTATION)
+
+
+def _true(conditions: list[dict[str, Any]], type_: str) -> dict[str, Any] | None:
+    return next((c for c in conditions if c.get("type") == type_ and c.get("status") == "True"), None)
+
+
+def summarize_job(body: dict[str, Any]) -> ChildState:
+    """A batch/v1 Job."""
+    meta, status = body.get("metadata") or {}, body.get("status") or {}
+    conditions = status.get("conditions") or []
+    generation, digest = _stamps(meta)
+    common = {
+        "name": meta.get("name", ""), "start_time": status.get("startTime"),
+        "completion_time": status.get("completionTime"), "generation": generation, "spec_hash": digest,
+    }
+    if _true(conditions, "Complete") or _true(conditions, "SuccessCriteriaMet"):
+        return ChildState(phase=SUCCEEDED, reason="Completed", message="the generation Job completed", **common)
+    if failed := (_true(conditions, "Failed") or _true(conditions, "FailureTarget")):
+        return ChildState(phase=FAILED, reason=failed.get("reason") or "JobFailed", message=failed.get("message", ""), **common)
+    if _true(conditions, "Suspended"):
+        return ChildState(phase=PENDING, reason="Suspended", message="the Job is suspended", **common)
+    if (status.get("active") or 0) > 0:
+        return ChildState(phase=RUNNING, reason="Running", message="the generation Job is running", **common)
+    return ChildState(phase=PENDING, reason="JobCreated", message="waiting for the Job's pod to start", **common)
+
+
+def summarize_pytorchjob(body: dict[str, Any]) -> ChildState:
+    """A kubeflow.org/v1 PyTorchJob: its latest true condition decides."""
+    meta, status = body.get("metadata") or {}, body.get("status") or {}
+    conditions = status.get("conditions") or []
+    generation, digest = _stamps(meta)
+    common = {
+        "name": meta.get("name", ""), "start_time": status.get("startTime"),
+        "completion_time": status.get("completionTime"), "generation": generation, "spec_hash": digest,
+    }
+    if done := _true(conditions, "Succeeded"):
+        return ChildState(phase=SUCCEEDED, reason="Completed", message=done.get("message", ""), **common)
+    if failed := _true(conditions, "Failed"):
+        reason = failed.get("reason") or "JobFailed"
+        message = failed.get("message", "")
+        # The training operator words deadline failures in the message rather than a fixed reason.
+        if "deadline" in (reason + message).lower():
+            reason = "DeadlineExceeded"
+        return ChildState(phase=FAILED, reason=reason, message=message, **common)
+    if _true(conditions, "Suspended"):
+        return ChildState(phase=PENDING, reason="Suspended", message="the PyTorchJob is suspended", **common)
+    if restarting := _true(conditions, "Restarting"):
+        return ChildState(phase=RUNNING, reason="Restarting", message=restarting.get("message", ""), **common)
+    if _true(conditions, "Running"):
+        return ChildState(phase=RUNNING, reason="Running", message="training is running", **common)
+    return ChildState(phase=PENDING, reason="JobCreated", message="waiting for the training pods", **common)
+
+
+def summarize_deployment(body: dict[str, Any]) -> ChildState:
+    meta, spec, status = body.get("metadata") or {}, body.get("spec") or {}, body.get("status") or {}
+    generation, digest = _stamps(meta)
+    wanted = int(spec.get("replicas", 1))
+    ready = int(status.get("readyReplicas") or 0)
+    common = {
+        "name": meta.get("name", ""), "generation": generation, "spec_hash": digest,
+        "replicas": wanted, "ready_replicas": ready, "pods": int(status.get("replicas") or 0),
+    }
+    stuck = next(
+        (c for c in status.get("conditions") or [] if c.get("type") == "Progressing" and c.get("status") == "False"),
+        None,
+    )
+    if stuck is not None:
+        return ChildState(phase=FAILED, reason=stuck.get("reason") or "ProgressDeadlineExceeded", message=stuck.get("message", ""), **common)
+    if wanted == 0:
+        return ChildState(phase=PENDING, reason="ScaledToZero", message="replicas is 0", **common)
+    if ready >= wanted and int(status.get("updatedReplicas") or 0) >= wanted:
+        return ChildState(phase=SERVER_READY, reason="Ready", message=f"{ready}/{wanted} replicas ready", **common)
+    return ChildState(phase=PROGRESSING, reason="Progressing", message=f"{ready}/{wanted} replicas ready", **common)
+
+
+@dataclass
+class Computed:
+    """The operator-owned status fields and conditions of one resource."""
+
+    fields: dict[str, Any] = field(default_factory=dict)
+    conditions: list[Desired] = field(default_factory=list)
+
+
+def _spec_applied(child: ChildState, generation: int | None, not_applied: str) -> Desired:
+    if generation is None or child.generation is None or child.generation == generation:
+        return Desired(SPEC_APPLIED, TRUE, "Applied", "the child runs the current spec")
+    return Desired(SPEC_APPLIED, FALSE, "ChangeNotApplied", not_applied)
+
+
+def _batch(child: ChildState | None, wait: Desired | None) -> tuple[str, Desired]:
+    """Phase and Ready condition of a batch resource from its child (or what it waits for)."""
+    if child is None:
+        if wait is not None:
+            return PENDING, Desired(READY, FALSE, wait.reason, wait.message)
+        return PENDING, Desired(READY, FALSE, "Pending", "the child is being created")
+    status = TRUE if child.phase == SUCCEEDED else FALSE
+    return child.phase, Desired(READY, status, child.reason, child.message)
+
+
+def dataset_status(
+    spec: InstructDatasetSpec,
+    current: dict[str, Any],
+    *,
+    generation: int | None,
+    child: ChildState | None,
+    dependency: Desired | None,
+    teacher_url: str | None,
+    pricing: TokenPricing | None,
+    teacher_hourly_usd: float,
+    now: datetime,
+) -> Computed:
+    """`dependency` is the TeacherReady condition to set (None leaves it as it is)."""
+    out = Computed()
+    if dependency is not None:
+        out.conditions.append(dependency)
+    phase, ready = _batch(child, _waiting(dependency))
+    progress = current.get("progress") or {}
+    cost = token_cost(int(progress.get("promptTokens") or 0), int(progress.get("completionTokens") or 0), pricing)
+    if cost == 0 and progress.get("costUSD"):
+        cost = float(progress["costUSD"])
+    if child is not None:
+        start = parse_time(child.start_time)
+        end = parse_time(child.completion_time) or now
+        # An in-cluster teacher is paid in GPU time for as long as generation runs.
+        cost += teacher_hourly_usd * gpu_hours(1, start, end)
+        if phase == SUCCEEDED and spec.budget_usd is not None and cost >= spec.budget_usd:
+            ready = Desired(READY, TRUE, "BudgetReached", f"generation stopped at the budget of ${spec.budget_usd:g}; the examples paid for are kept")
+        out.conditions.append(_spec_applied(child, generation, "spec changed after the generation Job was created; the Job keeps its spec (recreate the InstructDataset to apply it)"))
+        out.fields.update(jobName=child.name, startTime=child.start_time, completionTime=child.completion_time)
+    out.conditions.append(ready)
+    out.fields.update(phase=phase, teacherURL=teacher_url, costUSD=round_usd(cost), message=ready.message or None)
+    return out
+
+
+def _waiting(dependency: Desired | None) -> Desired | None:
+    return dependency if dependency is not None and dependency.status != TRUE else None
+
+
+def finetune_status(
+    *,
+    current: dict[str, Any],
+    generation: int | None,
+    child: ChildState | None,
+    dependency: Desired | None,
+    pinned: dict[str, Any] | None,
+    gpus: int,
+    gpu_hour_usd: float | None,
+    budget_usd: float | None,
+    budget_is_deadline: bool,
+    now: datetime,
+) -> Computed:
+    """`dependency` is the DatasetReady condition to set (None leaves it as it is)."""
+    out = Computed()
+    if dependency is not None:
+        out.conditions.append(dependency)
+    phase, ready = _batch(child, _waiting(dependency))
+    hours = 0.0
+    if child is not None:
+        hours = gpu_hours(gpus, parse_time(child.start_time), parse_time(child.completion_time) or now)
+        out.conditions.append(_spec_applied(child, generation, "spec changed after the PyTorchJob was created; it keeps its spec (budget and price edits still apply to cost)"))
+        out.fields.update(jobName=child.name, startTime=child.start_time, completionTime=child.completion_time)
+    cost = hours * (gpu_hour_usd or 0.0)
+    over_budget = budget_usd is not None and gpu_hour_usd and cost >= budget_usd
+    if child is not None and (
+        (child.phase == FAILED and child.reason == "DeadlineExceeded" and budget_is_deadline)
+        or (over_budget and child.phase != SUCCEEDED)
+    ):
+        phase = FAILED
+        ready = Desired(READY, FALSE, "BudgetExceeded", f"cost reached the budget of ${budget_usd:g}; training was stopped")
+    out.conditions.append(ready)
+    if pinned is not None:
+        out.fields["dataset"] = pinned
+    out.fields.update(phase=phase, gpuHours=round(hours, 4), costUSD=round_usd(cost), message=ready.message or None)
+    return out
+
+
+def server_status(
+    *,
+    current: dict[str, Any],
+    child: ChildState | None,
+    dependency: Desired | None,
+    url: str,
+    served_model_name: str,
+    pinned: dict[str, Any] | None,
+    replicas: int,
+) -> Computed:
+    """`dependency` is the ModelReady condition to set (None leaves it as it is)."""
+    out = Computed()
+    if dependency is not None:
+        out.conditions.append(dependency)
+    wait = _waiting(dependency)
+    if child is None:
+        reason, message = (wait.reason, wait.message) if wait is not None else ("Pending", "the Deployment is being created")
+        phase, ready = "Pending", Desired(READY, FALSE, reason, message)
+    else:
+        phase = child.phase
+        ready = Desired(READY, TRUE if phase == SERVER_READY else FALSE, child.reason, child.message)
+        out.fields.update(deploymentName=child.name, readyReplicas=child.ready_replicas, url=url)
+    out.conditions.append(ready)
+    if pinned is not None:
+        out.fields["model"] = pinned
+    out.fields.update(phase=phase, replicas=replicas, servedModelName=served_model_name, message=ready.message or None)
+    return out
+
+
+def accrue(
+    current: dict[str, Any], *, pods: int, gpus_per_pod: int, pod_rate_usd: float, last: datetime | None, now: datetime
+) -> dict[str, Any]:
+    """GPU-hours and cost of a server, advanced by the pods that existed since the last accrual."""
+    hours = float(current.get("gpuHours") or 0.0)
+    cost = float(current.get("costUSD") or 0.0)
+    if last is not None and now > last and pods > 0:
+        elapsed_h = (now - last).total_seconds() / 3600.0
+        hours += pods * gpus_per_pod * elapsed_h
+        cost += pods * pod_rate_usd * elapsed_h
+    return {"gpuHours": round(hours, 6), "costUSD": round_usd(cost)}
+
+
+def diff(
+    current: dict[str, Any], computed: Computed, *, generation: int | None, now: datetime
+) -> tuple[dict[str, Any], list[Transition]]:
+    """The status patch (empty when nothing changed) and the condition transitions."""
+    stamp = now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    old_conditions = current.get("conditions") or []
+    merged = merge(old_conditions, computed.conditions, generation=generation, now=stamp)
+    patch = {key: value for key, value in computed.fields.items() if current.get(key) != value}
+    if merged != old_conditions:
+        patch["conditions"] = merged
+    if generation is not None and current.get("observedGeneration") != generation:
+        patch["observedGeneration"] = generation
+    return patch, transitions(old_conditions, merged) if "conditions" in patch else []

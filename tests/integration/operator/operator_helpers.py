@@ -1,0 +1,60 @@
+"""Helpers of the operator integration tests."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import kubernetes.client
+from kubernetes.client.exceptions import ApiException
+
+T = TypeVar("T")
+GROUP, VERSION = "alpaca.dev", "v1alpha1"
+
+
+def wait_for(check: Callable[[], T], *, timeout: float = 20.0, what: str = "condition") -> T:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            last = None
+        if last:
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+
+def create(custom: kubernetes.client.CustomObjectsApi, namespace: str, plural: str, kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": name}, "spec": spec}
+    result: dict[str, Any] = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, plural, body)
+    return result
+
+
+def get(custom: kubernetes.client.CustomObjectsApi, namespace: str, plural: str, name: str) -> dict[str, Any]:
+    result: dict[str, Any] = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+    return result
+
+
+def status_of(custom: kubernetes.client.CustomObjectsApi, namespace: str, plural: str, name: str) -> dict[str, Any]:
+    return get(custom, namespace, plural, name).get("status") or {}
+
+
+def condition(status: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    return next((c for c in status.get("conditions") or [] if c["type"] == type_), None)
+
+
+def event_reasons(api_client: kubernetes.client.ApiClient, namespace: str, name: str) -> set[str]:
+    events = kubernetes.client.CoreV1Api(api_client).list_namespaced_event(namespace)
+    return {e.reason for e in events.items if e.involved_object.name == name}
+
+
+def now_minus(seconds: float) -> str:
+    from datetime import datetime, timedelta, timezone
+
+    return (datetime.now(timezone.utc) - timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
