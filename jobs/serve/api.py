@@ -1,0 +1,251 @@
+"""The HTTP application: routers for /v1, the probes, /metrics and the chat page, and a lifespan
+that loads the model in the background (so the probes answer while it loads) and drains the
+engine on shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .engine import Engine
+from .errors import ApiError, api_error_handler, http_error_handler, internal_error_handler, validation_error_handler
+from .metrics import UNTRACKED_PATHS, HttpMetricsMiddleware, Metrics
+from .protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from .serving import LoadedModel, OpenAIServing, ServeOptions
+
+log = logging.getLogger("alpaca_jobs.serve")
+STATIC = Path(__file__).parent / "static"
+REQUEST_ID_HEADER = "x-request-id"
+
+
+@dataclass
+class ServerState:
+    """What the routers need; filled in by the lifespan once the model is loaded."""
+
+    options: ServeOptions
+    api_key: str | None
+    metrics: Metrics = field(default_factory=Metrics)
+    serving: OpenAIServing | None = None
+    load_error: str | None = None
+    stopping: bool = False
+
+    @property
+    def engine(self) -> Engine | None:
+        return self.serving.engine if self.serving else None
+
+
+def _state(request: Request) -> ServerState:
+    return request.app.state.server
+
+
+def _serving(state: ServerState = Depends(_state)) -> OpenAIServing:
+    if state.serving is None or not state.serving.engine.alive:
+        raise ApiError(503, "the model is still loading" if state.load_error is None else "the model failed to load",
+                       type="server_error", code="unavailable", headers={"Retry-After": "5"})
+    return state.serving
+
+
+def _authorize(request: Request, state: ServerState = Depends(_state)) -> None:
+    if state.api_key is None:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), state.api_key.encode()):
+        raise ApiError(
+            401,
+            "Incorrect or missing API key: send it as `Authorization: Bearer <key>`.",
+            code="invalid_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+def _request_id(request: Request) -> str:
+    return request.scope["state"]["request_id"]
+
+
+v1 = APIRouter(prefix="/v1", dependencies=[Depends(_authorize)])
+
+
+@v1.get("/models")
+async def list_models(state: ServerState = Depends(_state)) -> ModelList:
+    return ModelList(data=[ModelCard(id=state.options.served_model_name)])
+
+
+@v1.get("/models/{model:path}")
+async def get_model(model: str, state: ServerState = Depends(_state)) -> ModelCard:
+    if model != state.options.served_model_name:
+        raise ApiError(404, f"The model `{model}` does not exist.", type="not_found_error", param="model",
+                       code="model_not_found")
+    return ModelCard(id=model)
+
+
+def _respond(result: object) -> Response:
+    if hasattr(result, "__aiter__"):
+        return StreamingResponse(result, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})  # type: ignore[arg-type]
+    return JSONResponse(result.model_dump())  # type: ignore[attr-defined]
+
+
+@v1.post("/chat/completions")
+async def chat_completions(
+    body: ChatCompletionRequest, request: Request, serving: OpenAIServing = Depends(_serving)
+) -> Response:
+    return _respond(await serving.chat(body, _request_id(request)))
+
+
+@v1.post("/completions")
+async def completions(body: CompletionRequest, request: Request, serving: OpenAIServing = Depends(_serving)) -> Response:
+    return _respond(await serving.completions(body, _request_id(request)))
+
+
+ops = APIRouter()
+
+
+@ops.get("/healthz")
+async def healthz(state: ServerState = Depends(_state)) -> JSONResponse:
+    """Alive while loading and while the engine runs; 503 once it died or the model failed to load."""
+    if state.load_error is not None:
+        return JSONResponse({"status": "failed", "error": state.load_error}, status_code=503)
+    if state.serving is not None and not state.engine.alive and not state.stopping:  # type: ignore[union-attr]
+        return JSONResponse({"status": "failed", "error": "the engine stopped"}, status_code=503)
+    return JSONResponse({"status": "ok"})
+
+
+@ops.get("/readyz")
+async def readyz(state: ServerState = Depends(_state)) -> JSONResponse:
+    ready = state.serving is not None and state.serving.engine.alive and not state.stopping
+    reason = "ready" if ready else ("shutting down" if state.stopping else "loading")
+    return JSONResponse({"status": reason}, status_code=200 if ready else 503)
+
+
+@ops.get("/metrics")
+async def metrics(state: ServerState = Depends(_state)) -> Response:
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@ops.get("/info")
+async def info(state: ServerState = Depends(_state)) -> JSONResponse:
+    """What the chat page shows before the first request: nothing secret."""
+    loaded = state.serving.loaded if state.serving else None
+    return JSONResponse(
+        {
+            "model": state.options.served_model_name,
+            "prompt_format": loaded.prompt_style.format.value if loaded else None,
+            "auth": state.api_key is not None,
+            "max_new_tokens": state.options.max_new_tokens,
+            "ready": state.serving is not None,
+        }
+    )
+
+
+@ops.get("/", include_in_schema=False)
+async def chat_page() -> FileResponse:
+    return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+class RequestContextMiddleware:
+    """Gives each request an id (the client's X-Request-Id, or a new one), returns it, logs the request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        given = headers.get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
+        request_id = given if given and len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        start = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (REQUEST_ID_HEADER.encode(), request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            level = logging.DEBUG if scope["path"] in UNTRACKED_PATHS else logging.INFO
+            log.log(
+                level,
+                "%s %s %d",
+                scope["method"],
+                scope["path"],
+                status,
+                extra={"request_id": request_id, "status": status, "duration_s": round(time.perf_counter() - start, 4)},
+            )
+
+
+Loader = Callable[[], LoadedModel]
+
+
+def create_app(loader: Loader, options: ServeOptions, *, api_key: str | None = None,
+               on_fatal: Callable[[], None] | None = None) -> FastAPI:
+    """The server for one model. `loader` runs in a thread at startup; /readyz turns 200 when it returns."""
+    state = ServerState(options=options, api_key=api_key or None)
+
+    async def load() -> None:
+        try:
+            loaded = await asyncio.to_thread(loader)
+        except Exception as error:
+            log.exception("loading the model failed")
+            state.load_error = f"{type(error).__name__}: {error}"
+            if on_fatal:
+                on_fatal()
+            return
+        engine = Engine(
+            loaded.model,
+            loaded.tokenizer,
+            max_batch_size=options.max_batch_size,
+            max_queue=options.max_queue,
+            on_step=state.metrics.observe_step,
+        )
+        engine.start()
+        state.metrics.watch_engine(lambda: engine.waiting, lambda: engine.running)
+        state.serving = OpenAIServing(loaded, engine, options, state.metrics)
+        log.info("serving %s (%s prompts)", options.served_model_name, loaded.prompt_style.format.value)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.create_task(load())
+        try:
+            yield
+        finally:
+            # uvicorn has stopped accepting and waited for open requests; what is left in the
+            # engine (requests whose clients went away) is finished before the process exits.
+            state.stopping = True
+            loading.cancel()
+            if state.engine is not None:
+                await asyncio.to_thread(state.engine.stop, 60.0)
+
+    app = FastAPI(title="alpaca serve", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.server = state
+    app.include_router(v1)
+    app.include_router(ops)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_exception_handler(ApiError, api_error_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)
+    app.add_exception_handler(Exception, internal_error_handler)
+    app.add_middleware(HttpMetricsMiddleware, metrics=state.metrics)
+    app.add_middleware(RequestContextMiddleware)
+    return app

@@ -1,0 +1,287 @@
+"""The serving logic behind /v1: requests -> engine submissions -> OpenAI responses or SSE chunks.
+
+Kept apart from the routers so that it can be read (and tested) as plain async functions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .engine import Engine, EngineStoppedError, Event, QueueFullError, RequestHandle
+from .errors import ApiError, bad_request
+from .metrics import Metrics
+from .prompts import PromptError, PromptFormat, PromptStyle, encode, render_chat
+from .protocol import (
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionRequest,
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    Usage,
+    new_id,
+    now,
+)
+from .sampling import SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    """A model and tokenizer ready to serve, plus what the server needs to know about them."""
+
+    model: Any
+    tokenizer: Any
+    prompt_style: PromptStyle
+    context_length: int
+    folder: Path | None = None
+
+
+@dataclass
+class ServeOptions:
+    served_model_name: str
+    max_batch_size: int = 16
+    max_queue: int = 64
+    max_new_tokens: int = 512
+
+
+class OpenAIServing:
+    def __init__(self, loaded: LoadedModel, engine: Engine, options: ServeOptions, metrics: Metrics) -> None:
+        self.loaded, self.engine, self.options, self.metrics = loaded, engine, options, metrics
+
+    # -- shared steps ---------------------------------------------------------------------
+
+    def _check_model(self, name: str) -> None:
+        if name != self.options.served_model_name:
+            raise ApiError(
+                404,
+                f"The model `{name}` does not exist; this server serves `{self.options.served_model_name}`.",
+                type="not_found_error",
+                param="model",
+                code="model_not_found",
+            )
+
+    def _params(self, request: ChatCompletionRequest | CompletionRequest, prompt_tokens: int, param: str) -> SamplingParams:
+        context = self.loaded.context_length
+        if prompt_tokens >= context:
+            raise bad_request(f"{param}: the prompt is {prompt_tokens} tokens; the model's context is {context}", param)
+        # A request for more than the server allows is served up to the limit and ends with
+        # finish_reason "length", as when the context runs out: teachers often ask for a lot.
+        wanted = request.token_limit() or self.options.max_new_tokens
+        max_tokens = max(1, min(wanted, self.options.max_new_tokens, context - prompt_tokens))
+        vocab = len(self.loaded.tokenizer)
+        bias: dict[int, float] = {}
+        for key, value in (request.logit_bias or {}).items():
+            if int(key) >= vocab:
+                raise bad_request(f"logit_bias: token id {key} is outside the vocabulary (size {vocab})", "logit_bias")
+            bias[int(key)] = value
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=1.0 if request.temperature is None else request.temperature,
+            top_p=1.0 if request.top_p is None else request.top_p,
+            seed=request.seed,
+            stop=request.stop_list(),
+            presence_penalty=request.presence_penalty,
+            frequency_penalty=request.frequency_penalty,
+            logit_bias=bias,
+        )
+
+    def _submit(self, prompts: list[list[int]], params: SamplingParams, n: int) -> RequestHandle:
+        try:
+            handle = self.engine.submit(prompts, params, n, asyncio.get_running_loop())
+        except QueueFullError as error:
+            self.metrics.rejected.inc()
+            raise ApiError(
+                429,
+                f"The server is busy ({error}); retry shortly.",
+                type="rate_limit_error",
+                code="queue_full",
+                headers={"Retry-After": "1"},
+            ) from error
+        except EngineStoppedError as error:
+            raise ApiError(503, str(error), type="server_error", code="unavailable") from error
+        self.metrics.prompt_tokens.inc(sum(len(p) for p in prompts) * n)
+        return handle
+
+    async def _events(self, handle: RequestHandle, started: float) -> AsyncIterator[Event]:
+        """Every event of a request until all its choices finished; cancels the rest if abandoned."""
+        pending = handle.choices
+        first = True
+        try:
+            while pending:
+                event = await handle.events.get()
+                if first:
+                    self.metrics.time_to_first_token.observe(time.perf_counter() - started)
+                    first = False
+                if event.finish_reason is not None:
+                    pending -= 1
+                    self.metrics.generation_tokens.inc(event.completion_tokens)
+                if event.error is not None:
+                    raise ApiError(500, f"generation failed: {event.error}", type="server_error")
+                yield event
+        finally:
+            handle.cancel()
+
+    # -- chat -----------------------------------------------------------------------------
+
+    def _chat_prompt(self, request: ChatCompletionRequest) -> list[int]:
+        try:
+            text = render_chat(request.messages, self.loaded.prompt_style, self.loaded.tokenizer)
+        except PromptError as error:
+            raise bad_request(str(error), error.param) from error
+        return encode(text, self.loaded.tokenizer, chat=self.loaded.prompt_style.format is PromptFormat.CHAT)
+
+    async def chat(self, request: ChatCompletionRequest, request_id: str) -> ChatCompletion | AsyncIterator[str]:
+        started = time.perf_counter()
+        self._check_model(request.model)
+        prompt = self._chat_prompt(request)
+        params = self._params(request, len(prompt), "messages")
+        handle = self._submit([prompt], params, request.n)
+        response_id = f"chatcmpl-{request_id}"
+        if request.stream:
+            include_usage = bool(request.stream_options and request.stream_options.include_usage)
+            return self._chat_stream(handle, response_id, request.model, len(prompt), include_usage, started)
+        texts = [""] * handle.choices
+        reasons: list[str | None] = [None] * handle.choices
+        tokens = [0] * handle.choices
+        async for event in self._events(handle, started):
+            texts[event.index] += event.text
+            tokens[event.index] = event.completion_tokens
+            reasons[event.index] = event.finish_reason or reasons[event.index]
+        completion = sum(tokens)
+        return ChatCompletion(
+            id=response_id,
+            model=request.model,
+            choices=[
+                ChatChoice(index=i, message=AssistantMessage(content=texts[i]), finish_reason=reasons[i])
+                for i in range(handle.choices)
+            ],
+            usage=Usage(prompt_tokens=len(prompt), completion_tokens=completion, total_tokens=len(prompt) + completion),
+        )
+
+    async def _chat_stream(
+        self, handle: RequestHandle, response_id: str, model: str, prompt_tokens: int, include_usage: bool, started: float
+    ) -> AsyncIterator[str]:
+        created = now()
+
+        def chunk(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> str:
+            body: dict[str, Any] = {
+                "id": response_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": choices,
+            }
+            if include_usage:
+                body["usage"] = usage
+            return sse(body)
+
+        def choice(index: int, delta: dict[str, str], finish: str | None = None) -> dict[str, Any]:
+            return {"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}
+
+        for index in range(handle.choices):
+            yield chunk([choice(index, {"role": "assistant", "content": ""})])
+        completion = [0] * handle.choices
+        try:
+            async for event in self._events(handle, started):
+                completion[event.index] = event.completion_tokens
+                if event.text:
+                    yield chunk([choice(event.index, {"content": event.text})])
+                if event.finish_reason is not None:
+                    yield chunk([choice(event.index, {}, event.finish_reason)])
+        except ApiError as error:
+            yield sse(error.body())
+            return
+        if include_usage:
+            total = sum(completion)
+            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": total, "total_tokens": prompt_tokens + total}
+            yield chunk([], usage)
+        yield "data: [DONE]\n\n"
+
+    # -- completions ----------------------------------------------------------------------
+
+    async def completions(self, request: CompletionRequest, request_id: str) -> Completion | AsyncIterator[str]:
+        started = time.perf_counter()
+        self._check_model(request.model)
+        texts = request.prompts()
+        prompts = [encode(t, self.loaded.tokenizer, chat=False) for t in texts]
+        params = self._params(request, max(len(p) for p in prompts), "prompt")
+        handle = self._submit(prompts, params, request.n)
+        prompt_tokens = sum(len(p) for p in prompts) * request.n
+        echoes = [texts[i // request.n] if request.echo else "" for i in range(handle.choices)]
+        response_id = f"cmpl-{request_id}"
+        if request.stream:
+            include_usage = bool(request.stream_options and request.stream_options.include_usage)
+            return self._completion_stream(handle, response_id, request.model, prompt_tokens, echoes, include_usage, started)
+        outputs = list(echoes)
+        reasons: list[str | None] = [None] * handle.choices
+        tokens = [0] * handle.choices
+        async for event in self._events(handle, started):
+            outputs[event.index] += event.text
+            tokens[event.index] = event.completion_tokens
+            reasons[event.index] = event.finish_reason or reasons[event.index]
+        completion = sum(tokens)
+        return Completion(
+            id=response_id,
+            model=request.model,
+            choices=[CompletionChoice(index=i, text=outputs[i], finish_reason=reasons[i]) for i in range(handle.choices)],
+            usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion, total_tokens=prompt_tokens + completion),
+        )
+
+    async def _completion_stream(
+        self,
+        handle: RequestHandle,
+        response_id: str,
+        model: str,
+        prompt_tokens: int,
+        echoes: list[str],
+        include_usage: bool,
+        started: float,
+    ) -> AsyncIterator[str]:
+        created = now()
+
+        def chunk(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> str:
+            body: dict[str, Any] = {
+                "id": response_id,
+                "object": "text_completion",
+                "created": created,
+                "model": model,
+                "choices": choices,
+            }
+            if include_usage:
+                body["usage"] = usage
+            return sse(body)
+
+        def choice(index: int, text: str, finish: str | None = None) -> dict[str, Any]:
+            return {"index": index, "text": text, "finish_reason": finish, "logprobs": None}
+
+        for index, echo in enumerate(echoes):
+            if echo:
+                yield chunk([choice(index, echo)])
+        completion = [0] * handle.choices
+        try:
+            async for event in self._events(handle, started):
+                completion[event.index] = event.completion_tokens
+                if event.text or event.finish_reason is not None:
+                    yield chunk([choice(event.index, event.text, event.finish_reason)])
+        except ApiError as error:
+            yield sse(error.body())
+            return
+        if include_usage:
+            total = sum(completion)
+            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": total, "total_tokens": prompt_tokens + total}
+            yield chunk([], usage)
+        yield "data: [DONE]\n\n"
+
+
+def sse(body: dict[str, Any]) -> str:
+    return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
