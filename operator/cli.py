@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "crds": ("alpaca_operator.crd.cli", "print or write the CustomResourceDefinitions"),
     "train": ("alpaca_jobs.train.cli", "fine-tune a model on Alpaca-format data (alone or under torchrun)"),
     "validate": ("alpaca_operator.validate_cli", "validate manifests as the cluster would"),
+    "serve": ("alpaca_jobs.serve.cli", "serve a model with an OpenAI-compatible API and a chat page"),
 }
 
 
