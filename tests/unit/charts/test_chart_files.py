@@ -1,0 +1,57 @@
+"""The chart's files agree with the code they package: CRDs, version, default images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from alpaca_operator import __version__
+from alpaca_operator.settings import Images
+
+ROOT = Path(__file__).resolve().parents[3]
+CHART = ROOT / "charts" / "alpaca-operator"
+# kopf's peering kinds are the one CRD file that is not generated from our models.
+PEERING_CRDS = "kopf.dev_peerings.yaml"
+
+
+def test_chart_crds_are_the_generated_ones() -> None:
+    generated = {p.name: p.read_bytes() for p in (ROOT / "crds").glob("*.yaml")}
+    packaged = {p.name: p.read_bytes() for p in (CHART / "crds").glob("*.yaml")}
+    assert set(packaged) == set(generated) | {PEERING_CRDS}, "chart crds/ and crds/ list different files"
+    stale = [name for name in generated if packaged[name] != generated[name]]
+    assert not stale, f"charts/alpaca-operator/crds/ differs from crds/ for {stale}: cp crds/*.yaml charts/alpaca-operator/crds/"
+
+
+def test_peering_crds_define_both_scopes() -> None:
+    documents = list(yaml.safe_load_all((CHART / "crds" / PEERING_CRDS).read_text()))
+    scopes = {d["spec"]["names"]["kind"]: d["spec"]["scope"] for d in documents}
+    assert scopes == {"ClusterKopfPeering": "Cluster", "KopfPeering": "Namespaced"}
+    for document in documents:
+        assert document["spec"]["group"] == "kopf.dev"
+        assert [v["name"] for v in document["spec"]["versions"]] == ["v1"]
+
+
+def test_app_version_is_the_package_version() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["appVersion"] == __version__
+
+
+def test_default_workload_images_are_the_operators_defaults() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    images = values["workloads"]["images"]
+    defaults = Images()
+    for name in ("generate", "train", "serve", "vllm"):
+        image = images[name]
+        rendered = f"{image['repository']}:{image['tag'] or __version__}"
+        assert rendered == getattr(defaults, name), f"values.yaml workloads.images.{name} renders {rendered}"
+    assert values["workloads"]["pullPolicy"] == defaults.pull_policy
+
+
+def test_operator_image_matches_the_dockerfile_user() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    dockerfile = (ROOT / "images" / "operator" / "Dockerfile").read_text()
+    user = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("USER ")][-1]
+    uid, _, gid = user.partition(":")
+    assert values["podSecurityContext"]["runAsUser"] == int(uid)
+    assert values["podSecurityContext"]["runAsGroup"] == int(gid)
