@@ -14,6 +14,7 @@ from . import __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     "crds": ("alpaca_operator.crd.cli", "print or write the CustomResourceDefinitions"),
     "train": ("alpaca_jobs.train.cli", "fine-tune a model on Alpaca-format data (alone or under torchrun)"),
+    "operator": ("alpaca_operator.runner", "run the kopf operator (all namespaces or a list; one active replica via peering)"),
     "validate": ("alpaca_operator.validate_cli", "validate manifests as the cluster would"),
     "serve": ("alpaca_jobs.serve.cli", "serve a model with an OpenAI-compatible API and a chat page"),
 }
