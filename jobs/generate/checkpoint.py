@@ -1,0 +1,85 @@
+"""The checkpoint: an append-only journal of the teacher's answers, written before they are used.
+
+Every answered (or given-up) request becomes one JSON line, flushed and fsynced before its tasks are
+filtered. The dataset is a pure function of the journal and the configuration, so a restarted run
+replays the journal to get back exactly what it had kept, and never asks again for what was already
+answered. A kill in the middle of a write leaves at most a torn last line, which is dropped (that
+request was not yet used, so nothing depends on it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Outcome = Literal["answered", "failed"]
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class Record:
+    request: int
+    first_slot: int
+    outcome: Outcome
+    content: str | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    problem: str | None = None  # why an answered request was unusable, or why a request failed
+    retries: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps({"v": VERSION, **asdict(self)}, ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, line: str) -> Record:
+        data: dict[str, Any] = json.loads(line)
+        version = data.pop("v", None)
+        if version != VERSION:
+            raise ValueError(f"unknown checkpoint record version {version!r}")
+        return cls(**data)
+
+
+class CheckpointError(RuntimeError):
+    """The journal is damaged somewhere other than its last line."""
+
+
+class Journal:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> list[Record]:
+        """All complete records; a torn tail is cut off the file so that appends start clean."""
+        if not self.path.exists():
+            return []
+        data = self.path.read_bytes()
+        # Everything after the last newline was never completed (a kill mid-write).
+        complete = data.split(b"\n")[:-1]
+        records: list[Record] = []
+        good_end = 0
+        for number, raw in enumerate(complete, start=1):
+            try:
+                records.append(Record.from_json(raw.decode("utf-8")))
+            except (ValueError, TypeError) as exc:
+                # A crash of the machine (not just the process) can leave junk in the last line.
+                if number == len(complete):
+                    break
+                raise CheckpointError(f"{self.path}:{number}: damaged checkpoint record: {exc}") from None
+            good_end += len(raw) + 1
+        if good_end != len(data):
+            with self.path.open("r+b") as handle:
+                handle.truncate(good_end)
+                handle.flush()
+                os.fsync(handle.fileno())
+        return records
+
+    def append(self, record: Record) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = (record.to_json() + "\n").encode("utf-8")
+        with self.path.open("ab") as handle:
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())

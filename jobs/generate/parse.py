@@ -1,0 +1,60 @@
+"""Reading the teacher's completion back into tasks.
+
+The teacher continues a numbered list; each item is `N. Instruction: ...`, `N. Input:` and
+`N. Output:`, items separated by `###`. Anything else in an item makes it malformed, which is
+counted, never raised.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .prompt import NO_INPUT, SEPARATOR, Task
+
+_FIELD_RE = re.compile(r"^[ \t]*\d+[ \t]*\.[ \t]*(Instruction|Input|Output)[ \t]*:", re.MULTILINE)
+_STARTS_WITH_ITEM_RE = re.compile(r"^\s*\d+[ \t]*\.[ \t]*Instruction[ \t]*:")
+_EXPECTED = ["Instruction", "Input", "Output"]
+_NO_INPUT_MARKERS = {NO_INPUT.lower(), "<no input>", "no input", ""}
+
+MALFORMED = "malformed"
+TRUNCATED = "truncated"
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """One item of a completion: a task, or the reason it could not be read."""
+
+    task: Task | None
+    problem: str | None = None
+
+
+def _parse_item(block: str) -> Parsed:
+    pieces = _FIELD_RE.split(block)
+    # split() with one group gives [before, name, text, name, text, name, text].
+    if len(pieces) != 7 or pieces[0].strip() or pieces[1::2] != _EXPECTED:
+        return Parsed(None, MALFORMED)
+    instruction = " ".join(pieces[2].split())
+    text_input = pieces[4].strip()
+    output = pieces[6].strip()
+    if text_input.lower() in _NO_INPUT_MARKERS:
+        text_input = ""
+    if not instruction or not output:
+        return Parsed(None, MALFORMED)
+    return Parsed(Task(instruction=instruction, input=text_input, output=output))
+
+
+def parse_completion(text: str, first_slot: int, *, truncated: bool) -> list[Parsed]:
+    """The items of a completion that continues the list at `first_slot`.
+
+    The prompt ends inside item `first_slot` (after `Instruction:`), so a completion that does not
+    repeat that header is prefixed with it. When the completion was cut by the token limit, its last
+    item is incomplete and reported as truncated.
+    """
+    if not _STARTS_WITH_ITEM_RE.match(text):
+        text = f"{first_slot}. Instruction:{text}"
+    blocks = [block for block in text.split(SEPARATOR) if block.strip()]
+    items = [_parse_item(block) for block in blocks]
+    if truncated and items:
+        items[-1] = Parsed(None, TRUNCATED)
+    return items

@@ -1,0 +1,87 @@
+"""The request shown to the teacher: guidelines, a few example tasks, and numbered slots to fill."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+NO_INPUT = "<noinput>"
+SEPARATOR = "###"
+
+
+@dataclass(frozen=True)
+class Task:
+    """One instruction-following example in Alpaca's format."""
+
+    instruction: str
+    input: str
+    output: str
+
+    def as_record(self) -> dict[str, str]:
+        return {"instruction": self.instruction, "input": self.input, "output": self.output}
+
+
+GUIDELINES = """\
+You are writing tasks for a collection that will teach an AI assistant to follow instructions. \
+Continue the numbered list below until it holds {total} tasks.
+
+Guidelines for the new tasks:
+1. Open the instructions with many different verbs; avoid using the same verb twice.
+2. Vary the phrasing: some tasks are questions, some are commands, some are polite requests.
+3. Mix the kinds of work: open-ended writing, brainstorming, classification, rewriting and editing, \
+pulling facts out of a text, reasoning, arithmetic, programming, recommendations, explanations and more.
+4. Each task must be doable by a language model that only reads and writes text. Leave out anything \
+that needs seeing, hearing, drawing or acting in the world, such as describing a photo, listening to a \
+recording or setting a reminder.
+5. Write every task in English.
+6. Keep each instruction to one or two sentences.
+7. Give a task an input only when it needs one, and then make the input real and specific (the actual \
+passage, list, sentence or numbers), never a placeholder. When the instruction stands on its own, write \
+{no_input} as its input.
+8. Make the output a correct, fitting answer to the instruction and input, in fewer than 100 words.
+
+Keep exactly the format of the tasks below, with {separator} on its own line between tasks.
+
+Tasks 1 to {total}:
+"""
+
+
+def format_task(number: int, task: Task) -> str:
+    return (
+        f"{SEPARATOR}\n"
+        f"{number}. Instruction: {task.instruction}\n"
+        f"{number}. Input:\n{task.input or NO_INPUT}\n"
+        f"{number}. Output:\n{task.output}\n"
+    )
+
+
+def build_prompt(examples: Sequence[Task], total_slots: int) -> str:
+    """Guidelines, the examples as tasks 1..k, and the open slot k+1 for the teacher to continue."""
+    if len(examples) >= total_slots:
+        raise ValueError(f"{len(examples)} example tasks leave no slot free out of {total_slots}")
+    parts = [GUIDELINES.format(total=total_slots, no_input=NO_INPUT, separator=SEPARATOR)]
+    parts.extend(format_task(number, task) for number, task in enumerate(examples, start=1))
+    parts.append(f"{SEPARATOR}\n{len(examples) + 1}. Instruction:")
+    return "".join(parts)
+
+
+def choose_examples(
+    seeds: Sequence[Task],
+    generated: Sequence[Task],
+    seeds_per_prompt: int,
+    generated_per_prompt: int,
+    rng: random.Random,
+) -> list[Task]:
+    """Seed tasks plus (once there are some) already generated ones, in random order."""
+    chosen = rng.sample(list(seeds), min(seeds_per_prompt, len(seeds)))
+    if generated_per_prompt and generated:
+        chosen += rng.sample(list(generated), min(generated_per_prompt, len(generated)))
+    rng.shuffle(chosen)
+    return chosen
+
+
+def request_rng(random_seed: int, request: int) -> random.Random:
+    """Each request's choices depend only on the run's seed and its number, so a resumed run asks
+    the same questions a fresh one would."""
+    return random.Random(f"{random_seed}/{request}")

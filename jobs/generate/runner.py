@@ -1,0 +1,319 @@
+"""A generation run: concurrent requests, journal first, then filters; stop on target, budget or trouble.
+
+The loop keeps up to `maxConcurrency` requests in flight. Each answer is journaled (fsync) and only
+then parsed and filtered, in the order answers arrive; that order is the journal's, so replaying the
+journal rebuilds the same dataset. Requests already in flight when the run decides to stop are still
+awaited and journaled: they are paid for, and a later run with a larger target uses them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from alpaca_operator.api.workloads import GenerateConfig
+from alpaca_jobs import storage
+from alpaca_jobs.report import StatusReporter
+
+from .checkpoint import Journal, Record
+from .manifest import CHECKPOINT_FILE, DATASET_FILE, MANIFEST_FILE, Manifest, StopReason
+from .output import OutputFolder
+from .prompt import build_prompt, choose_examples, request_rng
+from .retry import RetryPolicy
+from .seeds import load_seed_tasks
+from .state import GenerationState
+from .teacher import Answer, GaveUp, Teacher, TeacherRejected
+
+log = logging.getLogger(__name__)
+
+# A prompt token is about four characters of English; three keeps the first cost estimate on the safe side.
+_CHARS_PER_TOKEN_LOW = 3
+_CHECKPOINT_PUSH_INTERVAL_S = 60.0
+
+
+class ConfigError(ValueError):
+    """The run cannot start as configured; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    retry: RetryPolicy | None = None  # None: from the spec's maxRetries with default delays
+    progress_bar: bool | None = None  # None: when stderr is a terminal
+    status_interval_s: float = 5.0
+    # Stop when this many answers in a row added nothing (None: 50, or 4x the concurrency if more).
+    stall_after: int | None = None
+    # Stop when this many requests in a row gave up (None: 5, or the concurrency if more).
+    fail_after: int | None = None
+
+
+def resolve_api_key(env_name: str | None, environ: dict[str, str] | None = None) -> str | None:
+    """The key from the named env var, or from the file named by `<NAME>_FILE` (a mounted Secret)."""
+    if env_name is None:
+        return None
+    env = os.environ if environ is None else environ
+    if value := env.get(env_name, "").strip():
+        return value
+    if file := env.get(f"{env_name}_FILE"):
+        try:
+            value = Path(file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the teacher API key file {file} (from {env_name}_FILE): {exc.strerror}") from None
+        if value:
+            return value
+        raise ConfigError(f"the teacher API key file {file} (from {env_name}_FILE) is empty")
+    raise ConfigError(f"the teacher API key is expected in the environment variable {env_name}, which is not set")
+
+
+class _Progress:
+    """A progress bar in a terminal, a log line now and then otherwise, and the status patch in a pod."""
+
+    def __init__(self, state: GenerationState, config: GenerateConfig, options: RunOptions) -> None:
+        self._reporter = StatusReporter(config.status_target, min_interval_s=options.status_interval_s)
+        self._bar = None
+        self._last_log = time.monotonic()
+        show = options.progress_bar
+        if show is None:
+            import sys
+
+            show = sys.stderr.isatty()
+        if show:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=state.target, initial=len(state.kept), unit="ex", desc=config.name, dynamic_ncols=True)
+
+    def update(self, state: GenerationState, *, force: bool = False) -> None:
+        progress = state.progress()
+        if self._bar is not None:
+            self._bar.n = progress.kept
+            self._bar.set_postfix(
+                requests=progress.requests, filtered=sum(progress.filtered.values()), cost=f"${progress.cost_usd:.4f}"
+            )
+        elif force or time.monotonic() - self._last_log > 30:
+            self._last_log = time.monotonic()
+            log.info(
+                "kept %d/%d, generated %d, requests %d, cost $%.4f",
+                progress.kept, progress.target, progress.generated, progress.requests, progress.cost_usd,
+            )
+        self._reporter.report(progress.to_wire(), force=force)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+class Run:
+    def __init__(self, config: GenerateConfig, api_key: str | None, options: RunOptions) -> None:
+        self.config = config
+        self.spec = config.spec
+        self.options = options
+        self.output = OutputFolder(config.output)
+        seeds = [seed.as_task() for seed in load_seed_tasks(config.seed_tasks)]
+        self.state = GenerationState(seeds, self.spec, config.pricing)
+        self.journal = Journal(self.output.path / CHECKPOINT_FILE)
+        teacher_spec = self.spec.teacher
+        self.retry = options.retry or RetryPolicy(max_retries=teacher_spec.max_retries)
+        self.concurrency = teacher_spec.max_concurrency
+        self.stall_after = options.stall_after or max(50, 4 * self.concurrency)
+        self.fail_after = options.fail_after or max(5, self.concurrency)
+        self._api_key = api_key
+        self._last_push = time.monotonic()
+
+    # -- decisions --------------------------------------------------------------------------------
+
+    def _stop_reason(self) -> StopReason | None:
+        if self.state.done:
+            return StopReason.COMPLETED
+        if self.state.consecutive_failures >= self.fail_after:
+            return StopReason.TEACHER_UNAVAILABLE
+        if self.state.answers_without_keep >= self.stall_after:
+            return StopReason.STALLED
+        return None
+
+    def _expected_cost(self, prompt: str) -> float:
+        """Cost of one more request: the mean so far, or at first a generous bound."""
+        if self.state.requests:
+            return self.state.cost_usd / self.state.requests
+        pricing = self.config.pricing
+        prompt_tokens = len(prompt) / _CHARS_PER_TOKEN_LOW
+        completion_tokens = self.spec.generation.max_tokens
+        return (
+            prompt_tokens * pricing.input_usd_per_million_tokens
+            + completion_tokens * pricing.output_usd_per_million_tokens
+        ) / 1e6
+
+    def _affordable(self, in_flight: int, prompt: str) -> bool:
+        budget = self.spec.budget_usd
+        if budget is None:
+            return True
+        return self.state.cost_usd + (in_flight + 1) * self._expected_cost(prompt) <= budget
+
+    def _enough_in_flight(self, in_flight: int) -> bool:
+        """Whether the requests in flight are likely to fill the target already (no point paying more)."""
+        state = self.state
+        per_answer = len(state.kept) / state.requests if state.requests else self._slots_per_request()
+        return per_answer > 0 and len(state.kept) + in_flight * per_answer >= state.target
+
+    def _slots_per_request(self) -> int:
+        generation = self.spec.generation
+        return generation.instructions_per_request - generation.seed_tasks_per_prompt
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def _prompt(self, request: int) -> tuple[str, int]:
+        generation = self.spec.generation
+        examples = choose_examples(
+            self.state.seeds,
+            self.state.kept,
+            generation.seed_tasks_per_prompt,
+            generation.generated_tasks_per_prompt,
+            request_rng(generation.random_seed, request),
+        )
+        return build_prompt(examples, generation.instructions_per_request), len(examples) + 1
+
+    async def _ask(self, teacher: Teacher, request: int, prompt: str, first_slot: int) -> Record:
+        try:
+            answer: Answer = await teacher.complete(prompt)
+        except GaveUp as exc:
+            log.warning("request %d given up: %s", request, exc)
+            return Record(request, first_slot, "failed", problem=exc.reason, retries=exc.retries)
+        return Record(
+            request,
+            first_slot,
+            "answered",
+            content=answer.content,
+            finish_reason=answer.finish_reason,
+            prompt_tokens=answer.prompt_tokens,
+            completion_tokens=answer.completion_tokens,
+            problem=answer.problem,
+            retries=answer.retries,
+        )
+
+    def _record(self, record: Record, progress: _Progress) -> None:
+        self.journal.append(record)  # durable before it is used: the heart of resuming
+        self.state.apply(record)
+        progress.update(self.state)
+        if self.output.remote and time.monotonic() - self._last_push > _CHECKPOINT_PUSH_INTERVAL_S:
+            self._last_push = time.monotonic()
+            self.output.push(CHECKPOINT_FILE)
+
+    async def execute(self) -> Manifest:
+        self.output.fetch_checkpoint()
+        replayed = self.journal.load()
+        for record in replayed:
+            self.state.apply(record)
+        if replayed:
+            log.info("resumed from %d journaled requests: %d examples kept", len(replayed), len(self.state.kept))
+        progress = _Progress(self.state, self.config, self.options)
+        stop: StopReason | None = None
+        message = ""
+        teacher = Teacher(
+            base_url=self.config.teacher_url,
+            model=self.config.teacher_model,
+            api_key=self._api_key,
+            generation=self.spec.generation,
+            timeout_s=self.spec.teacher.request_timeout_seconds,
+            retry=self.retry,
+        )
+        in_flight: dict[asyncio.Task[Record], int] = {}
+        next_request = self.state.last_request + 1
+        try:
+            while True:
+                if stop is None:
+                    stop = self._stop_reason()
+                if stop is None:
+                    while len(in_flight) < self.concurrency and not self._enough_in_flight(len(in_flight)):
+                        prompt, first_slot = self._prompt(next_request)
+                        if not self._affordable(len(in_flight), prompt):
+                            break
+                        task = asyncio.create_task(self._ask(teacher, next_request, prompt, first_slot))
+                        in_flight[task] = next_request
+                        next_request += 1
+                    if not in_flight:
+                        # Nothing running and nothing may start: only the budget says no.
+                        stop = StopReason.BUDGET_EXHAUSTED
+                if not in_flight:
+                    break
+                done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                rejected: BaseException | None = None
+                for task in sorted(done, key=in_flight.__getitem__):
+                    del in_flight[task]
+                    if isinstance(error := task.exception(), TeacherRejected):
+                        rejected = error  # record the other answers first: they are paid for
+                        continue
+                    self._record(task.result(), progress)
+                if rejected is not None:
+                    raise rejected
+        except TeacherRejected as exc:
+            stop, message = StopReason.TEACHER_REJECTED, str(exc)
+            for task in in_flight:
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
+        finally:
+            await teacher.close()
+            progress.update(self.state, force=True)
+            progress.close()
+        return self._finish(stop, message)
+
+    def _finish(self, stop: StopReason, message: str) -> Manifest:
+        state = self.state
+        dataset = self.output.write_jsonl(DATASET_FILE, [task.as_record() for task in state.kept])
+        budget = self.spec.budget_usd
+        if not message:
+            message = {
+                StopReason.COMPLETED: f"kept {len(state.kept)} examples",
+                StopReason.BUDGET_EXHAUSTED: (
+                    f"budget of ${budget} reached after ${state.cost_usd:.4f}: kept the {len(state.kept)} "
+                    f"examples paid for, of {state.target} asked"
+                ),
+                StopReason.TEACHER_UNAVAILABLE: (
+                    f"{state.consecutive_failures} requests in a row failed after retries "
+                    f"({dict(state.failed_requests)}); rerun to resume"
+                ),
+                StopReason.STALLED: (
+                    f"{state.answers_without_keep} answers in a row added no new example; the teacher may be "
+                    "repeating itself or the filters may be too strict"
+                ),
+            }.get(stop, "")
+        manifest = Manifest(
+            name=self.config.name,
+            teacher_url=self.config.teacher_url,
+            model=self.config.teacher_model,
+            stop_reason=stop,
+            message=message,
+            target=state.target,
+            kept=len(state.kept),
+            generated=state.generated,
+            filtered=dict(sorted(state.filtered.items())),
+            requests=state.requests,
+            failed_requests=dict(sorted(state.failed_requests.items())),
+            retries=dict(sorted(state.retries.items())),
+            prompt_tokens=state.prompt_tokens,
+            completion_tokens=state.completion_tokens,
+            cost_usd=round(state.cost_usd, 9),
+            budget_usd=budget,
+            pricing=self.config.pricing,
+            seed_tasks=len(state.seeds),
+            dataset_sha256=storage.sha256_file(dataset),
+            finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
+        self.output.write_text(MANIFEST_FILE, manifest.model_dump_json(by_alias=True, indent=2) + "\n")
+        self.output.push()
+        return manifest
+
+
+def generate(
+    config: GenerateConfig,
+    *,
+    api_key: str | None = None,
+    options: RunOptions | None = None,
+    key_from_env: Callable[[str | None], str | None] = resolve_api_key,
+) -> Manifest:
+    """Run (or resume) a generation to its end and return its manifest."""
+    key = api_key if api_key is not None else key_from_env(config.api_key_env)
+    return asyncio.run(Run(config, key, options or RunOptions()).execute())

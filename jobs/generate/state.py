@@ -1,0 +1,108 @@
+"""Everything a run knows, as a pure function of the seed tasks, the configuration and the journal.
+
+Live answers and replayed ones go through the same `apply`, in journal order, so a resumed run ends
+up exactly where the killed one was.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+from alpaca_operator.api.instructdataset import GenerationProgress, InstructDatasetSpec, TokenPricing
+
+from .checkpoint import Record
+from .filters import TOO_SIMILAR, InstructionFilters
+from .parse import parse_completion
+from .prompt import Task
+from .rouge import RougeLFilter, tokenize
+
+
+class GenerationState:
+    def __init__(self, seeds: Sequence[Task], spec: InstructDatasetSpec, pricing: TokenPricing) -> None:
+        self.target = spec.generation.num_examples
+        self.pricing = pricing
+        self.seeds = list(seeds)
+        self._filters = InstructionFilters(spec.filters)
+        self._rouge = RougeLFilter(spec.filters.rouge_l_threshold)
+        for seed in self.seeds:
+            self._rouge.add(tokenize(seed.instruction))
+        self.kept: list[Task] = []
+        self.generated = 0
+        self.filtered: Counter[str] = Counter()
+        self.requests = 0
+        self.failed_requests: Counter[str] = Counter()
+        self.retries: Counter[str] = Counter()
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.last_request = -1
+        self.consecutive_failures = 0
+        self.answers_without_keep = 0
+
+    @property
+    def done(self) -> bool:
+        return len(self.kept) >= self.target
+
+    @property
+    def cost_usd(self) -> float:
+        return (
+            self.prompt_tokens * self.pricing.input_usd_per_million_tokens
+            + self.completion_tokens * self.pricing.output_usd_per_million_tokens
+        ) / 1e6
+
+    def apply(self, record: Record) -> int:
+        """Account for one journal record; returns how many examples it added."""
+        self.last_request = max(self.last_request, record.request)
+        self.retries.update(record.retries)
+        if record.outcome == "failed":
+            self.failed_requests[record.problem or "unknown"] += 1
+            self.consecutive_failures += 1
+            return 0
+        self.consecutive_failures = 0
+        self.requests += 1
+        self.prompt_tokens += record.prompt_tokens
+        self.completion_tokens += record.completion_tokens
+        added = 0
+        if record.problem is not None or record.content is None:
+            self.failed_requests[record.problem or "malformed_response"] += 1
+        else:
+            added = self._take(record)
+        self.answers_without_keep = 0 if added else self.answers_without_keep + 1
+        return added
+
+    def _take(self, record: Record) -> int:
+        assert record.content is not None
+        items = parse_completion(record.content, record.first_slot, truncated=record.finish_reason == "length")
+        added = 0
+        for item in items:
+            # Past the target, tasks are not even looked at: the counts describe the dataset.
+            if self.done:
+                break
+            self.generated += 1
+            if item.task is None:
+                self.filtered[item.problem or "malformed"] += 1
+                continue
+            reason = self._filters.reason_to_drop(item.task.instruction)
+            if reason is not None:
+                self.filtered[reason] += 1
+                continue
+            tokens = tokenize(item.task.instruction)
+            if self._rouge.too_similar(tokens):
+                self.filtered[TOO_SIMILAR] += 1
+                continue
+            self._rouge.add(tokens)
+            self.kept.append(item.task)
+            added += 1
+        return added
+
+    def progress(self) -> GenerationProgress:
+        return GenerationProgress(
+            kept=len(self.kept),
+            target=self.target,
+            generated=self.generated,
+            filtered=dict(self.filtered),
+            requests=self.requests,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            cost_usd=round(self.cost_usd, 6),
+        )

@@ -1,0 +1,222 @@
+"""An OpenAI-compatible teacher for tests and benchmarks: scripted answers over real HTTP.
+
+It serves `POST /v1/chat/completions` on 127.0.0.1 from a background thread (uvicorn), answering the
+generator's numbered-list prompt with synthetic tasks, and can be told to misbehave: rate limits with
+Retry-After, server errors, malformed bodies, garbled text, answers cut by the token limit, slow
+answers. It counts what it received and what it answered, so tests can prove what was (not) asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from .synthetic import SyntheticTasks
+
+# Faults, consumed one per request in order (then answers are normal again).
+RATE_LIMIT = "429"  # HTTP 429 with Retry-After
+SERVER_ERROR = "500"  # HTTP 500 with Retry-After (so tests stay fast)
+BAD_JSON = "bad_json"  # HTTP 200, body is not JSON
+NO_CHOICES = "no_choices"  # HTTP 200, a JSON object without choices
+GARBLED = "garbled"  # HTTP 200, a completion whose text has no numbered items
+CUT = "cut"  # HTTP 200, finish_reason "length" and the last item cut short
+EMPTY = "empty"  # HTTP 200, empty completion text
+UNAUTHORIZED = "401"  # HTTP 401
+
+_SLOT_RE = re.compile(r"(\d+)\. Instruction:\s*$")
+_TOTAL_RE = re.compile(r"Tasks 1 to (\d+):")
+
+# Items that each trip one filter, cycled through when `bait_every` is set.
+BAIT = (
+    "Summarize.",  # too short
+    "Draw a picture of a lighthouse standing on a rocky shore at dusk.",  # blacklisted
+    "Write a program that prints the first ten square numbers in order.",  # write a program
+    '"Quoted" instructions should not start with punctuation marks at all.',  # punctuation
+    "Évaluez la phrase suivante et corrigez les fautes de grammaire trouvées.",  # non-ASCII start
+)
+
+
+@dataclass
+class Stats:
+    received: int = 0
+    answered: int = 0  # 200 responses with a usable completion (what a paid API bills)
+    by_status: Counter[int] = field(default_factory=Counter)
+    prompts: list[str] = field(default_factory=list)
+
+
+class TeacherServer:
+    def __init__(
+        self,
+        *,
+        delay_s: float = 0.0,
+        seed: int = 0,
+        bait_every: int = 0,
+        repeat_first_header: bool = False,
+        duplicate: str | None = None,
+        retry_after_s: float = 0.05,
+        reply: Callable[[int, str], str] | None = None,
+        keep_prompts: bool = False,
+    ) -> None:
+        self.delay_s = delay_s
+        self.seed = seed
+        self.bait_every = bait_every
+        self.repeat_first_header = repeat_first_header
+        self.duplicate = duplicate  # an instruction put first in every answer (ROUGE-L bait)
+        self.retry_after_s = retry_after_s
+        self.reply = reply
+        self.keep_prompts = keep_prompts
+        self.stats = Stats()
+        self._faults: deque[str] = deque()
+        self._lock = threading.Lock()
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self.port = 0
+        self.app = self._build_app()
+
+    # -- control ----------------------------------------------------------------------------------
+
+    def inject(self, *faults: str) -> None:
+        with self._lock:
+            self._faults.extend(faults)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> TeacherServer:
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="test-teacher", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 20
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("the test teacher did not start")
+            time.sleep(0.01)
+        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> TeacherServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- answers ----------------------------------------------------------------------------------
+
+    def _next_fault(self) -> str | None:
+        with self._lock:
+            return self._faults.popleft() if self._faults else None
+
+    def completion_text(self, number: int, prompt: str) -> str:
+        """The default answer: tasks for the open slots, continuing the prompt's list."""
+        if self.reply is not None:
+            return self.reply(number, prompt)
+        slot_match = _SLOT_RE.search(prompt)
+        first = int(slot_match.group(1)) if slot_match else 1
+        total_match = _TOTAL_RE.search(prompt)
+        total = int(total_match.group(1)) if total_match else 20
+        tasks = SyntheticTasks(seed=self.seed * 1_000_003 + number)
+        items = []
+        for slot in range(first, total + 1):
+            task = tasks.task()
+            instruction = task.instruction
+            if self.duplicate is not None and slot == first:
+                instruction = self.duplicate
+            elif self.bait_every and slot % self.bait_every == 0:
+                instruction = BAIT[(number + slot) % len(BAIT)]
+            header = "" if slot == first and not self.repeat_first_header else f"{slot}. Instruction:"
+            items.append(
+                f"{header} {instruction}\n{slot}. Input:\n{task.input or '<noinput>'}\n{slot}. Output:\n{task.output}\n"
+            )
+        return "###\n".join(items)
+
+    def _build_app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.get("/stats")
+        async def stats() -> dict[str, Any]:
+            return {"received": self.stats.received, "answered": self.stats.answered}
+
+        @app.post("/v1/chat/completions")
+        async def chat(request: Request) -> Response:
+            body = await request.json()
+            with self._lock:
+                self.stats.received += 1
+                number = self.stats.received
+            fault = self._next_fault()
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+            response = self._answer(number, body, fault)
+            with self._lock:
+                self.stats.by_status[response.status_code] += 1
+                if response.status_code == 200 and fault not in (BAD_JSON, NO_CHOICES):
+                    self.stats.answered += 1
+            return response
+
+        return app
+
+    def _answer(self, number: int, body: dict[str, Any], fault: str | None) -> Response:
+        retry_after = {"retry-after": f"{self.retry_after_s:g}"}
+        if fault == RATE_LIMIT:
+            return _error(429, "rate limit reached", "rate_limit_exceeded", retry_after)
+        if fault == SERVER_ERROR:
+            return _error(500, "the server had an error", "server_error", retry_after)
+        if fault == UNAUTHORIZED:
+            return _error(401, "incorrect API key provided", "invalid_api_key")
+        if fault == BAD_JSON:
+            return Response(b"<html>upstream hiccup</html>", status_code=200, media_type="application/json")
+        if fault == NO_CHOICES:
+            return JSONResponse({"id": "x", "object": "chat.completion", "created": 0, "model": body.get("model")})
+        prompt = body["messages"][-1]["content"]
+        if self.keep_prompts:
+            with self._lock:
+                self.stats.prompts.append(prompt)
+        finish_reason = "stop"
+        if fault == GARBLED:
+            text = "I am sorry, but I would rather talk about the weather today."
+        elif fault == EMPTY:
+            text = ""
+        else:
+            text = self.completion_text(number, prompt)
+            if fault == CUT:
+                text = text[: len(text) - 25]
+                finish_reason = "length"
+        return JSONResponse(
+            {
+                "id": f"chatcmpl-{number}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model", "teacher"),
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}
+                ],
+                "usage": {
+                    "prompt_tokens": len(prompt.split()),
+                    "completion_tokens": len(text.split()),
+                    "total_tokens": len(prompt.split()) + len(text.split()),
+                },
+            }
+        )
+
+
+def _error(status: int, message: str, code: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"error": {"message": message, "type": code, "param": None, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
