@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("alpaca_jobs.train.cli", "fine-tune a model on Alpaca-format data (alone or under torchrun)"),
     "operator": ("alpaca_operator.runner", "run the kopf operator (all namespaces or a list; one active replica via peering)"),
     "validate": ("alpaca_operator.validate_cli", "validate manifests as the cluster would"),
+    "generate": ("alpaca_jobs.generate.cli", "generate instruction data from seed tasks with a teacher model"),
     "serve": ("alpaca_jobs.serve.cli", "serve a model with an OpenAI-compatible API and a chat page"),
 }
 
