@@ -28,12 +28,14 @@ PLURALS: dict[tuple[str, str], str] = {
     ("kubeflow.org/v1", "PyTorchJob"): "pytorchjobs",
     ("rbac.authorization.k8s.io/v1", "Role"): "roles",
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): "rolebindings",
+    ("kopf.dev/v1", "KopfPeering"): "kopfpeerings",
+    ("kopf.dev/v1", "ClusterKopfPeering"): "clusterkopfpeerings",
 }
 
 
-def collection_path(api_version: str, plural: str, namespace: str) -> str:
+def collection_path(api_version: str, plural: str, namespace: str | None) -> str:
     prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
-    return f"{prefix}/namespaces/{namespace}/{plural}"
+    return f"{prefix}/namespaces/{namespace}/{plural}" if namespace else f"{prefix}/{plural}"
 
 
 class Cluster:
@@ -82,7 +84,7 @@ class Cluster:
         api_version, kind = manifest["apiVersion"], manifest["kind"]
         plural = PLURALS[(api_version, kind)]
         meta = manifest["metadata"]
-        return collection_path(api_version, plural, meta["namespace"]), meta["name"]
+        return collection_path(api_version, plural, meta.get("namespace")), meta["name"]
 
     def create(self, manifest: dict[str, Any]) -> bool:
         """Create the object; False when one of that name already exists."""
@@ -104,6 +106,25 @@ class Cluster:
                 return None
             raise
         return result
+
+    def list(self, api_version: str, kind: str, plural: str, namespace: str | None, label_selector: str = "") -> list[dict[str, Any]]:
+        """Every object of a kind (in a namespace, or all); empty when the kind is not served."""
+        from urllib.parse import quote
+
+        path = collection_path(api_version, plural, namespace)
+        if label_selector:
+            path += f"?labelSelector={quote(label_selector)}"
+        try:
+            result = self._call("GET", path)
+        except ApiException as exc:
+            if exc.status == 404:
+                return []
+            raise
+        items: list[dict[str, Any]] = result.get("items") or []
+        for item in items:  # list items come without their type
+            item.setdefault("apiVersion", api_version)
+            item.setdefault("kind", kind)
+        return items
 
     def merge_patch(self, manifest: dict[str, Any], patch: dict[str, Any]) -> None:
         collection, name = self._object_path(manifest)

@@ -19,7 +19,7 @@ from typing import Any
 import kopf
 
 from .controller import Controller
-from .handlers import register
+from .handlers import prime, register
 from .kube import Cluster
 from .metrics import Metrics
 from .settings import OperatorSettings, SettingsError, load_settings
@@ -80,6 +80,9 @@ def wire(
 
     @kopf.on.startup(registry=registry)
     def start_workers(**_: Any) -> None:
+        if peering_name and not standalone:
+            ensure_peering(cluster, peering_name, chosen)
+        prime(controller, chosen)
         controller.start()
 
     @kopf.on.cleanup(registry=registry)
@@ -113,6 +116,14 @@ def wire(
         metrics=metrics,
         namespaces=chosen,
     )
+
+
+def ensure_peering(cluster: Cluster, name: str, namespaces: list[str]) -> None:
+    """The peering object(s) the replicas meet in: cluster-wide, or one per watched namespace."""
+    if not namespaces:
+        cluster.create({"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": name}})
+    for namespace in namespaces:
+        cluster.create({"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": name, "namespace": namespace}})
 
 
 def operator_kwargs(wiring: Wiring, *, liveness: str | None) -> dict[str, Any]:

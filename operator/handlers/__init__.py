@@ -32,6 +32,24 @@ def register(registry: kopf.OperatorRegistry, ctl: Controller) -> None:
         _watch_child(registry, ctl, group, version, plural, component, parent_kind, summarize)
 
 
+def prime(ctl: Controller, namespaces: list[str]) -> None:
+    """Fill the caches with one list per kind before any reconcile runs.
+
+    The watches start independently; without this, a FineTune seen before the InstructDataset it
+    names would be reported NotFound for a moment after every operator restart.
+    """
+    scopes: list[str | None] = list(namespaces) or [None]
+    for scope in scopes:
+        for info in ctl.kinds.values():
+            for body in ctl.cluster.list(f"{GROUP}/{VERSION}", info.kind, info.plural, scope):
+                ctl.observe_parent(info.kind, None, body)
+        for group, version, plural, component, parent_kind, summarize in CHILDREN:
+            kind = {"jobs": "Job", "pytorchjobs": "PyTorchJob", "deployments": "Deployment"}[plural]
+            selector = f"{MANAGED_BY_LABEL}={MANAGED_BY},{COMPONENT}={component}"
+            for body in ctl.cluster.list(f"{group}/{version}", kind, plural, scope, selector):
+                ctl.observe_child(parent_kind, None, body, summarize(body))
+
+
 def _watch_parent(registry: kopf.OperatorRegistry, ctl: Controller, plural: str, kind: str) -> None:
     async def on_parent_event(type: str | None, body: kopf.Body, **_: Any) -> None:  # noqa: A002 - kopf's kwarg
         ctl.observe_parent(kind, type, _plain(body))

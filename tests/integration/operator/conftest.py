@@ -18,18 +18,9 @@ from kubernetes.client.exceptions import ApiException
 from alpaca_operator.runner import OperatorThread, wire
 from alpaca_operator.settings import OperatorSettings
 from alpaca_operator.testing.controlplane import ControlPlane
-from operator_helpers import wait_for
+from operator_helpers import FAST, wait_for
 
 REPO = Path(__file__).resolve().parents[3]
-
-FAST = {
-    "resyncSeconds": 0.5,
-    "costIntervalSeconds": 1,
-    "gpuHourUSD": {"nvidia-a100-80gb": 2.0},
-    "tokenPrices": {"gpt-teacher": {"inputUSDPerMillionTokens": 1.0, "outputUSDPerMillionTokens": 2.0}},
-    "gpuPools": {"nvidia-a100-80gb": {"nodeSelector": {"pool": "a100"}, "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}},
-    "workers": 4,
-}
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,17 @@ from kubernetes.client.exceptions import ApiException
 T = TypeVar("T")
 GROUP, VERSION = "alpaca.dev", "v1alpha1"
 
+# Operator settings for tests: quick resyncs, a second of cost granularity, prices and a GPU pool.
+FAST = {
+    "resyncSeconds": 0.5,
+    "costIntervalSeconds": 1,
+    "gpuHourUSD": {"nvidia-a100-80gb": 2.0},
+    "tokenPrices": {"gpt-teacher": {"inputUSDPerMillionTokens": 1.0, "outputUSDPerMillionTokens": 2.0}},
+    "gpuPools": {"nvidia-a100-80gb": {"nodeSelector": {"pool": "a100"}, "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}},
+    "workers": 4,
+}
+
+
 
 def wait_for(check: Callable[[], T], *, timeout: float = 20.0, what: str = "condition") -> T:
     deadline = time.monotonic() + timeout
