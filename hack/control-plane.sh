@@ -123,8 +123,11 @@ build() {
     (
         cd "${tools_dir}/${mod_dir}"
         # Each module has its own go.mod; GOWORK=off keeps a stray go.work from merging them.
-        GOWORK=off GOFLAGS=-mod=mod CGO_ENABLED=0 \
-            go build -trimpath -ldflags="${ldflags}" -o "${bin_dir}/.${tool}.tmp" "${pkg}"
+        # -mod=readonly builds exactly what the committed go.sum pins, never a silent update;
+        # static (CGO off) binaries, as upstream releases them, run on any Linux machine.
+        GOWORK=off GOFLAGS=-mod=readonly CGO_ENABLED=0 \
+            go build -trimpath -buildvcs=false -ldflags="${ldflags}" \
+            -o "${bin_dir}/.${tool}.tmp" "${pkg}"
     )
     mv -f "${bin_dir}/.${tool}.tmp" "${bin_dir}/${tool}"
     log "built ${tool} in $((SECONDS - start))s"

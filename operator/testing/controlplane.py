@@ -20,6 +20,7 @@ or from ``hack/control-plane.sh``, which builds them once from pinned Go modules
 from __future__ import annotations
 
 import base64
+import ctypes
 import json
 import os
 import secrets
@@ -33,11 +34,14 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
 
 import kubernetes.client
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 REQUIRED_BINARIES: tuple[str, ...] = ("etcd", "kube-apiserver")
 
@@ -105,23 +109,44 @@ def find_assets(assets_dir: str | os.PathLike[str] | None = None) -> Path:
     return folder
 
 
-def _set_parent_death_signal() -> None:
-    # Runs in the child before exec: if the test process dies without calling stop()
-    # (SIGKILL, a crashed interpreter), the kernel sends SIGTERM to etcd and kube-apiserver
-    # so they do not outlive it holding ports and temp dirs.
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
-def _tail(path: Path, lines: int = 40) -> str:
+def _parent_death_signal_setter() -> Callable[[], None] | None:
+    # If the test process dies without calling stop() (SIGKILL, a crashed interpreter), the
+    # kernel then kills etcd and kube-apiserver, so they do not outlive it holding ports.
+    # SIGKILL, not SIGTERM: both would get it at once, and a kube-apiserver shutting down
+    # gracefully hangs for minutes retrying the etcd that just vanished; the data is
+    # throw-away anyway. libc is loaded here, in the parent: the child between fork and exec
+    # must not import anything. Caveat: Linux sends the signal when the *thread* that started
+    # the child exits, so start a ControlPlane from a thread that lives as long as it does.
+    if not sys.platform.startswith("linux"):
+        return None
     try:
-        text = path.read_text(errors="replace")
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def set_signal() -> None:
+        prctl(pr_set_pdeathsig, int(signal.SIGKILL))
+
+    return set_signal
+
+
+_SET_PARENT_DEATH_SIGNAL = _parent_death_signal_setter()
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        all_lines = path.read_text(errors="replace").splitlines()
     except OSError:
         return "(no log)"
-    return "\n".join(text.splitlines()[-lines:])
+    # The fatal line is often followed by pages of shutdown noise: show klog's error and
+    # fatal lines (E/F prefix) first, then the plain tail.
+    errors = [line for line in all_lines if line[:1] in ("E", "F") and line[1:5].isdigit()]
+    parts = []
+    if errors:
+        parts.append("errors:\n" + "\n".join(errors[-10:]))
+    parts.append("tail:\n" + "\n".join(all_lines[-lines:]))
+    return "\n".join(parts)
 
 
 class ControlPlane:
@@ -179,7 +204,9 @@ class ControlPlane:
             self._start_etcd()
             self._start_apiserver()
             self._wait_ready()
-            self.kubeconfig = str(self.kubeconfig_for_token(self.token, self.temp_dir / "kubeconfig"))
+            self.kubeconfig = str(
+                self.kubeconfig_for_token(self.token, self.temp_dir / "kubeconfig")
+            )
         except BaseException:
             # A half-started control plane must not leak processes or its temp dir.
             self.stop()
@@ -218,7 +245,7 @@ class ControlPlane:
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.temp_dir,
-            preexec_fn=_set_parent_death_signal,  # noqa: PLW1509 - no threads start it
+            preexec_fn=_SET_PARENT_DEATH_SIGNAL,  # noqa: PLW1509 - calls prctl only
         )
 
     def _start_etcd(self) -> None:
@@ -236,7 +263,8 @@ class ControlPlane:
                 # The default peer port 2380 would collide with a second control plane.
                 f"--listen-peer-urls={peer_url}",
                 f"--initial-advertise-peer-urls={peer_url}",
-                f"--initial-cluster=default={peer_url}",
+                "--name=alpaca-test",
+                f"--initial-cluster=alpaca-test={peer_url}",
                 # Throw-away data: fsync only slows every test write down.
                 "--unsafe-no-fsync=true",
                 "--log-level=warn",
@@ -245,9 +273,6 @@ class ControlPlane:
 
     def _write_auth_files(self) -> tuple[Path, Path, Path]:
         assert self.temp_dir is not None
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import rsa
-
         self.token = secrets.token_urlsafe(32)
         tokens = self.temp_dir / "tokens.csv"
         # token,user,uid,"groups": system:masters bypasses RBAC, as cluster-admin does.
@@ -300,6 +325,9 @@ class ControlPlane:
                 # Required, and must not overlap anything real; nothing routes it here.
                 "--service-cluster-ip-range=10.0.0.0/24",
                 "--allow-privileged=true",
+                # Keeping the `kubernetes` Service's endpoints up to date is pointless without
+                # pods, and since 1.37 the reconciler refuses a loopback --advertise-address.
+                "--endpoint-reconciler-type=none",
                 # Without a controller-manager no namespace gets a `default` ServiceAccount,
                 # and this plugin would reject every Pod that names none (as envtest does).
                 "--disable-admission-plugins=ServiceAccount",
@@ -396,8 +424,9 @@ class ControlPlane:
             response = kubernetes.client.CoreV1Api(client).create_namespaced_service_account_token(
                 name, namespace, request
             )
-        token: str = response.status.token
-        return token
+        if response.status is None or not response.status.token:
+            raise ControlPlaneError(f"TokenRequest for {namespace}/{name} returned no token")
+        return str(response.status.token)
 
     def kubeconfig_for_token(self, token: str, path: str | os.PathLike[str]) -> Path:
         """Write a kubeconfig that talks to this control plane with ``token``; return its path.

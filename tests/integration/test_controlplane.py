@@ -81,7 +81,9 @@ def test_rbac_grant_lets_the_service_account_in(
                 api_group="rbac.authorization.k8s.io", kind="Role", name="read-configmaps"
             ),
             subjects=[
-                kubernetes.client.RbacV1Subject(kind="ServiceAccount", name="reader", namespace=namespace)
+                kubernetes.client.RbacV1Subject(
+                    kind="ServiceAccount", name="reader", namespace=namespace
+                )
             ],
         ),
     )
@@ -96,7 +98,9 @@ def test_rbac_grant_lets_the_service_account_in(
 
 def test_kubeconfig_works_for_clients(control_plane: ControlPlane) -> None:
     with kubernetes.config.new_client_from_config(config_file=control_plane.kubeconfig) as client:
-        names = {ns.metadata.name for ns in kubernetes.client.CoreV1Api(client).list_namespace().items}
+        names = {
+            ns.metadata.name for ns in kubernetes.client.CoreV1Api(client).list_namespace().items
+        }
     assert {"default", "kube-system"} <= names
 
 
@@ -110,7 +114,15 @@ def test_kubectl_talks_to_the_control_plane(control_plane: ControlPlane) -> None
         kubectl = Path(kubectl_on_path)
 
     result = subprocess.run(
-        [str(kubectl), "--kubeconfig", control_plane.kubeconfig, "auth", "can-i", "create", "secrets"],
+        [
+            str(kubectl),
+            "--kubeconfig",
+            control_plane.kubeconfig,
+            "auth",
+            "can-i",
+            "create",
+            "secrets",
+        ],
         capture_output=True,
         text=True,
         timeout=60,
