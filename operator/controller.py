@@ -24,7 +24,7 @@ from kubernetes.client.exceptions import ApiException
 
 from .builders.rbac import workload_rbac
 from .kube import Cluster
-from .observe import ChildState, Computed, diff
+from .observe import SPEC_APPLIED, ChildState, Computed, diff
 from .settings import OperatorSettings
 from .workqueue import WorkQueue
 
@@ -222,6 +222,8 @@ class Controller:
                     cached.setdefault("status", {}).update(patch)
         stamp = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
         for transition in transitions:
+            if transition.type == SPEC_APPLIED and transition.status == "True":
+                continue  # the normal case; only a change that did not apply is news
             try:
                 self.cluster.post_event(
                     body, type_="Warning" if transition.warning else "Normal", reason=transition.reason,
