@@ -1,0 +1,104 @@
+"""Prompt building and reading the teacher's numbered list back."""
+
+from __future__ import annotations
+
+import pytest
+
+from alpaca_jobs.generate.parse import MALFORMED, TRUNCATED, parse_completion
+from alpaca_jobs.generate.prompt import (
+    NO_INPUT,
+    Task,
+    build_prompt,
+    choose_examples,
+    request_rng,
+)
+
+EXAMPLES = [
+    Task("Name three primary colours.", "", "Red, yellow and blue."),
+    Task("Fix the spelling in this sentence.", "I recieved teh letter.", "I received the letter."),
+]
+
+
+def test_prompt_numbers_the_examples_and_opens_the_next_slot() -> None:
+    prompt = build_prompt(EXAMPLES, total_slots=20)
+    assert "Tasks 1 to 20:" in prompt
+    assert "1. Instruction: Name three primary colours.\n1. Input:\n<noinput>\n1. Output:\nRed, yellow and blue.\n" in prompt
+    assert "2. Input:\nI recieved teh letter.\n" in prompt
+    assert prompt.endswith("###\n3. Instruction:")
+    assert prompt.count("###\n") == 3
+
+
+def test_prompt_needs_a_free_slot() -> None:
+    with pytest.raises(ValueError, match="no slot free"):
+        build_prompt(EXAMPLES, total_slots=2)
+
+
+def test_choose_examples_is_reproducible_per_request_and_mixes_in_generated_tasks() -> None:
+    seeds = [Task(f"Seed task number {i}.", "", "ok") for i in range(50)]
+    generated = [Task(f"Generated task number {i}.", "", "ok") for i in range(10)]
+    first = choose_examples(seeds, generated, 3, 2, request_rng(0, 7))
+    again = choose_examples(seeds, generated, 3, 2, request_rng(0, 7))
+    other = choose_examples(seeds, generated, 3, 2, request_rng(0, 8))
+    assert first == again
+    assert first != other
+    assert sum(t in seeds for t in first) == 3
+    assert sum(t in generated for t in first) == 2
+    # Early on there are fewer generated tasks than asked for: show what there is.
+    assert len(choose_examples(seeds, generated[:1], 3, 2, request_rng(0, 1))) == 4
+    assert len(choose_examples(seeds, [], 3, 2, request_rng(0, 1))) == 3
+
+
+def _item(n: int, instruction: str, text_input: str = NO_INPUT, output: str = "An answer.") -> str:
+    return f"{n}. Instruction: {instruction}\n{n}. Input:\n{text_input}\n{n}. Output:\n{output}\n"
+
+
+def test_parse_a_completion_that_continues_the_open_slot() -> None:
+    text = " Explain why the sky looks blue.\n3. Input:\n<noinput>\n3. Output:\nRayleigh scattering.\n###\n" + _item(
+        4, "Sort these numbers.", "3, 1, 2", "1, 2, 3"
+    )
+    items = parse_completion(text, first_slot=3, truncated=False)
+    assert [i.task for i in items] == [
+        Task("Explain why the sky looks blue.", "", "Rayleigh scattering."),
+        Task("Sort these numbers.", "3, 1, 2", "1, 2, 3"),
+    ]
+
+
+def test_parse_a_completion_that_repeats_the_open_slot_header() -> None:
+    text = _item(3, "Give a synonym for happy.") + "###\n" + _item(4, "Give an antonym for cold.")
+    items = parse_completion(text, first_slot=3, truncated=False)
+    assert [i.task.instruction for i in items if i.task] == ["Give a synonym for happy.", "Give an antonym for cold."]
+
+
+def test_multiline_fields_keep_their_lines_and_instructions_are_one_line() -> None:
+    text = _item(3, "Rewrite this\n  list as prose.", "- milk\n- eggs", "Buy milk\nand eggs.")
+    (item,) = parse_completion(text, first_slot=3, truncated=False)
+    assert item.task == Task("Rewrite this list as prose.", "- milk\n- eggs", "Buy milk\nand eggs.")
+
+
+def test_the_last_item_is_dropped_when_the_completion_was_cut() -> None:
+    text = _item(3, "Define entropy.") + "###\n" + _item(4, "Define enthalpy.")
+    items = parse_completion(text, first_slot=3, truncated=True)
+    assert items[0].task is not None
+    assert items[1].task is None and items[1].problem == TRUNCATED
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        "Just chatting, no tasks here.",
+        "3. Instruction: Missing the rest.\n",
+        "3. Instruction: Out of order.\n3. Output:\nx\n3. Input:\ny\n",
+        "3. Instruction: Twice.\n3. Input:\nx\n3. Output:\ny\n3. Output:\nz\n",
+        "3. Instruction:\n3. Input:\nx\n3. Output:\ny\n",  # empty instruction
+        "3. Instruction: No output.\n3. Input:\nx\n3. Output:\n   \n",
+        "Preamble first.\n3. Instruction: A.\n3. Input:\nx\n3. Output:\ny\n",
+    ],
+)
+def test_malformed_items_are_reported_not_raised(block: str) -> None:
+    items = parse_completion(block, first_slot=3, truncated=False)
+    assert [i.problem for i in items] == [MALFORMED]
+
+
+def test_blank_blocks_between_separators_are_not_items() -> None:
+    text = _item(3, "List two prime numbers.") + "###\n\n###\n"
+    assert len(parse_completion(text, first_slot=3, truncated=False)) == 1
