@@ -140,7 +140,7 @@ class TeacherServer:
             if self.duplicate is not None and slot == first:
                 instruction = self.duplicate
             elif self.bait_every and slot % self.bait_every == 0:
-                instruction = BAIT[(number + slot) % len(BAIT)]
+                instruction = BAIT[(number + slot // self.bait_every) % len(BAIT)]
             header = "" if slot == first and not self.repeat_first_header else f"{slot}. Instruction:"
             items.append(
                 f"{header} {instruction}\n{slot}. Input:\n{task.input or '<noinput>'}\n{slot}. Output:\n{task.output}\n"

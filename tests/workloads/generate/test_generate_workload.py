@@ -1,0 +1,241 @@
+"""`alpaca generate` end to end: the real openai client against a real local teacher over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pytest
+from support.teacher import (
+    BAD_JSON,
+    CUT,
+    EMPTY,
+    GARBLED,
+    NO_CHOICES,
+    RATE_LIMIT,
+    SERVER_ERROR,
+    UNAUTHORIZED,
+    TeacherServer,
+)
+
+from alpaca_jobs.generate.checkpoint import Journal
+from alpaca_jobs.generate.manifest import CHECKPOINT_FILE, Manifest, StopReason
+from alpaca_jobs.generate.prompt import Task
+from alpaca_jobs.generate.retry import RetryPolicy
+from alpaca_jobs.generate.runner import RunOptions, generate
+from alpaca_jobs.generate.seeds import load_seed_tasks
+from alpaca_jobs.generate.state import GenerationState
+from alpaca_jobs.storage import sha256_file
+from alpaca_operator.api.workloads import GenerateConfig
+from alpaca_operator.cli import main as alpaca_main
+
+FAST_RETRIES = RetryPolicy(max_retries=3, base_delay_s=0.01, max_delay_s=0.05)
+QUIET = RunOptions(retry=FAST_RETRIES, progress_bar=False)
+
+
+@pytest.fixture
+def teacher() -> Iterator[TeacherServer]:
+    with TeacherServer(bait_every=5, keep_prompts=True) as server:
+        yield server
+
+
+def _config(server: TeacherServer, output: str, *, target: int, concurrency: int = 4, **spec: Any) -> GenerateConfig:
+    return GenerateConfig.model_validate(
+        {
+            "name": "demo",
+            "spec": {
+                "teacher": {"baseURL": server.base_url, "model": "teacher", "maxConcurrency": concurrency},
+                "generation": {"numExamples": target},
+                "output": {"uri": "file:///unused"},
+                **spec,
+            },
+            "output": output,
+            "teacherURL": server.base_url,
+            "teacherModel": "teacher",
+            "pricing": {"inputUSDPerMillionTokens": 1.0, "outputUSDPerMillionTokens": 4.0},
+        }
+    )
+
+
+def _dataset(folder: Path) -> list[dict[str, str]]:
+    return [json.loads(line) for line in (folder / "dataset.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def _manifest(folder: Path) -> Manifest:
+    return Manifest.model_validate_json((folder / "manifest.json").read_text())
+
+
+def _check_outputs(folder: Path, manifest: Manifest) -> list[dict[str, str]]:
+    rows = _dataset(folder)
+    assert len(rows) == manifest.kept
+    assert all(set(row) == {"instruction", "input", "output"} for row in rows)
+    assert len({row["instruction"] for row in rows}) == len(rows)
+    assert manifest.generated == manifest.kept + sum(manifest.filtered.values())
+    assert manifest.dataset_sha256 == sha256_file(folder / "dataset.jsonl")
+    assert _manifest(folder) == manifest
+    return rows
+
+
+def test_generates_counts_every_drop_and_survives_every_kind_of_bad_answer(teacher: TeacherServer, tmp_path: Path) -> None:
+    teacher.inject(RATE_LIMIT, SERVER_ERROR, BAD_JSON, NO_CHOICES, GARBLED, CUT, EMPTY)
+    manifest = generate(_config(teacher, str(tmp_path), target=60), options=QUIET)
+
+    assert manifest.stop_reason is StopReason.COMPLETED and manifest.kept == 60
+    _check_outputs(tmp_path, manifest)
+    # One of each filter's bait, the cut item, the garbled answer: each under its own reason.
+    for reason in ("too_short", "blacklisted", "write_a_program", "starts_with_punctuation", "starts_non_ascii", "truncated", "malformed"):
+        assert manifest.filtered.get(reason, 0) >= 1, reason
+    assert manifest.failed_requests == {"empty_completion": 1, "malformed_response": 2}
+    assert manifest.retries == {"rate_limited": 1, "server_error": 1}
+    # Every 200 the teacher sent is a billed request; the two 5xx/429 were retried, not counted.
+    assert manifest.requests == teacher.stats.by_status[200]
+    assert teacher.stats.by_status[429] == teacher.stats.by_status[500] == 1
+    assert len(Journal(tmp_path / CHECKPOINT_FILE).load()) == manifest.requests
+    assert manifest.cost_usd == pytest.approx((manifest.prompt_tokens + 4 * manifest.completion_tokens) / 1e6)
+    # Alpaca's prompt: three seed tasks shown, the teacher continues at slot 4 of 20.
+    seeds = {s.instruction for s in load_seed_tasks()}
+    for prompt in teacher.stats.prompts:
+        assert prompt.endswith("###\n4. Instruction:") and "Tasks 1 to 20:" in prompt
+        shown = [line.split(": ", 1)[1] for line in prompt.splitlines() if ". Instruction: " in line]
+        assert len(shown) == 3 and set(shown) <= seeds
+
+
+def test_generated_tasks_join_the_prompt_when_asked(teacher: TeacherServer, tmp_path: Path) -> None:
+    config = _config(teacher, str(tmp_path), target=40, concurrency=1, generation={"numExamples": 40, "generatedTasksPerPrompt": 2})
+    generate(config, options=QUIET)
+    kept = {row["instruction"] for row in _dataset(tmp_path)}
+    later = teacher.stats.prompts[-1]
+    shown = [line.split(": ", 1)[1] for line in later.splitlines() if ". Instruction: " in line]
+    assert len(shown) == 5 and len(set(shown) & kept) == 2
+    assert later.endswith("###\n6. Instruction:")
+
+
+def test_near_duplicates_of_seeds_are_dropped_by_rouge(tmp_path: Path) -> None:
+    seed = load_seed_tasks()[0].instruction
+    with TeacherServer(duplicate=seed.replace("Tell me", "Tell us")) as server:
+        manifest = generate(_config(server, str(tmp_path), target=30, concurrency=2), options=QUIET)
+    assert manifest.filtered["rouge_l_similar"] == manifest.requests
+    assert seed.replace("Tell me", "Tell us") not in {row["instruction"] for row in _dataset(tmp_path)}
+
+
+def test_budget_stops_cleanly_keeps_what_was_paid_for_and_a_rerun_asks_nothing(teacher: TeacherServer, tmp_path: Path) -> None:
+    # About 1,250 completion tokens an answer at $4/M: roughly $0.005 a request.
+    config = _config(teacher, str(tmp_path), target=10_000, concurrency=4, budgetUSD=0.03)
+    manifest = generate(config, options=QUIET)
+    assert manifest.stop_reason is StopReason.BUDGET_EXHAUSTED and "budget" in manifest.message
+    rows = _check_outputs(tmp_path, manifest)
+    assert 0 < len(rows) < 10_000 and manifest.budget_usd == 0.03
+    per_request = manifest.cost_usd / manifest.requests
+    assert manifest.cost_usd <= 0.03 + per_request  # what was in flight when it stopped, at most
+    assert manifest.requests == teacher.stats.answered
+    asked = teacher.stats.received
+
+    again = generate(config, options=QUIET)
+    assert teacher.stats.received == asked
+    assert again.stop_reason is StopReason.BUDGET_EXHAUSTED
+    assert again.dataset_sha256 == manifest.dataset_sha256 and again.kept == manifest.kept
+
+
+def test_a_teacher_that_keeps_failing_stops_the_run(teacher: TeacherServer, tmp_path: Path) -> None:
+    teacher.inject(*[RATE_LIMIT] * 40)
+    options = RunOptions(retry=RetryPolicy(max_retries=1, base_delay_s=0.01), progress_bar=False, fail_after=3)
+    manifest = generate(_config(teacher, str(tmp_path), target=50, concurrency=1), options=options)
+    assert manifest.stop_reason is StopReason.TEACHER_UNAVAILABLE
+    assert manifest.failed_requests == {"rate_limited": 3} and manifest.retries == {"rate_limited": 3}
+    assert manifest.requests == 0 and manifest.kept == 0 and _dataset(tmp_path) == []
+
+
+def test_a_refused_key_ends_the_run_with_a_clear_error_and_never_prints_the_key(
+    teacher: TeacherServer, tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEACHER_KEY", "sk-very-secret-value")
+    config = _config(teacher, str(tmp_path / "out"), target=10, concurrency=1).model_copy(update={"api_key_env": "TEACHER_KEY"})
+    path = tmp_path / "config.json"
+    path.write_text(config.model_dump_json(by_alias=True))
+    teacher.inject(UNAUTHORIZED)
+
+    assert alpaca_main(["generate", "--config", str(path), "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    assert "teacher_rejected" in captured.err and "401" in captured.err
+    manifest = _manifest(tmp_path / "out")
+    assert manifest.stop_reason is StopReason.TEACHER_REJECTED
+    everything = captured.out + captured.err + caplog.text + (tmp_path / "out" / "manifest.json").read_text()
+    assert "sk-very-secret-value" not in everything
+
+
+def test_missing_key_variable_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NO_SUCH_KEY", raising=False)
+    code = alpaca_main(
+        ["generate", "--output", str(tmp_path), "--teacher-url", "http://127.0.0.1:9/v1", "--model", "m", "--api-key-env", "NO_SUCH_KEY"]
+    )
+    assert code == 2 and "NO_SUCH_KEY" in capsys.readouterr().err
+
+
+def test_object_store_output_is_published_and_resumed_from(teacher: TeacherServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALPACA_CACHE_DIR", str(tmp_path / "cache-1"))
+    location = "memory://alpaca-tests/generate-run"
+    first = generate(_config(teacher, location, target=20), options=QUIET)
+    fs = fsspec.filesystem("memory")
+    assert fs.exists("/alpaca-tests/generate-run/dataset.jsonl") and fs.exists(f"/alpaca-tests/generate-run/{CHECKPOINT_FILE}")
+    asked = teacher.stats.received
+    # A new pod: empty local staging, the checkpoint comes back from the store.
+    monkeypatch.setenv("ALPACA_CACHE_DIR", str(tmp_path / "cache-2"))
+    second = generate(_config(teacher, location, target=20), options=QUIET)
+    assert teacher.stats.received == asked and second.dataset_sha256 == first.dataset_sha256
+    fs.rm("/alpaca-tests", recursive=True)
+
+
+def _replay(folder: Path, journal_copy: Path, target: int) -> list[Task]:
+    config = GenerateConfig.model_validate_json((folder.parent / "config.json").read_text())
+    state = GenerationState([s.as_task() for s in load_seed_tasks()], config.spec, config.pricing)
+    for record in Journal(journal_copy).load():
+        state.apply(record)
+    return state.kept
+
+
+def test_killed_at_any_moment_it_resumes_without_losing_or_repaying(tmp_path: Path) -> None:
+    concurrency, target = 4, 500
+    with TeacherServer(delay_s=0.15, bait_every=5) as server:
+        out = tmp_path / "out"
+        config = _config(server, str(out), target=target, concurrency=concurrency)
+        (tmp_path / "config.json").write_text(config.model_dump_json(by_alias=True))
+        command = [sys.executable, "-m", "alpaca_operator.cli", "generate", "--config", str(tmp_path / "config.json"), "--no-progress"]
+        env = {**os.environ, "PYTHONSAFEPATH": "1"}
+        journal = out / CHECKPOINT_FILE
+
+        process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while not (journal.exists() and journal.read_bytes().count(b"\n") >= 6):
+            assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
+            assert time.monotonic() < deadline, "the run never got going"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        journal_at_kill = tmp_path / "journal-at-kill.jsonl"
+        journal_at_kill.write_bytes(journal.read_bytes())
+        answered_before = server.stats.answered
+        kept_before = _replay(out, journal_at_kill, target)
+        assert 0 < len(kept_before) < target
+        assert not (out / "manifest.json").exists()
+
+        resumed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert resumed.returncode == 0, resumed.stderr
+
+    manifest = _manifest(out)
+    rows = _check_outputs(out, manifest)
+    assert manifest.stop_reason is StopReason.COMPLETED and manifest.kept == target
+    # Nothing kept before the kill was lost: the resumed dataset starts with exactly it.
+    assert [Task(**row) for row in rows[: len(kept_before)]] == kept_before
+    # Every answer in the journal was paid once; only those in flight at the kill were asked again.
+    records = Journal(journal).load()
+    assert manifest.requests == len(records) == len({r.request for r in records})
+    assert answered_before - len(Journal(journal_at_kill).load()) <= concurrency
+    assert server.stats.answered - manifest.requests <= concurrency
