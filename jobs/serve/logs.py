@@ -39,3 +39,17 @@ def configure(log_format: str = "text", level: str = "info") -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    if log_format == "json":
+        _quiet_transformers()
+
+
+def _quiet_transformers() -> None:
+    """transformers prints progress bars and logs through its own handler; a JSON log stream must
+    hold JSON only, so its records go through ours and the bars are switched off."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.disable_progress_bar()
+    hf_logging.disable_default_handler()
+    hf_logging.enable_propagation()

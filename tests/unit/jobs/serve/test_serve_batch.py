@@ -1,0 +1,70 @@
+"""Rows of different lengths sharing one left-padded cache decode as they would alone."""
+
+import torch
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+
+from alpaca_jobs.serve import batch
+
+
+def tiny_model() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    return LlamaForCausalLM(config).eval()
+
+
+def prefill(model, rows: list[list[int]]) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    cache = DynamicCache()
+    out = model(input_ids=ids, attention_mask=mask, position_ids=batch.positions(mask, width), past_key_values=cache)
+    return cache, mask, out.logits[:, -1]
+
+
+def decode(model, cache, mask, tokens: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+    out = model(input_ids=torch.tensor(tokens).unsqueeze(1), attention_mask=mask,
+                position_ids=batch.positions(mask, 1), past_key_values=cache)
+    return mask, out.logits[:, -1]
+
+
+@torch.no_grad()
+def test_merged_rows_decode_like_separate_rows_and_leave_cleanly() -> None:
+    model = tiny_model()
+    a, b, c = [5, 6, 7, 8, 9, 10, 11], [12, 13], [20, 21, 22, 23]
+    alone = {}
+    for name, row in {"a": a, "b": b, "c": c}.items():
+        cache, mask, _ = prefill(model, [row])
+        alone[name] = decode(model, cache, mask, [3])[1][0]
+
+    cache, mask, _ = prefill(model, [a])
+    # One decode step for `a` alone, so the running row is longer than its prompt when others join.
+    mask, _ = decode(model, cache, mask, [3])
+    alone_a2 = None
+    cache_a, mask_a, _ = prefill(model, [a])
+    mask_a, _ = decode(model, cache_a, mask_a, [3])
+    mask_a, alone_a2 = decode(model, cache_a, mask_a, [4])
+
+    other, other_mask, _ = prefill(model, [b, c])
+    cache, mask = batch.merge(cache, mask, other, other_mask)
+    assert mask.shape == (3, len(a) + 1)
+    mask, logits = decode(model, cache, mask, [4, 3, 3])
+    torch.testing.assert_close(logits[0], alone_a2[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(logits[1], alone["b"], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(logits[2], alone["c"], atol=1e-4, rtol=1e-4)
+
+    # `a` leaves: columns only it used go, and the others keep their exact cache.
+    mask = batch.select_rows(cache, mask, [1, 2])
+    assert mask.shape[1] == len(c) + 1  # its prompt and the one token decoded since the merge
+    assert cache.layers[0].keys.shape[2] == mask.shape[1]
+    mask, logits = decode(model, cache, mask, [7, 7])
+    cache_b, mask_b, _ = prefill(model, [b])
+    mask_b, _ = decode(model, cache_b, mask_b, [3])
+    _, expected_b = decode(model, cache_b, mask_b, [7])
+    torch.testing.assert_close(logits[0], expected_b[0], atol=1e-4, rtol=1e-4)
+
+
+def test_positions_count_only_valid_tokens() -> None:
+    mask = torch.tensor([[0, 0, 1, 1, 0, 1], [1, 1, 1, 1, 1, 1]])
+    assert batch.positions(mask, 2).tolist() == [[1, 2], [4, 5]]
