@@ -1,0 +1,242 @@
+"""The chart's RBAC is enough and no broader.
+
+The operator runs as deployed: the chart rendered and applied, its settings file, peering, and the
+chart ServiceAccount's token (not admin credentials). It takes a dataset -> fine-tune -> server
+chain through a full reconcile while the test plays the Job and PyTorchJob controllers and the
+workloads. The API server's audit log then says what the ServiceAccount did: no request may have
+been forbidden, and every permission the chart grants must have been used, save a few named below
+with the code path that needs them. No broader: a SubjectAccessReview per dangerous verb.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+import kubernetes.client
+import pytest
+import yaml
+from kubernetes.client.exceptions import ApiException
+
+from alpaca_operator.runner import OperatorThread, wire
+from alpaca_operator.settings import load_settings
+from alpaca_operator.testing.controlplane import ControlPlane
+from chart_helpers import CHART, REPO, Documents, as_json_list, find, run
+
+pytestmark = pytest.mark.integration
+
+T = TypeVar("T")
+RELEASE_NAMESPACE = "alpaca-system"
+Permission = tuple[str, str, str]  # (apiGroup, resource[/subresource], verb)
+
+# Granted, but this chain need not exercise them: each with the code path that needs it.
+NOT_EXERCISED: dict[Permission, str] = {
+    ("kubeflow.org", "pytorchjobs", "patch"): "a FineTune out of budget before its deadline suspends the PyTorchJob",
+    ("alpaca.dev", "instructdatasets/status", "get"): "held only to grant it to the workload Role",
+    ("alpaca.dev", "finetunes/status", "get"): "held only to grant it to the workload Role",
+    ("alpaca.dev", "modelservers/status", "get"): "held only to grant it to the workload Role",
+    ("batch", "jobs", "get"): "a restarted operator reads back a Job that already exists",
+    ("kubeflow.org", "pytorchjobs", "get"): "a restarted operator reads back a PyTorchJob that already exists",
+    ("apps", "deployments", "get"): "a restarted operator reads back a Deployment that already exists",
+    ("alpaca.dev", "instructdatasets", "patch"): "the cost clock annotation of a resource that accrues cost over time",
+    ("alpaca.dev", "finetunes", "patch"): "the cost clock annotation of a resource that accrues cost over time",
+    ("alpaca.dev", "modelservers", "patch"): "the cost clock annotation of a ModelServer with a GPU price",
+}
+
+
+def wait_for(check: Callable[[], T], *, timeout: float = 30.0, what: str) -> T:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            last = None
+        if last:
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def _now_minus(seconds: float) -> str:
+    return (datetime.now(timezone.utc) - timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ControlPlane, Path]]:
+    """A control plane of its own, auditing every request's metadata to a file."""
+    folder = tmp_path_factory.mktemp("audit")
+    policy = folder / "policy.yaml"
+    policy.write_text(yaml.safe_dump({"apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
+                                      "rules": [{"level": "Metadata"}]}))
+    log = folder / "audit.log"
+    with ControlPlane(extra_apiserver_args=[f"--audit-policy-file={policy}", f"--audit-log-path={log}"]) as cp:
+        yield cp, log
+
+
+def _kubectl(cp: ControlPlane, *args: str, stdin: str | None = None) -> str:
+    assert cp.assets_dir is not None
+    return run([str(cp.assets_dir / "kubectl"), f"--kubeconfig={cp.kubeconfig}", *args], input=stdin)
+
+
+def _install(cp: ControlPlane, helm: str, kube_version: str) -> Documents:
+    for folder in (CHART / "crds", REPO / "tests" / "integration" / "crds"):
+        _kubectl(cp, "apply", "--server-side", "-f", str(folder))
+        _kubectl(cp, "wait", "--for=condition=Established", "--timeout=60s", "-f", str(folder))
+    _kubectl(cp, "create", "namespace", RELEASE_NAMESPACE)
+    out = run([
+        helm, "template", "alpaca", str(CHART), "--namespace", RELEASE_NAMESPACE, "--kube-version", kube_version,
+        "--set", "settings.resyncSeconds=0.5", "--set", "settings.costIntervalSeconds=1", "--set", "settings.workers=4",
+        "--set", "prices.gpuHourUSD.nvidia-a100-80gb=2.0",
+    ])
+    documents = [d for d in yaml.safe_load_all(out) if d]
+    _kubectl(cp, "apply", "-f", "-", stdin=as_json_list(documents))
+    return documents
+
+
+def _play_the_chain(api_client: kubernetes.client.ApiClient, namespace: str) -> None:
+    custom = kubernetes.client.CustomObjectsApi(api_client)
+    batch = kubernetes.client.BatchV1Api(api_client)
+    apps = kubernetes.client.AppsV1Api(api_client)
+
+    def create(plural: str, kind: str, name: str, spec: dict[str, Any]) -> None:
+        body = {"apiVersion": "alpaca.dev/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec}
+        custom.create_namespaced_custom_object("alpaca.dev", "v1alpha1", namespace, plural, body)
+
+    def status(plural: str, name: str) -> dict[str, Any]:
+        return custom.get_namespaced_custom_object("alpaca.dev", "v1alpha1", namespace, plural, name).get("status") or {}
+
+    create("instructdatasets", "InstructDataset", "data", {
+        "teacher": {"baseURL": "https://api.example.com/v1", "model": "teacher", "apiKeySecretRef": {"name": "key", "key": "k"}},
+        "output": {"pvc": {"claimName": "datasets", "subPath": "data"}},
+    })
+    create("finetunes", "FineTune", "tuned", {
+        "dataset": {"instructDatasetRef": {"name": "data"}}, "gpus": {"nodes": 2, "perNode": 8},
+        "output": {"pvc": {"claimName": "models", "subPath": "tuned"}},
+    })
+    create("modelservers", "ModelServer", "chat", {"model": {"fineTuneRef": {"name": "tuned"}}})
+
+    wait_for(lambda: batch.read_namespaced_job("data-generate", namespace), what="the generation Job")
+    custom.patch_namespaced_custom_object_status("alpaca.dev", "v1alpha1", namespace, "instructdatasets", "data",
+        {"status": {"dataset": {"uri": "/var/lib/alpaca/output/dataset.jsonl", "sha256": "a" * 64}}})
+    batch.patch_namespaced_job_status("data-generate", namespace, {"status": {
+        "startTime": _now_minus(60), "completionTime": _now_minus(0), "succeeded": 1,
+        "conditions": [{"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": _now_minus(0)},
+                       {"type": "Complete", "status": "True", "lastTransitionTime": _now_minus(0)}],
+    }})
+    wait_for(lambda: status("instructdatasets", "data").get("phase") == "Succeeded", what="the dataset Succeeded")
+
+    wait_for(lambda: custom.get_namespaced_custom_object("kubeflow.org", "v1", namespace, "pytorchjobs", "tuned-train"), what="the PyTorchJob")
+    custom.patch_namespaced_custom_object_status("alpaca.dev", "v1alpha1", namespace, "finetunes", "tuned",
+        {"status": {"model": {"uri": "/var/lib/alpaca/output/model", "sha256": "b" * 64}}})
+    custom.patch_namespaced_custom_object_status("kubeflow.org", "v1", namespace, "pytorchjobs", "tuned-train", {"status": {
+        "startTime": _now_minus(600), "completionTime": _now_minus(0),
+        "conditions": [{"type": "Succeeded", "status": "True", "reason": "PyTorchJobSucceeded"}],
+    }})
+    finished = wait_for(lambda: (s := status("finetunes", "tuned")).get("phase") == "Succeeded" and s, what="the FineTune Succeeded")
+    # 16 GPUs for 10 minutes at the chart's price table: the settings file reached the operator.
+    assert finished["costUSD"] == pytest.approx(16 * 2.0 * 600 / 3600, rel=0.05)
+
+    wait_for(lambda: apps.read_namespaced_deployment("chat-serve", namespace), what="the Deployment")
+    apps.patch_namespaced_deployment_status("chat-serve", namespace, {"status": {"replicas": 1, "readyReplicas": 1, "updatedReplicas": 1}})
+    wait_for(lambda: status("modelservers", "chat").get("phase") == "Ready", what="the ModelServer Ready")
+    # An edit rolls the Deployment and its config.
+    custom.patch_namespaced_custom_object("alpaca.dev", "v1alpha1", namespace, "modelservers", "chat", {"spec": {"replicas": 2}})
+    wait_for(lambda: apps.read_namespaced_deployment("chat-serve", namespace).spec.replicas == 2, what="the Deployment scaled")
+
+    # The workloads' identity, made by the operator in the namespace it worked in.
+    kubernetes.client.CoreV1Api(api_client).read_namespaced_service_account("alpaca-workload", namespace)
+
+
+def _audited_permissions(log: Path, username: str) -> tuple[set[Permission], list[str]]:
+    used: set[Permission] = set()
+    forbidden: list[str] = []
+    for line in log.read_text().splitlines():
+        event = json.loads(line)
+        if event["user"]["username"] != username or "objectRef" not in event:
+            continue
+        ref = event["objectRef"]
+        resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+        code = (event.get("responseStatus") or {}).get("code", 200)
+        if code == 403:
+            forbidden.append(f"{event['verb']} {ref.get('apiGroup', '')}/{resource} in {ref.get('namespace', '(cluster)')}")
+        elif code < 400 or code in (404, 409):
+            used.add((ref.get("apiGroup", ""), resource, event["verb"]))
+    return used, forbidden
+
+
+def _granted(documents: Documents) -> set[Permission]:
+    return {
+        (group, resource, verb)
+        for role in find(documents, "ClusterRole")
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def test_operator_reconciles_with_the_chart_service_account_and_needs_every_grant(
+    audited: tuple[ControlPlane, Path], helm: str, kube_version: str, tmp_path: Path
+) -> None:
+    cp, log = audited
+    documents = _install(cp, helm, kube_version)
+    (account,) = find(documents, "ServiceAccount")
+    (peering,) = find(documents, "ClusterKopfPeering")
+    (config_map,) = find(documents, "ConfigMap")
+    (tmp_path / "settings.yaml").write_text(config_map["data"]["settings.yaml"])
+    settings = load_settings(tmp_path / "settings.yaml")
+
+    token = cp.token_for_service_account(RELEASE_NAMESPACE, account["metadata"]["name"])
+    kubeconfig = cp.kubeconfig_for_token(token, tmp_path / "operator.kubeconfig")
+    namespace = f"work-{uuid.uuid4().hex[:8]}"
+    _kubectl(cp, "create", "namespace", namespace)
+
+    wiring = wire(settings, kubeconfig=str(kubeconfig), standalone=False, peering_name=peering["metadata"]["name"])
+    assert wiring.namespaces == []  # the chart's default: every namespace, with the ClusterRole
+    with OperatorThread(wiring), cp.api_client() as admin:
+        _play_the_chain(admin, namespace)
+        peers = kubernetes.client.CustomObjectsApi(admin).get_cluster_custom_object(
+            "kopf.dev", "v1", "clusterkopfpeerings", peering["metadata"]["name"])
+        assert peers.get("status"), "the operator never took part in peering"
+
+    username = f"system:serviceaccount:{RELEASE_NAMESPACE}:{account['metadata']['name']}"
+    used, forbidden = _audited_permissions(log, username)
+    assert not forbidden, "the chart's RBAC is not enough:\n" + "\n".join(forbidden)
+    granted = _granted(documents)
+    assert used <= granted  # holds when nothing was forbidden; says what was used if not
+    unused = granted - used - set(NOT_EXERCISED)
+    assert not unused, f"granted but never used (drop them, or name the code path in NOT_EXERCISED): {sorted(unused)}"
+    stale = set(NOT_EXERCISED) - granted
+    assert not stale, f"NOT_EXERCISED names permissions the chart no longer grants: {sorted(stale)}"
+
+
+def test_the_service_account_cannot_do_more(audited: tuple[ControlPlane, Path]) -> None:
+    cp, _ = audited
+    user = "system:serviceaccount:alpaca-system:alpaca-alpaca-operator"
+    checks = [
+        ("", "secrets", "get"), ("", "secrets", "list"), ("", "pods", "create"), ("", "pods/exec", "create"),
+        ("batch", "jobs", "delete"), ("apps", "deployments", "delete"), ("", "namespaces", "create"),
+        ("rbac.authorization.k8s.io", "clusterroles", "create"), ("rbac.authorization.k8s.io", "roles", "bind"),
+        ("apiextensions.k8s.io", "customresourcedefinitions", "update"), ("alpaca.dev", "finetunes", "delete"),
+    ]
+    with cp.api_client() as admin:
+        api = kubernetes.client.AuthorizationV1Api(admin)
+        allowed = []
+        for group, resource, verb in checks:
+            name, _, sub = resource.partition("/")
+            review = api.create_subject_access_review({
+                "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+                "spec": {"user": user, "resourceAttributes": {"group": group, "resource": name, "subresource": sub, "verb": verb, "namespace": "any"}},
+            })
+            if review.status.allowed:
+                allowed.append((group, resource, verb))
+    assert not allowed, f"the operator's ServiceAccount may {allowed}"
