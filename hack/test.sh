@@ -30,6 +30,8 @@ fi
 step "control plane (kube-apiserver + etcd)"
 KUBEBUILDER_ASSETS="$(hack/control-plane.sh | tail -n 1)"
 export KUBEBUILDER_ASSETS
+step "helm (chart tests)"
+hack/control-plane.sh helm >/dev/null
 
 step "static checks"
 .venv/bin/alpaca crds --check crds
