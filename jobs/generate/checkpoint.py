@@ -1,10 +1,14 @@
 """The checkpoint: an append-only journal of the teacher's answers, written before they are used.
 
-Every answered (or given-up) request becomes one JSON line, flushed and fsynced before its tasks are
-filtered. The dataset is a pure function of the journal and the configuration, so a restarted run
-replays the journal to get back exactly what it had kept, and never asks again for what was already
-answered. A kill in the middle of a write leaves at most a torn last line, which is dropped (that
-request was not yet used, so nothing depends on it).
+Every answered (or given-up) request becomes one JSON line, handed to the operating system before its
+tasks are filtered: a killed process loses nothing that it used. The dataset is a pure function of the
+journal and the configuration, so a restarted run replays the journal to get back exactly what it had
+kept, and never asks again for what was already answered. A kill in the middle of a write leaves at
+most a torn last line, which is dropped (that request was not yet used, so nothing depends on it).
+
+`sync` (fsync) is separate from `append` so that the run can sync in the background, batching many
+answers per disk flush: only a crash of the whole machine can lose the last unsynced answers, and
+those are then simply asked again.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 Outcome = Literal["answered", "failed"]
 VERSION = 1
@@ -50,6 +54,7 @@ class CheckpointError(RuntimeError):
 class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._handle: BinaryIO | None = None
 
     def load(self) -> list[Record]:
         """All complete records; a torn tail is cut off the file so that appends start clean."""
@@ -77,9 +82,19 @@ class Journal:
         return records
 
     def append(self, record: Record) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = (record.to_json() + "\n").encode("utf-8")
-        with self.path.open("ab") as handle:
-            handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
+        if self._handle is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = self.path.open("ab")
+        self._handle.write((record.to_json() + "\n").encode("utf-8"))
+        self._handle.flush()  # in the kernel now: survives the process being killed
+
+    def sync(self) -> None:
+        """Make every appended record durable (it survives a machine crash)."""
+        if self._handle is not None:
+            os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self.sync()
+            self._handle.close()
+            self._handle = None

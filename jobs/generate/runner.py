@@ -1,6 +1,6 @@
 """A generation run: concurrent requests, journal first, then filters; stop on target, budget or trouble.
 
-The loop keeps up to `maxConcurrency` requests in flight. Each answer is journaled (fsync) and only
+The loop keeps up to `maxConcurrency` requests in flight. Each answer is journaled and only
 then parsed and filtered, in the order answers arrive; that order is the journal's, so replaying the
 journal rebuilds the same dataset. Requests already in flight when the run decides to stop are still
 awaited and journaled: they are paid for, and a later run with a larger target uses them.
@@ -123,6 +123,7 @@ class Run:
         self.fail_after = options.fail_after or max(5, self.concurrency)
         self._api_key = api_key
         self._last_push = time.monotonic()
+        self._sync: asyncio.Task[None] | None = None
 
     # -- decisions --------------------------------------------------------------------------------
 
@@ -194,8 +195,13 @@ class Run:
             retries=answer.retries,
         )
 
+    def _sync_in_background(self) -> None:
+        """One fsync for every answer appended since the last, off the event loop."""
+        if self._sync is None or self._sync.done():
+            self._sync = asyncio.create_task(asyncio.to_thread(self.journal.sync))
+
     def _record(self, record: Record, progress: _Progress) -> None:
-        self.journal.append(record)  # durable before it is used: the heart of resuming
+        self.journal.append(record)  # kept before it is used: the heart of resuming
         self.state.apply(record)
         progress.update(self.state)
         if self.output.remote and time.monotonic() - self._last_push > _CHECKPOINT_PUSH_INTERVAL_S:
@@ -247,6 +253,7 @@ class Run:
                         rejected = error  # record the other answers first: they are paid for
                         continue
                     self._record(task.result(), progress)
+                self._sync_in_background()
                 if rejected is not None:
                     raise rejected
         except TeacherRejected as exc:
@@ -255,6 +262,9 @@ class Run:
                 task.cancel()
             await asyncio.gather(*in_flight, return_exceptions=True)
         finally:
+            if self._sync is not None:
+                await asyncio.gather(self._sync, return_exceptions=True)
+            self.journal.close()
             await teacher.close()
             progress.update(self.state, force=True)
             progress.close()

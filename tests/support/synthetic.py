@@ -7,6 +7,7 @@ external data. About 40% of tasks get an input, as in Alpaca's data.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import re
@@ -35,7 +36,7 @@ def _vocabulary() -> tuple[tuple[str, ...], tuple[int, ...]]:
             text = " ".join([task["instruction"], *(i["input"] + " " + i["output"] for i in task["instances"])])
             counts.update(w.lower() for w in re.findall(r"[A-Za-z]+", text))
     words = tuple(sorted(counts))
-    return words, tuple(counts[w] for w in words)
+    return words, tuple(itertools.accumulate(counts[w] for w in words))
 
 
 @dataclass(frozen=True)
@@ -48,10 +49,11 @@ class Task:
 class SyntheticTasks:
     def __init__(self, seed: int = 0) -> None:
         self._rng = random.Random(seed)
-        self._words, self._weights = _vocabulary()
+        self._words, self._cumulative = _vocabulary()
 
     def _words_like_english(self, count: int) -> list[str]:
-        return self._rng.choices(self._words, weights=self._weights, k=count)
+        # Cumulative weights once, not per call: this runs inside the test teacher's request path.
+        return self._rng.choices(self._words, cum_weights=self._cumulative, k=count)
 
     def instruction(self) -> str:
         length = max(3, min(40, round(self._rng.gauss(12, 4))))
@@ -72,12 +74,35 @@ class SyntheticTasks:
                 words.insert(position, self._words_like_english(1)[0])
         return " ".join(words) + "."
 
-    def instructions(self, count: int, near_duplicate_rate: float = 0.1) -> list[str]:
-        """`count` instructions; about `near_duplicate_rate` of them near-copies of an earlier one."""
+    def exact_tie(self, instruction: str) -> str | None:
+        """An instruction whose ROUGE-L F-measure against `instruction` is exactly 0.7 in real numbers.
+
+        With m and n tokens and an LCS of L, F = 2L/(m+n); picking m+n as a multiple of 20 and
+        L = 0.35(m+n) gives 0.7, which floating point rounds to just above or just below.
+        """
+        tokens = re.findall(r"[a-z0-9]+", instruction.lower())
+        m = len(tokens)
+        k = 1 if 7 <= m <= 13 else 2 if 14 <= m <= 26 else 0
+        if k == 0:
+            return None
+        n, lcs = 20 * k - m, 7 * k
+        fresh = [w for w in self._words_like_english(4 * n) if w not in set(tokens)][: n - lcs]
+        if len(fresh) < n - lcs:
+            return None
+        return " ".join(tokens[:lcs] + fresh).capitalize() + "."
+
+    def instructions(self, count: int, near_duplicate_rate: float = 0.1, tie_rate: float = 0.0) -> list[str]:
+        """`count` instructions; about `near_duplicate_rate` of them near-copies of an earlier one,
+        and about `tie_rate` scoring exactly 0.7 against an earlier one."""
         out: list[str] = []
-        for _ in range(count):
-            if out and self._rng.random() < near_duplicate_rate:
+        while len(out) < count:
+            draw = self._rng.random()
+            if out and draw < near_duplicate_rate:
                 out.append(self.near_duplicate(self._rng.choice(out)))
+            elif out and draw < near_duplicate_rate + tie_rate:
+                tie = self.exact_tie(self._rng.choice(out))
+                if tie is not None:
+                    out.append(tie)
             else:
                 out.append(self.instruction())
         return out
