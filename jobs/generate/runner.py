@@ -162,7 +162,8 @@ class Run:
 
     def _slots_per_request(self) -> int:
         generation = self.spec.generation
-        return generation.instructions_per_request - generation.seed_tasks_per_prompt
+        shown = generation.seed_tasks_per_prompt + generation.generated_tasks_per_prompt
+        return generation.instructions_per_request - shown
 
     # -- the loop ---------------------------------------------------------------------------------
 

@@ -104,5 +104,5 @@ class GenerationState:
             requests=self.requests,
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
-            cost_usd=round(self.cost_usd, 6),
+            cost_usd=round(self.cost_usd, 9),
         )

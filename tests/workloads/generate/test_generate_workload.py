@@ -34,7 +34,7 @@ from alpaca_jobs.generate.runner import RunOptions, generate
 from alpaca_jobs.generate.seeds import load_seed_tasks
 from alpaca_jobs.generate.state import GenerationState
 from alpaca_jobs.storage import sha256_file
-from alpaca_operator.api.workloads import GenerateConfig
+from alpaca_operator.api.workloads import GenerateConfig, StatusTarget
 from alpaca_operator.cli import main as alpaca_main
 
 FAST_RETRIES = RetryPolicy(max_retries=3, base_delay_s=0.01, max_delay_s=0.05)
@@ -239,3 +239,31 @@ def test_killed_at_any_moment_it_resumes_without_losing_or_repaying(tmp_path: Pa
     assert manifest.requests == len(records) == len({r.request for r in records})
     assert answered_before - len(Journal(journal_at_kill).load()) <= concurrency
     assert server.stats.answered - manifest.requests <= concurrency
+
+
+class _RecordingStatusApi:
+    """Stands in for the Kubernetes API's status subresource: records each patch it is sent."""
+
+    def __init__(self) -> None:
+        self.patches: list[tuple[tuple[str, ...], dict[str, Any]]] = []
+
+    def patch_namespaced_custom_object_status(self, group: str, version: str, namespace: str, plural: str, name: str, body: dict[str, Any]) -> None:
+        self.patches.append(((group, version, namespace, plural, name), body))
+
+
+def test_progress_is_patched_onto_the_owning_resource(teacher: TeacherServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from alpaca_jobs.report import StatusReporter
+    from alpaca_operator.api.instructdataset import GenerationProgress
+
+    api = _RecordingStatusApi()
+    monkeypatch.setattr(StatusReporter, "_client", lambda self: api)
+    config = _config(teacher, str(tmp_path), target=40).model_copy(
+        update={"status_target": StatusTarget(plural="instructdatasets", namespace="team-a", name="demo")}
+    )
+    manifest = generate(config, options=RunOptions(retry=FAST_RETRIES, progress_bar=False, status_interval_s=3600))
+    # Throttled: the first update, then only the final one (forced) within the interval.
+    assert len(api.patches) == 2
+    target, body = api.patches[-1]
+    assert target == ("alpaca.dev", "v1alpha1", "team-a", "instructdatasets", "demo")
+    progress = GenerationProgress.model_validate(body["status"]["progress"])
+    assert progress == manifest.progress()
