@@ -17,9 +17,9 @@ from .instructdataset import InstructDatasetSpec, TokenPricing
 from .modelserver import ModelServerSpec
 
 # Where each workload puts its results inside its output location; consumers find them here.
+# A FineTune's output folder is itself the Hugging Face model folder.
 DATASET_FILE = "dataset.jsonl"
 MANIFEST_FILE = "manifest.json"
-MODEL_DIR = "model"
 
 # Folder path or fsspec URI: a PVC is mounted and appears as a path; local mode uses folders.
 Location = Annotated[str, Field(min_length=1, max_length=4096)]

@@ -11,10 +11,8 @@ from dataclasses import dataclass, field
 
 from ..api.common import Artifact, ModelSource, PVCLocation, SecretKeyRef, Storage
 from ..api.finetune import DatasetSource
-from ..api.workloads import ResolvedModel
+from ..api.workloads import DATASET_FILE, ResolvedModel
 from .common import DATASET_MOUNT, MODEL_MOUNT, OUTPUT_MOUNT, Mounts, pvc_mount
-
-DATASET_FILE = "dataset.jsonl"
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..api import FineTuneSpec, InstructDatasetSpec, ModelServerSpec
 from ..api.instructdataset import TokenPricing
-from ..api.workloads import DATASET_FILE, MODEL_DIR, GenerateConfig, ResolvedModel, ServeConfig, TrainConfig
+from ..api.workloads import DATASET_FILE, GenerateConfig, ResolvedModel, ServeConfig, TrainConfig
 from ..manifests import Manifest, ManifestError
 from .layout import Layout, secret_env_var
 
@@ -87,7 +87,7 @@ def serve_config(
     if spec.model.fine_tune_ref is not None:
         trained = upstream[("FineTune", spec.model.fine_tune_ref.name)]
         assert trained.location
-        model = ResolvedModel(location=str(Path(trained.location) / MODEL_DIR))
+        model = ResolvedModel(location=trained.location)
     else:
         assert spec.model.source is not None
         model = layout.model(spec.model.source)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..api import FineTuneSpec, InstructDatasetSpec
-from ..api.workloads import DATASET_FILE, MANIFEST_FILE, MODEL_DIR
+from ..api.workloads import MANIFEST_FILE
 from ..manifests import Manifest
 from .configs import Outputs, generate_config, serve_config, train_config
 from .layout import Layout
@@ -256,6 +256,5 @@ def _read_outputs(manifest: Manifest, location: str) -> Outputs:
     if isinstance(manifest.resource.spec, InstructDatasetSpec):
         sha = summary.get("sha256") or summary.get("datasetSha256")
         return Outputs(location=location, sha256=sha, summary=summary)
-    sha = summary.get("sha256") or summary.get("modelSha256")
-    model = folder / MODEL_DIR
-    return Outputs(location=location, sha256=sha, summary=summary | {"model": str(model)})
+    model = summary.get("model") or {}
+    return Outputs(location=location, sha256=model.get("sha256"), summary=summary | {"modelPath": location})

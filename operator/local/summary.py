@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -36,7 +37,9 @@ def _details(report: StepReport) -> str:
             parts.append(f"{steps} steps")
         if isinstance(loss, (int, float)):
             parts.append(f"loss {loss:.3f}")
-        parts.append(str(summary.get("model", report.outputs.location)))
+        parts.append(str(summary.get("modelPath", report.outputs.location)))
+        if (Path(report.outputs.location or "") / "loss_curve.png").exists():
+            parts.append("loss_curve.png")
     else:
         parts.append(f"{report.outputs.summary.get('page', '')}  API {report.outputs.url}")
     return ", ".join(p for p in parts if p)

@@ -60,7 +60,7 @@ def test_server_of_a_finetune_serves_its_model_folder(layout: Layout) -> None:
     manifest = parse("s.yaml", VALID["ModelServer"]())
     upstream = {("FineTune", "alpaca-7b"): Outputs(location="/models/tune")}
     config = serve_config(manifest, layout, upstream, port=8123)
-    assert config.model.location == "/models/tune/model"
+    assert config.model.location == "/models/tune"
     assert (config.served_model_name, config.host, config.port) == ("alpaca-chat", "127.0.0.1", 8123)
 
 
