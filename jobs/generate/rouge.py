@@ -6,11 +6,11 @@ against every seed and every kept instruction with an O(m*n) Python table each t
 * tokens are the same maximal runs of [a-z0-9] in the lowercased text that the reference tokenizer keeps;
 * a pair can only score above the threshold if its LCS reaches a minimal length, and the LCS is bounded
   by the multiset overlap of the two token lists; so instructions are indexed by a short *prefix* of their
-  tokens (rarest first), and only instructions sharing a prefix token are ever looked at (the prefix
-  filter of set-similarity joins);
-* the surviving pairs get an exact LCS by a bit-parallel algorithm over Python integers (one pass over
-  the shorter side of the index entry), and the F-measure is computed with the reference's own float
-  expression, so scores of exactly the threshold fall on the same side.
+  tokens (rarest first), and only instructions sharing two prefix tokens with the new one are looked at
+  (the prefix filter of set-similarity joins), with set operations that run in C;
+* the survivors' overlap is counted exactly (a set intersection), and the few left get an exact LCS by
+  a bit-parallel algorithm over Python integers; the F-measure is computed with the reference's own
+  float expression, so scores of exactly the threshold fall on the same side.
 """
 
 from __future__ import annotations
@@ -96,16 +96,15 @@ class RougeLFilter:
         self._docs: list[list[int]] = []  # token ids of each indexed instruction
         self._elements: list[list[int]] = []  # its elements (see _OCCURRENCE_SHIFT)
         self._element_sets: list[frozenset[int]] = []  # the same, for C-speed overlap counts
-        # element -> partner length -> position of the element in that partner's ordered prefix ->
-        # partners. Knowing length and position lets a query look only where a match is possible.
-        self._index: dict[int, dict[int, list[list[int]]]] = {}
+        # element -> instructions holding it in their indexed prefix (see _depth).
+        self._index: dict[int, list[int]] = {}
         # The global "rarest first" order, frozen at the last rebuild; it must stay fixed between
         # rebuilds for the prefix filter to be exact. Elements unseen at the rebuild sort first, by
         # value (an element is below 2**62); seen ones after them, by rank.
         self._rank: dict[int, int] = {}
         self._rebuilt_at = 0
         self._min_overlap_cache: dict[int, int] = {}
-        self._pair_cache: dict[int, list[tuple[int, int, int] | None]] = {}
+        self._needs_cache: dict[int, list[int | None]] = {}
 
     def __len__(self) -> int:
         return len(self._docs)
@@ -132,23 +131,19 @@ class RougeLFilter:
             self._min_overlap_cache[length] = cached
         return cached
 
-    def _pair_table(self, m: int) -> list[tuple[int, int, int] | None]:
-        """For a query of length m, indexed by partner length n: (need, mine, theirs), or None.
-
-        `need` is the LCS (hence overlap) a pair of these lengths must reach; with overlap >= need, the
-        first m-need+1 elements of the query and the first n-need+1 of the partner (in the global order)
-        share one, so those are the only prefixes to look at. None: no such pair can score above.
-        """
-        table = self._pair_cache.get(m)
+    def _needs(self, m: int) -> list[int | None]:
+        """For a query of length m, indexed by partner length n: the LCS the pair must reach to score
+        above the threshold, or None when no pair of these lengths can."""
+        table = self._needs_cache.get(m)
         if table is None:
             table = [None]
             n = 1
             # Feasibility is monotone in n beyond m, so the table ends at the first infeasible n > m.
             while n <= m or self._feasible(m, n):
                 need = self._required_lcs(m, n)
-                table.append((need, m - need + 1, n - need + 1) if need <= min(m, n) else None)
+                table.append(need if need <= min(m, n) else None)
                 n += 1
-            self._pair_cache[m] = table
+            self._needs_cache[m] = table
         return table
 
     def _ordered(self, elements: list[int]) -> list[int]:
@@ -176,24 +171,39 @@ class RougeLFilter:
 
     # -- queries ----------------------------------------------------------------------------------
 
-    def _candidates(self, m: int, elements: list[int]) -> set[int]:
-        need = self._min_overlap(m)
-        if need == 0:
-            return set()
-        ordered = self._ordered(elements)
+    def _depth(self, length: int) -> int:
+        """How many of an instruction's first elements hold its first two shared ones with any match.
+
+        With overlap >= t, ordering both sides by the global order, the two smallest common elements
+        lie within the first length-t+2 elements of each side (the smallest within length-t+1), and t
+        is at least the length's minimal overlap.
+        """
+        need = self._min_overlap(length)
+        return 0 if need == 0 else length - need + min(2, need)
+
+    def _candidates(self, m: int, elements: list[int]) -> list[int]:
+        depth = self._depth(m)
+        if depth == 0:
+            return []
         index = self._index
-        table = self._pair_table(m)
-        longest = len(table)
-        candidates: set[int] = set()
-        for i in range(m - need + 1):
-            by_length = index.get(ordered[i])
-            if not by_length:
-                continue
-            for n, by_position in by_length.items():
-                if n < longest and (entry := table[n]) is not None and i < entry[1]:
-                    for docs in by_position[: entry[2]]:
-                        candidates.update(docs)
-        return candidates
+        seen: set[int] = set()
+        twice: set[int] = set()
+        # Set operations run in C; a Python loop over every posting would cost more than the rest.
+        for element in self._ordered(elements)[:depth]:
+            docs = index.get(element)
+            if docs:
+                twice.update(seen.intersection(docs))
+                seen.update(docs)
+        # A pair that can match shares two elements in these prefixes, or one when a single common
+        # token is enough (very short pairs, or low thresholds).
+        if 1 not in self._needs(m):
+            return list(twice)
+        docs_tokens = self._docs
+        needs = self._needs(m)
+        longest = len(needs)
+        return list(twice) + [
+            doc for doc in seen - twice if len(docs_tokens[doc]) < longest and needs[len(docs_tokens[doc])] == 1
+        ]
 
     def max_score_above(self, tokens: Sequence[str]) -> float | None:
         """The first score above the threshold against an indexed instruction, or None if there is none."""
@@ -210,13 +220,15 @@ class RougeLFilter:
         threshold = self.threshold
         docs_tokens = self._docs
         element_sets = self._element_sets
-        table = self._pair_table(m)
+        needs = self._needs(m)
+        longest = len(needs)
         for doc in candidates:
             other = docs_tokens[doc]
             n = len(other)
-            # Candidates come from feasible lengths only, so the entry exists. The LCS is at most the
-            # multiset overlap: a set intersection in C rules out most of them before the LCS pass.
-            if len(query & element_sets[doc]) < table[n][0]:  # type: ignore[index]
+            need = needs[n] if n < longest else None
+            # The LCS is at most the multiset overlap: a set intersection in C rules out most of the
+            # rest before the LCS pass.
+            if need is None or len(query & element_sets[doc]) < need:
                 continue
             if masks is None:
                 masks = match_masks(ids)
@@ -243,15 +255,13 @@ class RougeLFilter:
 
     def _index_prefix(self, doc: int) -> None:
         elements = self._elements[doc]
-        n = len(elements)
-        need = self._min_overlap(n)
-        if need == 0:
-            return
-        for position, element in enumerate(self._ordered(elements)[: n - need + 1]):
-            by_position = self._index.setdefault(element, {}).setdefault(n, [])
-            while len(by_position) <= position:
-                by_position.append([])
-            by_position[position].append(doc)
+        index = self._index
+        for element in self._ordered(elements)[: self._depth(len(elements))]:
+            docs = index.get(element)
+            if docs is None:
+                index[element] = [doc]
+            else:
+                docs.append(doc)
 
     def _rebuild(self) -> None:
         """Re-rank elements by how many instructions hold them, and re-index every prefix.
