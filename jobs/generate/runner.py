@@ -216,6 +216,10 @@ class Run:
             self.state.apply(record)
         if replayed:
             log.info("resumed from %d journaled requests: %d examples kept", len(replayed), len(self.state.kept))
+        # A new process gives the teacher a fresh chance: an outage or a dry spell that stopped the
+        # last run must not stop this one before it asks anything.
+        self.state.consecutive_failures = 0
+        self.state.answers_without_keep = 0
         progress = _Progress(self.state, self.config, self.options)
         stop: StopReason | None = None
         message = ""

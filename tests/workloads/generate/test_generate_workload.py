@@ -151,6 +151,12 @@ def test_a_teacher_that_keeps_failing_stops_the_run(teacher: TeacherServer, tmp_
     assert manifest.stop_reason is StopReason.TEACHER_UNAVAILABLE
     assert manifest.failed_requests == {"rate_limited": 3} and manifest.retries == {"rate_limited": 3}
     assert manifest.requests == 0 and manifest.kept == 0 and _dataset(tmp_path) == []
+    # Once the teacher is back, running again picks up where the outage stopped it.
+    with TeacherServer() as healthy:
+        config = _config(healthy, str(tmp_path), target=50, concurrency=1)
+        recovered = generate(config, options=options)
+    assert recovered.stop_reason is StopReason.COMPLETED and recovered.kept == 50
+    assert recovered.failed_requests == {"rate_limited": 3}  # history is kept
 
 
 def test_a_refused_key_ends_the_run_with_a_clear_error_and_never_prints_the_key(
