@@ -116,6 +116,9 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, SeedTasksError, CheckpointError) as exc:
         print(f"alpaca generate: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # an output folder that cannot be created or written, a full disk...
+        print(f"alpaca generate: {exc.filename or config.output}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("alpaca generate: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

@@ -273,3 +273,10 @@ def test_progress_is_patched_onto_the_owning_resource(teacher: TeacherServer, tm
     assert target == ("alpaca.dev", "v1alpha1", "team-a", "instructdatasets", "demo")
     progress = GenerationProgress.model_validate(body["status"]["progress"])
     assert progress == manifest.progress()
+
+
+def test_an_unusable_output_folder_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code = alpaca_main(["generate", "--output", str(blocker / "out"), "--teacher-url", "http://127.0.0.1:9/v1", "--model", "m"])
+    assert code == 2 and f"{blocker / 'out'}: Not a directory" in capsys.readouterr().err
