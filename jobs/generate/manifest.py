@@ -8,9 +8,10 @@ from pydantic import Field
 
 from alpaca_operator.api.base import StatusModel
 from alpaca_operator.api.instructdataset import GenerationProgress, TokenPricing
+from alpaca_operator.api.workloads import DATASET_FILE, MANIFEST_FILE
 
-MANIFEST_FILE = "manifest.json"
-DATASET_FILE = "dataset.jsonl"
+__all__ = ["CHECKPOINT_FILE", "DATASET_FILE", "MANIFEST_FILE", "Manifest", "StopReason"]
+
 CHECKPOINT_FILE = "checkpoint/responses.jsonl"
 
 
