@@ -230,6 +230,7 @@ class Run:
             generation=self.spec.generation,
             timeout_s=self.spec.teacher.request_timeout_seconds,
             retry=self.retry,
+            api=self.spec.teacher.api,
         )
         in_flight: dict[asyncio.Task[Record], int] = {}
         next_request = self.state.last_request + 1

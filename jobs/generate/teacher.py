@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import openai
 
-from alpaca_operator.api.instructdataset import Generation
+from alpaca_operator.api.instructdataset import Generation, TeacherAPI
 
 from .retry import RetryPolicy, parse_retry_after
 
@@ -85,8 +85,9 @@ def read_completion(completion: Any) -> Answer:
     if not isinstance(choices, list) or not choices:
         return Answer(None, None, prompt_tokens, completion_tokens, problem=MALFORMED_RESPONSE)
     choice = choices[0]
+    # A chat completion carries a message; a text completion carries its text directly.
     message = getattr(choice, "message", None)
-    content = getattr(message, "content", None)
+    content = getattr(message, "content", None) if message is not None else getattr(choice, "text", None)
     finish_reason = getattr(choice, "finish_reason", None)
     if not isinstance(finish_reason, str):
         finish_reason = None
@@ -106,11 +107,13 @@ class Teacher:
         api_key: str | None,
         generation: Generation,
         timeout_s: float,
+        api: TeacherAPI = TeacherAPI.CHAT,
         retry: RetryPolicy,
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.model = model
+        self._api = api
         self._generation = generation
         self._retry = retry
         self._rng = rng or random.Random()
@@ -128,19 +131,24 @@ class Teacher:
     async def close(self) -> None:
         await self._client.close()
 
+    async def _create(self, prompt: str) -> Any:
+        sampling = {
+            "model": self.model,
+            "temperature": self._generation.temperature,
+            "top_p": self._generation.top_p,
+            "max_tokens": self._generation.max_tokens,
+            "n": 1,
+        }
+        if self._api is TeacherAPI.COMPLETIONS:
+            return await self._client.completions.create(prompt=prompt, **sampling)
+        return await self._client.chat.completions.create(messages=[{"role": "user", "content": prompt}], **sampling)
+
     async def complete(self, prompt: str) -> Answer:
         retries: Counter[str] = Counter()
         attempt = 0
         while True:
             try:
-                completion = await self._client.chat.completions.create(
-                    model=self.model,
-                    messages=[{"role": "user", "content": prompt}],
-                    temperature=self._generation.temperature,
-                    top_p=self._generation.top_p,
-                    max_tokens=self._generation.max_tokens,
-                    n=1,
-                )
+                completion = await self._create(prompt)
             except openai.APIResponseValidationError:
                 return Answer(None, None, 0, 0, problem=MALFORMED_RESPONSE, retries=dict(retries))
             except openai.APIError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field
@@ -39,6 +40,11 @@ class TokenPricing(ApiModel):
     )
 
 
+class TeacherAPI(str, Enum):
+    CHAT = "chat"
+    COMPLETIONS = "completions"
+
+
 class Teacher(ApiModel):
     """The model that writes new tasks: any OpenAI-compatible API, or a ModelServer in the cluster."""
 
@@ -66,6 +72,13 @@ class Teacher(ApiModel):
     )
     api_key_secret_ref: SecretKeyRef | None = Field(
         default=None, description="Secret key holding the API key. Passed to the Job only as an environment variable."
+    )
+    api: TeacherAPI = Field(
+        default=TeacherAPI.CHAT,
+        description=(
+            "chat: the prompt is one user message to /v1/chat/completions. completions: the prompt is "
+            "continued as plain text by /v1/completions, as Alpaca did; small teachers follow the format far better."
+        ),
     )
     pricing: TokenPricing | None = Field(
         default=None,

@@ -52,6 +52,7 @@ class Stats:
     answered: int = 0  # 200 responses with a usable completion (what a paid API bills)
     by_status: Counter[int] = field(default_factory=Counter)
     prompts: list[str] = field(default_factory=list)
+    endpoints: Counter[str] = field(default_factory=Counter)  # "chat" / "completions" requests
 
 
 class TeacherServer:
@@ -156,6 +157,13 @@ class TeacherServer:
 
         @app.post("/v1/chat/completions")
         async def chat(request: Request) -> Response:
+            return await handle(request, chat=True)
+
+        @app.post("/v1/completions")
+        async def completions(request: Request) -> Response:
+            return await handle(request, chat=False)
+
+        async def handle(request: Request, *, chat: bool) -> Response:
             body = await request.json()
             with self._lock:
                 self.stats.received += 1
@@ -163,7 +171,7 @@ class TeacherServer:
             fault = self._next_fault()
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)
-            response = self._answer(number, body, fault)
+            response = self._answer(number, body, fault, chat=chat)
             with self._lock:
                 self.stats.by_status[response.status_code] += 1
                 if response.status_code == 200 and fault not in (BAD_JSON, NO_CHOICES):
@@ -172,7 +180,7 @@ class TeacherServer:
 
         return app
 
-    def _answer(self, number: int, body: dict[str, Any], fault: str | None) -> Response:
+    def _answer(self, number: int, body: dict[str, Any], fault: str | None, *, chat: bool = True) -> Response:
         retry_after = {"retry-after": f"{self.retry_after_s:g}"}
         if fault == RATE_LIMIT:
             return _error(429, "rate limit reached", "rate_limit_exceeded", retry_after)
@@ -184,7 +192,9 @@ class TeacherServer:
             return Response(b"<html>upstream hiccup</html>", status_code=200, media_type="application/json")
         if fault == NO_CHOICES:
             return JSONResponse({"id": "x", "object": "chat.completion", "created": 0, "model": body.get("model")})
-        prompt = body["messages"][-1]["content"]
+        prompt = body["messages"][-1]["content"] if chat else body["prompt"]
+        with self._lock:
+            self.stats.endpoints[("chat" if chat else "completions")] += 1
         if self.keep_prompts:
             with self._lock:
                 self.stats.prompts.append(prompt)
@@ -198,15 +208,17 @@ class TeacherServer:
             if fault == CUT:
                 text = text[: len(text) - 25]
                 finish_reason = "length"
+        if chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
         return JSONResponse(
             {
-                "id": f"chatcmpl-{number}",
-                "object": "chat.completion",
+                "id": f"{'chatcmpl' if chat else 'cmpl'}-{number}",
+                "object": "chat.completion" if chat else "text_completion",
                 "created": int(time.time()),
                 "model": body.get("model", "teacher"),
-                "choices": [
-                    {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}
-                ],
+                "choices": [choice],
                 "usage": {
                     "prompt_tokens": len(prompt.split()),
                     "completion_tokens": len(text.split()),

@@ -34,6 +34,7 @@ from alpaca_jobs.generate.runner import RunOptions, generate
 from alpaca_jobs.generate.seeds import load_seed_tasks
 from alpaca_jobs.generate.state import GenerationState
 from alpaca_jobs.storage import sha256_file
+from alpaca_operator.api.instructdataset import TeacherAPI
 from alpaca_operator.api.workloads import GenerateConfig, StatusTarget
 from alpaca_operator.cli import main as alpaca_main
 
@@ -116,6 +117,16 @@ def test_generated_tasks_join_the_prompt_when_asked(teacher: TeacherServer, tmp_
     shown = [line.split(": ", 1)[1] for line in later.splitlines() if ". Instruction: " in line]
     assert len(shown) == 5 and len(set(shown) & kept) == 2
     assert later.endswith("###\n6. Instruction:")
+
+
+def test_completions_api_continues_the_prompt_as_plain_text(teacher: TeacherServer, tmp_path: Path) -> None:
+    config = _config(teacher, str(tmp_path), target=20)
+    config.spec.teacher.api = TeacherAPI.COMPLETIONS
+    manifest = generate(config, options=QUIET)
+    assert manifest.stop_reason is StopReason.COMPLETED and manifest.kept == 20
+    _check_outputs(tmp_path, manifest)
+    assert teacher.stats.endpoints == {"completions": manifest.requests}
+    assert all(prompt.endswith("###\n4. Instruction:") for prompt in teacher.stats.prompts)
 
 
 def test_near_duplicates_of_seeds_are_dropped_by_rouge(tmp_path: Path) -> None:
