@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pty
 import signal
 import socket
 import subprocess
@@ -58,8 +60,14 @@ def alpaca_command(subcommand: str, config: Path, *, nproc: int = 1) -> list[str
     return [sys.executable, "-P", "-m", "alpaca_operator.cli", subcommand, "--config", str(config)]
 
 
-def _tee(source: IO[bytes], log: IO[bytes], echo: IO[bytes] | None) -> None:
-    for chunk in iter(lambda: source.read1(4096), b""):  # type: ignore[attr-defined]
+def _tee(fd: int, log: IO[bytes], echo: IO[bytes] | None) -> None:
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: the pseudo-terminal's other side closed when the child exited
+            break
+        if not chunk:
+            break
         log.write(chunk)
         log.flush()
         if echo is not None:
@@ -78,33 +86,45 @@ class LocalRunner:
         self.outputs: dict[tuple[str, str], Outputs] = {}
         self.servers: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
         self.reports: list[StepReport] = []
+        self._steps: dict[tuple[str, str], Step] = {}
 
-    # -- one step -------------------------------------------------------------------------
+    # -- the plan ---------------------------------------------------------------------------
     def run(self, steps: list[Step], keep_serving: bool) -> list[StepReport]:
+        self._steps = {step.key: step for step in steps}
         remaining_users = {s.key: sum(s.key in t.needs for t in steps) for s in steps}
         for index, step in enumerate(steps, 1):
+            if step.manifest.kind == "ModelServer" and remaining_users[step.key]:
+                # A server others need (a teacher) starts only when a step that needs it runs:
+                # a re-run whose steps are all unchanged never loads it.
+                continue
             self.say(f"[{index}/{len(steps)}] {step.title}")
-            started = time.monotonic()
-            report = self._run_step(step)
-            report.seconds = time.monotonic() - started
-            self.reports.append(report)
+            self._timed(step, self._run_step)
             for need in step.needs:
                 remaining_users[need] -= 1
-                # A server nobody still needs (a teacher, once generation is done) is stopped.
-                if remaining_users[need] == 0 and need in self.servers and not (keep_serving and self._is_final(need, steps)):
+                if remaining_users[need] == 0:
                     self.stop_server(need)
         if not keep_serving:
             self.stop_all()
         return self.reports
 
-    @staticmethod
-    def _is_final(key: tuple[str, str], steps: list[Step]) -> bool:
-        return not any(key in s.needs for s in steps)
+    def _timed(self, step: Step, action: Callable[[Step], StepReport]) -> StepReport:
+        started = time.monotonic()
+        report = action(step)
+        report.seconds = time.monotonic() - started
+        self.reports.append(report)
+        return report
+
+    def _upstream_digest(self, key: tuple[str, str]) -> str | None:
+        if key[0] == "ModelServer":
+            # What a server teaches with is its spec, not the port it happens to listen on.
+            spec = self._steps[key].manifest.resource.spec.to_wire()
+            return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+        return self.outputs[key].sha256
 
     def _run_step(self, step: Step) -> StepReport:
         if step.manifest.kind == "ModelServer":
             return self._start_server(step)
-        upstream_digests = [self.outputs[need].sha256 for need in step.needs]
+        upstream_digests = [self._upstream_digest(need) for need in step.needs]
         value = fingerprint(step.manifest.kind, step.manifest.resource.spec.to_wire(), upstream_digests)
         if not self.force:
             cached = self.records.load(step.manifest.kind, step.manifest.name, value)
@@ -112,6 +132,10 @@ class LocalRunner:
                 self.say("    unchanged since the last run: skipped (--force redoes it)")
                 self.outputs[step.key] = cached
                 return StepReport(step, "Succeeded", cached, skipped=True)
+        for need in step.needs:
+            if need[0] == "ModelServer" and need not in self.servers:
+                self.say(f"    needs {self._steps[need].title}")
+                self._timed(self._steps[need], self._start_server)
         outputs = self._run_batch(step)
         self.outputs[step.key] = outputs
         self.records.save(step.manifest.kind, step.manifest.name, value, outputs)
@@ -142,17 +166,22 @@ class LocalRunner:
             Path(config.output).mkdir(parents=True, exist_ok=True)
         log_path = self._log_path(step)
         command = alpaca_command(COMMAND_OF_KIND[manifest.kind], config_path, nproc=nproc)
+        echo = sys.stderr.buffer if self.echo else None
+        # On a terminal the workload gets one too, so it draws its own progress bar as it would
+        # when run by hand; otherwise it logs progress lines, which go to the log file as well.
+        reader, writer = pty.openpty() if echo is not None and sys.stderr.isatty() else os.pipe()
         with log_path.open("wb") as log:
-            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_child_env())
-            assert process.stdout is not None
-            echo = sys.stderr.buffer if self.echo else None
+            process = subprocess.Popen(command, stdout=writer, stderr=writer, env=_child_env())
+            os.close(writer)
             try:
-                _tee(process.stdout, log, echo)
+                _tee(reader, log, echo)
                 code = process.wait()
             except KeyboardInterrupt:
                 process.send_signal(signal.SIGINT)
                 process.wait()
                 raise
+            finally:
+                os.close(reader)
         if code != 0:
             raise StepFailed(step, _last_error(log_path) or f"exit code {code}", log_path)
         return _read_outputs(manifest, config.output)
