@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("alpaca_operator.validate_cli", "validate manifests as the cluster would"),
     "generate": ("alpaca_jobs.generate.cli", "generate instruction data from seed tasks with a teacher model"),
     "serve": ("alpaca_jobs.serve.cli", "serve a model with an OpenAI-compatible API and a chat page"),
+    "run": ("alpaca_operator.local.cli", "run manifests as a local pipeline (no cluster needed)"),
 }
 
 
