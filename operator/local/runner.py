@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import pty
+import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
-import threading
+import termios
 import time
 import urllib.error
 import urllib.request
@@ -169,7 +172,7 @@ class LocalRunner:
         echo = sys.stderr.buffer if self.echo else None
         # On a terminal the workload gets one too, so it draws its own progress bar as it would
         # when run by hand; otherwise it logs progress lines, which go to the log file as well.
-        reader, writer = pty.openpty() if echo is not None and sys.stderr.isatty() else os.pipe()
+        reader, writer = _terminal() if echo is not None and sys.stderr.isatty() else os.pipe()
         with log_path.open("wb") as log:
             process = subprocess.Popen(command, stdout=writer, stderr=writer, env=_child_env())
             os.close(writer)
@@ -244,6 +247,14 @@ class LocalRunner:
                 time.sleep(1)
         finally:
             self.stop_all()
+
+
+def _terminal() -> tuple[int, int]:
+    """A pseudo-terminal as wide as ours: progress bars draw nothing in one of zero columns."""
+    reader, writer = pty.openpty()
+    size = shutil.get_terminal_size()
+    fcntl.ioctl(writer, termios.TIOCSWINSZ, struct.pack("HHHH", size.lines, size.columns, 0, 0))
+    return reader, writer
 
 
 def _child_env() -> dict[str, str]:

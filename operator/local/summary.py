@@ -47,8 +47,10 @@ def _details(report: StepReport) -> str:
 
 def summary_table(reports: list[StepReport], failed: Step | None = None) -> None:
     table = Table(title="alpaca run")
-    for column in ("Resource", "Phase", "Cost (USD)", "Time", "Details"):
+    for column in ("Resource", "Phase", "Cost (USD)", "Time"):
         table.add_column(column)
+    # Paths and URLs are what people copy from here: fold them, never cut them short.
+    table.add_column("Details", overflow="fold")
     for report in reports:
         cost = _get(report.outputs.summary, "costUSD", "costUsd")
         phase = report.phase + (" (cached)" if report.skipped else "")
