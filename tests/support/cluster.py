@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import kubernetes.client
 import yaml
 from kubernetes.client.rest import ApiException
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT_CRDS = sorted((ROOT / "crds").glob("*.yaml"))
@@ -44,3 +47,20 @@ def install_crds(api_client: kubernetes.client.ApiClient, files: list[Path], tim
 def _established(crd: Any) -> bool:
     conditions = (crd.status and crd.status.conditions) or []
     return any(c.type == "Established" and c.status == "True" for c in conditions)
+
+
+def wait_for(check: Callable[[], T], *, timeout: float = 20.0, what: str = "condition", interval: float = 0.1) -> T:
+    """Poll `check` until it returns something truthy; a 404 counts as not yet."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            last = None
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")

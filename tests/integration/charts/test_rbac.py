@@ -10,28 +10,27 @@ with the code path that needs them. No broader: a SubjectAccessReview per danger
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import kubernetes.client
 import pytest
 import yaml
-from kubernetes.client.exceptions import ApiException
 
 from alpaca_operator.runner import OperatorThread, wire
 from alpaca_operator.settings import load_settings
 from alpaca_operator.testing.controlplane import ControlPlane
 from chart_helpers import CHART, REPO, Documents, as_json_list, find, run
+from support.cluster import wait_for as support_wait_for
 
 pytestmark = pytest.mark.integration
 
-T = TypeVar("T")
 RELEASE_NAMESPACE = "alpaca-system"
 Permission = tuple[str, str, str]  # (apiGroup, resource[/subresource], verb)
 
@@ -50,20 +49,7 @@ NOT_EXERCISED: dict[Permission, str] = {
 }
 
 
-def wait_for(check: Callable[[], T], *, timeout: float = 30.0, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-            last = None
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+wait_for = functools.partial(support_wait_for, timeout=30.0, interval=0.2)
 
 
 def _now_minus(seconds: float) -> str:

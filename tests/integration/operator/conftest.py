@@ -18,7 +18,8 @@ from kubernetes.client.exceptions import ApiException
 from alpaca_operator.runner import OperatorThread, wire
 from alpaca_operator.settings import OperatorSettings
 from alpaca_operator.testing.controlplane import ControlPlane
-from operator_helpers import FAST, wait_for
+from operator_helpers import FAST
+from support.cluster import wait_for
 
 REPO = Path(__file__).resolve().parents[3]
 

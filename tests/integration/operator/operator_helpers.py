@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import kubernetes.client
-from kubernetes.client.exceptions import ApiException
 
-T = TypeVar("T")
 GROUP, VERSION = "alpaca.dev", "v1alpha1"
 
 # Operator settings for tests: quick resyncs, a second of cost granularity, prices and a GPU pool.
@@ -22,22 +18,6 @@ FAST = {
     "workers": 4,
 }
 
-
-
-def wait_for(check: Callable[[], T], *, timeout: float = 20.0, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-            last = None
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 

@@ -7,7 +7,8 @@ import json
 
 import kubernetes.client
 
-from operator_helpers import condition, create, now_minus, status_of, wait_for
+from operator_helpers import condition, create, now_minus, status_of
+from support.cluster import wait_for
 
 DIGEST = "a" * 64
 MODEL_DIGEST = "b" * 64

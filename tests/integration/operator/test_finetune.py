@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import kubernetes.client
 
-from operator_helpers import condition, create, event_reasons, now_minus, status_of, wait_for
+from operator_helpers import condition, create, event_reasons, now_minus, status_of
+from support.cluster import wait_for
 
 SPEC = {
     "dataset": {"uri": "s3://bucket/alpaca/dataset.jsonl"},

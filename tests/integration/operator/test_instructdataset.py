@@ -7,7 +7,8 @@ import json
 import kubernetes.client
 
 from alpaca_operator.testing.controlplane import ControlPlane
-from operator_helpers import condition, create, event_reasons, now_minus, status_of, wait_for
+from operator_helpers import condition, create, event_reasons, now_minus, status_of
+from support.cluster import wait_for
 
 SPEC = {
     "teacher": {

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import kubernetes.client
 
-from operator_helpers import condition, create, status_of, wait_for
+from operator_helpers import condition, create, status_of
+from support.cluster import wait_for
 
 SPEC = {
     "model": {"source": {"builtin": "smollm2-135m-instruct"}},

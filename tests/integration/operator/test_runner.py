@@ -9,7 +9,8 @@ import kubernetes.client
 
 from alpaca_operator.runner import OperatorThread, wire
 from alpaca_operator.settings import OperatorSettings
-from operator_helpers import FAST, create, wait_for
+from operator_helpers import FAST, create
+from support.cluster import wait_for
 
 
 def _free_port() -> int:
