@@ -9,7 +9,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,14 +150,7 @@ class OpenAIServing:
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
             return self._chat_stream(handle, response_id, request.model, len(prompt), include_usage, started)
-        texts = [""] * handle.choices
-        reasons: list[str | None] = [None] * handle.choices
-        tokens = [0] * handle.choices
-        async for event in self._events(handle, started):
-            texts[event.index] += event.text
-            tokens[event.index] = event.completion_tokens
-            reasons[event.index] = event.finish_reason or reasons[event.index]
-        completion = sum(tokens)
+        texts, reasons, completion = await self._collect(handle, started, [""] * handle.choices)
         return ChatCompletion(
             id=response_id,
             model=request.model,
@@ -168,22 +161,22 @@ class OpenAIServing:
             usage=Usage(prompt_tokens=len(prompt), completion_tokens=completion, total_tokens=len(prompt) + completion),
         )
 
+    async def _collect(
+        self, handle: RequestHandle, started: float, texts: list[str]
+    ) -> tuple[list[str], list[str | None], int]:
+        """Whole answers of a non-streamed request: each choice's text (after `texts`), finish reason, tokens."""
+        reasons: list[str | None] = [None] * handle.choices
+        tokens = [0] * handle.choices
+        async for event in self._events(handle, started):
+            texts[event.index] += event.text
+            tokens[event.index] = event.completion_tokens
+            reasons[event.index] = event.finish_reason or reasons[event.index]
+        return texts, reasons, sum(tokens)
+
     async def _chat_stream(
         self, handle: RequestHandle, response_id: str, model: str, prompt_tokens: int, include_usage: bool, started: float
     ) -> AsyncIterator[str]:
-        created = now()
-
-        def chunk(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> str:
-            body: dict[str, Any] = {
-                "id": response_id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": choices,
-            }
-            if include_usage:
-                body["usage"] = usage
-            return sse(body)
+        chunk = _chunk_writer(response_id, "chat.completion.chunk", model, include_usage)
 
         def choice(index: int, delta: dict[str, str], finish: str | None = None) -> dict[str, Any]:
             return {"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}
@@ -202,9 +195,7 @@ class OpenAIServing:
             yield sse(error.body())
             return
         if include_usage:
-            total = sum(completion)
-            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": total, "total_tokens": prompt_tokens + total}
-            yield chunk([], usage)
+            yield chunk([], _usage(prompt_tokens, sum(completion)))
         yield "data: [DONE]\n\n"
 
     # -- completions ----------------------------------------------------------------------
@@ -222,14 +213,7 @@ class OpenAIServing:
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
             return self._completion_stream(handle, response_id, request.model, prompt_tokens, echoes, include_usage, started)
-        outputs = list(echoes)
-        reasons: list[str | None] = [None] * handle.choices
-        tokens = [0] * handle.choices
-        async for event in self._events(handle, started):
-            outputs[event.index] += event.text
-            tokens[event.index] = event.completion_tokens
-            reasons[event.index] = event.finish_reason or reasons[event.index]
-        completion = sum(tokens)
+        outputs, reasons, completion = await self._collect(handle, started, list(echoes))
         return Completion(
             id=response_id,
             model=request.model,
@@ -247,19 +231,7 @@ class OpenAIServing:
         include_usage: bool,
         started: float,
     ) -> AsyncIterator[str]:
-        created = now()
-
-        def chunk(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> str:
-            body: dict[str, Any] = {
-                "id": response_id,
-                "object": "text_completion",
-                "created": created,
-                "model": model,
-                "choices": choices,
-            }
-            if include_usage:
-                body["usage"] = usage
-            return sse(body)
+        chunk = _chunk_writer(response_id, "text_completion", model, include_usage)
 
         def choice(index: int, text: str, finish: str | None = None) -> dict[str, Any]:
             return {"index": index, "text": text, "finish_reason": finish, "logprobs": None}
@@ -277,10 +249,27 @@ class OpenAIServing:
             yield sse(error.body())
             return
         if include_usage:
-            total = sum(completion)
-            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": total, "total_tokens": prompt_tokens + total}
-            yield chunk([], usage)
+            yield chunk([], _usage(prompt_tokens, sum(completion)))
         yield "data: [DONE]\n\n"
+
+
+def _chunk_writer(
+    response_id: str, object_name: str, model: str, include_usage: bool
+) -> Callable[..., str]:
+    """One stream's chunk encoder: the envelope every chunk of a response shares."""
+    created = now()
+
+    def chunk(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> str:
+        body: dict[str, Any] = {"id": response_id, "object": object_name, "created": created, "model": model, "choices": choices}
+        if include_usage:
+            body["usage"] = usage
+        return sse(body)
+
+    return chunk
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
 
 
 def sse(body: dict[str, Any]) -> str:
