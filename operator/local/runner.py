@@ -294,7 +294,6 @@ def _read_outputs(manifest: Manifest, location: str) -> Outputs:
     if manifest_file.exists():
         summary = json.loads(manifest_file.read_text())
     if isinstance(manifest.resource.spec, InstructDatasetSpec):
-        sha = summary.get("sha256") or summary.get("datasetSha256")
-        return Outputs(location=location, sha256=sha, summary=summary)
+        return Outputs(location=location, sha256=summary.get("datasetSha256"), summary=summary)
     model = summary.get("model") or {}
     return Outputs(location=location, sha256=model.get("sha256"), summary=summary | {"modelPath": location})

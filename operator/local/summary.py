@@ -12,27 +12,20 @@ from .plan import Step
 from .runner import StepReport
 
 
-def _get(summary: dict[str, Any], *names: str) -> Any:
-    for name in names:
-        if name in summary:
-            return summary[name]
-    return None
-
-
 def _details(report: StepReport) -> str:
     summary = report.outputs.summary
     kind = report.step.manifest.kind
     parts: list[str] = []
     if kind == "InstructDataset":
-        kept, generated = _get(summary, "kept"), _get(summary, "generated")
-        tokens_in, tokens_out = _get(summary, "promptTokens"), _get(summary, "completionTokens")
+        kept, generated = summary.get("kept"), summary.get("generated")
+        tokens_in, tokens_out = summary.get("promptTokens"), summary.get("completionTokens")
         if kept is not None:
             parts.append(f"{kept} kept / {generated} generated")
         if tokens_in is not None:
             parts.append(f"{tokens_in + (tokens_out or 0):,} tokens")
         parts.append(f"{report.outputs.location}")
     elif kind == "FineTune":
-        steps, loss = _get(summary, "steps", "step"), _get(summary, "finalLoss", "loss")
+        steps, loss = summary.get("steps"), summary.get("finalLoss")
         if steps is not None:
             parts.append(f"{steps} steps")
         if isinstance(loss, (int, float)):
@@ -52,7 +45,7 @@ def summary_table(reports: list[StepReport], failed: Step | None = None) -> None
     # Paths and URLs are what people copy from here: fold them, never cut them short.
     table.add_column("Details", overflow="fold")
     for report in reports:
-        cost = _get(report.outputs.summary, "costUSD", "costUsd")
+        cost = report.outputs.summary.get("costUSD")
         phase = report.phase + (" (cached)" if report.skipped else "")
         table.add_row(
             report.step.title, phase, "-" if cost is None else f"{cost:.4f}", f"{report.seconds:.0f}s", _details(report)
