@@ -1,8 +1,10 @@
 """The level-based core: caches fed by kopf's watches, a work queue, and worker threads.
 
-kopf watches the three kinds and the children (with its reconnects, inactivity timeouts, peering
-and liveness); its thin event handlers only update the caches here and queue the parent. A worker
-then runs the kind's reconcile: resolve references, create what is missing (409 = already
+kopf watches the three kinds and the children (with its reconnects, inactivity timeouts and
+liveness); its thin event handlers only update the caches here and queue the parent. Every replica
+keeps its caches warm, but only the one holding the Lease (operator/leader.py) works the queue: a
+follower's workers drop what they take, its resync queues nothing, and any write that still slips
+through is refused unsent by the cluster client's gate. A worker runs the kind's reconcile: resolve references, create what is missing (409 = already
 there), compute the whole status and write it only when it changed. A resync re-queues every
 resource periodically, which re-checks waits and accrues cost while work runs. This replaces
 per-resource kopf timers, which would put a finalizer on every resource and block its deletion
@@ -23,7 +25,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from .builders.rbac import workload_rbac
-from .kube import Cluster
+from .kube import Cluster, NotLeader
 from .observe import SPEC_APPLIED, ChildState, Computed, diff
 from .settings import OperatorSettings
 from .workqueue import WorkQueue
@@ -37,6 +39,7 @@ RefsOf = Callable[[Body], list[tuple[str, str]]]
 
 # Retries of a reconcile that raised: doubling, capped.
 _BACKOFF_START, _BACKOFF_MAX = 1.0, 300.0
+_CONFLICT_RETRY = 0.2
 
 
 @dataclass(frozen=True)
@@ -134,8 +137,20 @@ class Controller:
             thread.join(timeout=10)
         self._threads.clear()
 
+    def is_leader(self) -> bool:
+        return self.cluster.may_write()
+
+    def started_leading(self) -> None:
+        """Newly the one writer: look at everything, since the caches were filled while following."""
+        with self._lock:
+            keys = list(self.parents)
+        for key in keys:
+            self.queue.add(key)
+
     def _resync(self) -> None:
         while not self._stop.wait(self.settings.resync_seconds):
+            if not self.is_leader():
+                continue
             now = time.monotonic()
             with self._lock:
                 # A resource backing off after errors is retried on its own schedule, not hammered.
@@ -149,7 +164,8 @@ class Controller:
             if key is None:
                 return
             try:
-                self.reconcile_now(key)  # type: ignore[arg-type]
+                if self.is_leader():
+                    self.reconcile_now(key)  # type: ignore[arg-type]
             finally:
                 self.queue.done(key)
 
@@ -160,22 +176,37 @@ class Controller:
         info = self.kinds[key[0]]
         try:
             info.reconcile(self, key, body)
+        except NotLeader:
+            # The lease lapsed mid-reconcile: nothing more was sent; the next leader starts afresh.
+            return
+        except ApiException as exc:
+            if exc.status != 409:
+                self._failed(key, exc)
+                return
+            # Written by someone else since we read it: look again once the watch has the new version.
+            self.queue.add_after(key, _CONFLICT_RETRY)
+            return
         except Exception as exc:  # noqa: BLE001 - one resource's failure must not stop the others
-            failures = self._failures.get(key, 0) + 1
-            self._failures[key] = failures
-            delay = min(_BACKOFF_MAX, _BACKOFF_START * 2 ** (failures - 1))
-            detail = f"HTTP {exc.status} {exc.reason}" if isinstance(exc, ApiException) else repr(exc)
-            log.warning("reconcile of %s %s/%s failed (retry in %.0fs): %s", key[0], key[1], key[2], delay, detail)
-            if self.metrics:
-                self.metrics.error(key[0])
-            self._retry_at[key] = time.monotonic() + delay
-            self.queue.add_after(key, delay)
+            self._failed(key, exc)
+            return
         else:
             self._failures.pop(key, None)
             self._retry_at.pop(key, None)
         finally:
             if self.metrics:
                 self.metrics.reconciled(key[0])
+
+    def _failed(self, key: Key, exc: Exception) -> None:
+        """Retry later, doubling the wait each time: a refused child or a broken API is never a hot loop."""
+        failures = self._failures.get(key, 0) + 1
+        self._failures[key] = failures
+        delay = min(_BACKOFF_MAX, _BACKOFF_START * 2 ** (failures - 1))
+        detail = f"HTTP {exc.status} {exc.reason}" if isinstance(exc, ApiException) else str(exc) or repr(exc)
+        log.warning("reconcile of %s %s/%s failed (retry in %.0fs): %s", key[0], key[1], key[2], delay, detail)
+        if self.metrics:
+            self.metrics.error(key[0])
+        self._retry_at[key] = time.monotonic() + delay
+        self.queue.add_after(key, delay)
 
     # -- helpers the reconcilers share ---------------------------------------------------
 
@@ -201,25 +232,26 @@ class Controller:
             created.append(self.cluster.create(manifest))
         return created
 
-    def write_status(
-        self, key: Key, body: Body, computed: Computed, *, now: datetime | None = None,
-        annotations: dict[str, str] | None = None,
-    ) -> dict[str, Any]:
-        """Write what changed in the status and post an Event per condition transition."""
+    def write_status(self, key: Key, body: Body, computed: Computed, *, now: datetime | None = None) -> dict[str, Any]:
+        """Write what changed in the status, in one request, and post an Event per condition transition.
+
+        The write carries the resourceVersion the reconcile read: a status someone else changed in
+        between (a workload's report, or cost counted by a replica that just lost the lease) gives a
+        409 and a fresh reconcile, never a figure computed from an old one.
+        """
         moment = now or datetime.now(timezone.utc)
         generation = (body.get("metadata") or {}).get("generation")
         current = dict(body.get("status") or {})
         patch, transitions = diff(current, computed, generation=generation, now=moment)
         info = self.kinds[key[0]]
-        if annotations:
-            self.cluster.patch_custom(info.plural, key[1], key[2], {"metadata": {"annotations": annotations}})
         if patch:
-            self.cluster.patch_status(info.plural, key[1], key[2], patch)
+            written = self.cluster.patch_status(
+                info.plural, key[1], key[2], patch, resource_version=(body.get("metadata") or {}).get("resourceVersion"),
+            )
             with self._lock:
                 # Keep the cache ahead of the watch, so a reconcile before the echo does not rewrite.
-                cached = self.parents.get(key)
-                if cached is not None:
-                    cached.setdefault("status", {}).update(patch)
+                if key in self.parents and written:
+                    self.parents[key] = written
         stamp = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
         for transition in transitions:
             if transition.type == SPEC_APPLIED and transition.status == "True":

@@ -6,6 +6,7 @@ Prices are data (spec or operator settings), never constants here. Every functio
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from datetime import datetime
 
 from .api.instructdataset import TokenPricing
@@ -57,3 +58,31 @@ def tighter_deadline(*deadlines: int | None) -> int | None:
 def round_usd(value: float) -> float:
     # Status is compared before it is written: rounding keeps sub-cent drift from causing writes.
     return round(value, 4)
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """Time-priced work kept in a resource's status: what was counted, and up to when.
+
+    Restarts, a new leader, a deleted or suspended child: each reconcile only adds the time after
+    `until`, so nothing is counted twice and nothing counted is lost.
+    """
+
+    hours: float = 0.0  # GPU-hours (or teacher-hours)
+    usd: float = 0.0
+    until: datetime | None = None
+
+
+def accrue(ledger: Ledger, *, since: datetime | None, end: datetime, units: float, usd_per_hour: float) -> Ledger:
+    """The ledger advanced to `end` for work running since `since` (None: not running; only the clock moves).
+
+    `units` are GPUs (for GPU-hours), `usd_per_hour` the price of all of them together. Time before
+    the ledger's `until` is never counted; a ledger moving backwards is left as it is.
+    """
+    begin = since if ledger.until is None or (since is not None and since > ledger.until) else ledger.until
+    if ledger.until is not None and end <= ledger.until:
+        return ledger
+    if since is None or begin is None or end <= begin:
+        return Ledger(ledger.hours, ledger.usd, end)
+    elapsed_h = (end - begin).total_seconds() / SECONDS_PER_HOUR
+    return Ledger(ledger.hours + units * elapsed_h, ledger.usd + usd_per_hour * elapsed_h, end)

@@ -1,8 +1,8 @@
 """A small synchronous client for the few kinds of objects the operator creates and patches.
 
-Create is idempotent by name (409 means the object is already there, which is what a handler that
-runs again after a restart must see), and every call has a timeout so a hung connection cannot
-stall a handler thread forever.
+Every write passes one gate: with leader election on, a replica that does not hold the Lease
+(operator/leader.py) cannot send a single write, whichever thread tries. Every call has a timeout
+so a hung connection cannot stall a worker thread forever.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import kubernetes.client
@@ -28,14 +29,19 @@ PLURALS: dict[tuple[str, str], str] = {
     ("kubeflow.org/v1", "PyTorchJob"): "pytorchjobs",
     ("rbac.authorization.k8s.io/v1", "Role"): "roles",
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): "rolebindings",
-    ("kopf.dev/v1", "KopfPeering"): "kopfpeerings",
-    ("kopf.dev/v1", "ClusterKopfPeering"): "clusterkopfpeerings",
 }
 
 
 def collection_path(api_version: str, plural: str, namespace: str | None) -> str:
     prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
     return f"{prefix}/namespaces/{namespace}/{plural}" if namespace else f"{prefix}/{plural}"
+
+
+WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class NotLeader(RuntimeError):
+    """A write was attempted by a replica that does not hold the lease; nothing was sent."""
 
 
 class Cluster:
@@ -46,6 +52,17 @@ class Cluster:
         self.timeout = timeout
         self.requests: Counter[str] = Counter()
         self._lock = threading.Lock()
+        # Whether this replica may write now; None: always (a single replica, local tools, tests).
+        self.gate: Callable[[], bool] | None = None
+
+    def may_write(self) -> bool:
+        return self.gate is None or self.gate()
+
+    def call(self, verb: str, path: str, body: Any = None, content_type: str | None = None, *, gated: bool = True) -> Any:
+        """One request; a write from a replica that is not the leader raises NotLeader unsent."""
+        if gated and verb in WRITE_VERBS and not self.may_write():
+            raise NotLeader(f"{verb} {path}: this replica does not hold the lease")
+        return self._call(verb, path, body, content_type)
 
     @classmethod
     def from_kubeconfig(cls, path: str | None, *, timeout: float = 30.0, pool_size: int = 32) -> Cluster:
@@ -90,7 +107,7 @@ class Cluster:
         """Create the object; False when one of that name already exists."""
         collection, _ = self._object_path(manifest)
         try:
-            self._call("POST", collection, manifest)
+            self.call("POST", collection, manifest)
         except ApiException as exc:
             if exc.status == 409:
                 return False
@@ -128,16 +145,22 @@ class Cluster:
 
     def merge_patch(self, manifest: dict[str, Any], patch: dict[str, Any]) -> None:
         collection, name = self._object_path(manifest)
-        self._call("PATCH", f"{collection}/{name}", patch, "application/merge-patch+json")
+        self.call("PATCH", f"{collection}/{name}", patch, "application/merge-patch+json")
 
-    def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+    def patch_status(
+        self, plural: str, namespace: str, name: str, status: dict[str, Any], *, resource_version: str | None = None
+    ) -> dict[str, Any]:
+        """Merge-patch the status; with `resource_version`, only if nobody wrote since (else HTTP 409)."""
         path = f"/apis/{API_VERSION}/namespaces/{namespace}/{plural}/{name}/status"
-        result: dict[str, Any] = self._call("PATCH", path, {"status": status}, "application/merge-patch+json")
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        result: dict[str, Any] = self.call("PATCH", path, body, "application/merge-patch+json")
         return result
 
     def patch_custom(self, plural: str, namespace: str, name: str, patch: dict[str, Any]) -> None:
         path = f"/apis/{API_VERSION}/namespaces/{namespace}/{plural}/{name}"
-        self._call("PATCH", path, patch, "application/merge-patch+json")
+        self.call("PATCH", path, patch, "application/merge-patch+json")
 
     def post_event(self, involved: dict[str, Any], *, type_: str, reason: str, message: str, now: str) -> None:
         """A core/v1 Event on a resource, as `kubectl describe` shows it."""
@@ -159,7 +182,7 @@ class Cluster:
             "lastTimestamp": now,
             "count": 1,
         }
-        self._call("POST", collection_path("v1", "events", meta["namespace"]), event)
+        self.call("POST", collection_path("v1", "events", meta["namespace"]), event)
 
     def close(self) -> None:
         self.api_client.close()

@@ -22,8 +22,6 @@ PART_OF_LABEL = "app.kubernetes.io/part-of"
 # they tell whether a spec edit reached the child.
 GENERATION_ANNOTATION = "alpaca.dev/parent-generation"
 SPEC_HASH_ANNOTATION = "alpaca.dev/spec-hash"
-# When running GPU time was last added to a ModelServer's cost (survives operator restarts).
-ACCRUED_AT_ANNOTATION = "alpaca.dev/cost-accrued-at"
 
 # Labels and most names (Jobs, Services) must be DNS-1123 labels: 63 characters.
 MAX_LABEL = 63

@@ -14,7 +14,7 @@ from typing import Any
 
 from .api.instructdataset import InstructDatasetSpec, TokenPricing
 from .conditions import FALSE, TRUE, Desired, Transition, merge, transitions
-from .cost import gpu_hours, round_usd, token_cost
+from .cost import Ledger, accrue, round_usd, token_cost
 from .naming import GENERATION_ANNOTATION, SPEC_HASH_ANNOTATION
 
 READY = "Ready"
@@ -42,6 +42,12 @@ class ChildState:
     replicas: int = 0
     ready_replicas: int = 0
     pods: int = 0
+    owner_uid: str | None = None  # the controller owner's UID: a child is ours only when it is our UID
+
+
+def owner_uid(meta: dict[str, Any]) -> str | None:
+    owner = next((o for o in meta.get("ownerReferences") or [] if o.get("controller")), None)
+    return owner.get("uid") if owner else None
 
 
 def parse_time(value: str | None) -> datetime | None:
@@ -68,6 +74,7 @@ def summarize_job(body: dict[str, Any]) -> ChildState:
     common = {
         "name": meta.get("name", ""), "start_time": status.get("startTime"),
         "completion_time": status.get("completionTime"), "generation": generation, "spec_hash": digest,
+        "owner_uid": owner_uid(meta),
     }
     if _true(conditions, "Complete") or _true(conditions, "SuccessCriteriaMet"):
         return ChildState(phase=SUCCEEDED, reason="Completed", message="the generation Job completed", **common)
@@ -88,6 +95,7 @@ def summarize_pytorchjob(body: dict[str, Any]) -> ChildState:
     common = {
         "name": meta.get("name", ""), "start_time": status.get("startTime"),
         "completion_time": status.get("completionTime"), "generation": generation, "spec_hash": digest,
+        "owner_uid": owner_uid(meta),
     }
     if done := _true(conditions, "Succeeded"):
         return ChildState(phase=SUCCEEDED, reason="Completed", message=done.get("message", ""), **common)
@@ -115,6 +123,7 @@ def summarize_deployment(body: dict[str, Any]) -> ChildState:
     common = {
         "name": meta.get("name", ""), "generation": generation, "spec_hash": digest,
         "replicas": wanted, "ready_replicas": ready, "pods": int(status.get("replicas") or 0),
+        "owner_uid": owner_uid(meta),
     }
     stuck = next(
         (c for c in status.get("conditions") or [] if c.get("type") == "Progressing" and c.get("status") == "False"),
@@ -165,7 +174,13 @@ def dataset_status(
     teacher_hourly_usd: float,
     now: datetime,
 ) -> Computed:
-    """`dependency` is the TeacherReady condition to set (None leaves it as it is)."""
+    """`dependency` is the TeacherReady condition to set (None leaves it as it is).
+
+    Cost = the tokens the workload reports x the teacher's price, plus an in-cluster teacher's GPU
+    time while generation runs, accumulated in teacherCostUSD up to accruedUntil.
+    """
+    if child is None and terminal(current):
+        return kept(current)
     out = Computed()
     if dependency is not None:
         out.conditions.append(dependency)
@@ -174,11 +189,14 @@ def dataset_status(
     cost = token_cost(int(progress.get("promptTokens") or 0), int(progress.get("completionTokens") or 0), pricing)
     if cost == 0 and progress.get("costUSD"):
         cost = float(progress["costUSD"])
+    ledger = Ledger(0.0, float(current.get("teacherCostUSD") or 0.0), parse_time(current.get("accruedUntil")))
     if child is not None:
-        start = parse_time(child.start_time)
-        end = parse_time(child.completion_time) or now
-        # An in-cluster teacher is paid in GPU time for as long as generation runs.
-        cost += teacher_hourly_usd * gpu_hours(1, start, end)
+        finished = child.phase in (SUCCEEDED, FAILED)
+        end = (parse_time(child.completion_time) or now) if finished else now
+        if child.start_time is not None and teacher_hourly_usd > 0:
+            ledger = accrue(ledger, since=running_since(child), end=end, units=0, usd_per_hour=teacher_hourly_usd)
+            out.fields.update(teacherCostUSD=round_usd(ledger.usd), accruedUntil=stamp_time(ledger.until) if ledger.until else None)
+        cost += ledger.usd
         if phase == SUCCEEDED and spec.budget_usd is not None and cost >= spec.budget_usd:
             ready = Desired(READY, TRUE, "BudgetReached", f"generation stopped at the budget of ${spec.budget_usd:g}; the examples paid for are kept")
         out.conditions.append(_spec_applied(child, generation, "spec changed after the generation Job was created; the Job keeps its spec (recreate the InstructDataset to apply it)"))
@@ -190,6 +208,36 @@ def dataset_status(
 
 def _waiting(dependency: Desired | None) -> Desired | None:
     return dependency if dependency is not None and dependency.status != TRUE else None
+
+
+def ledger_of(current: dict[str, Any], hours_field: str = "gpuHours", usd_field: str = "costUSD") -> Ledger:
+    return Ledger(float(current.get(hours_field) or 0.0), float(current.get(usd_field) or 0.0), parse_time(current.get("accruedUntil")))
+
+
+def stamp_time(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def terminal(current: dict[str, Any]) -> bool:
+    """A batch resource whose work is done for good: Succeeded, or Failed after its child ran.
+
+    Its phase is kept whatever happens to the child later (a TTL, a manual delete): finished work
+    is never run again, and a failed run is retried by recreating the resource, not by accident.
+    """
+    phase = current.get("phase")
+    return phase == SUCCEEDED or (phase == FAILED and bool(current.get("jobName")))
+
+
+def kept(current: dict[str, Any]) -> Computed:
+    """The status of a terminal resource, as it is (nothing recomputed from a missing child)."""
+    return Computed(fields={"phase": current.get("phase")})
+
+
+def running_since(child: ChildState) -> datetime | None:
+    """When the child's pods began holding GPUs, while they hold them (None when they do not)."""
+    if child.phase in (RUNNING, SUCCEEDED, FAILED):
+        return parse_time(child.start_time)
+    return None
 
 
 def finetune_status(
@@ -205,18 +253,26 @@ def finetune_status(
     budget_is_deadline: bool,
     now: datetime,
 ) -> Computed:
-    """`dependency` is the DatasetReady condition to set (None leaves it as it is)."""
+    """`dependency` is the DatasetReady condition to set (None leaves it as it is).
+
+    GPU-hours and cost accumulate in the status (see cost.Ledger): only time after accruedUntil is
+    added, up to the child's completion or `now`.
+    """
+    if child is None and terminal(current):
+        return kept(current)
     out = Computed()
     if dependency is not None:
         out.conditions.append(dependency)
     phase, ready = _batch(child, _waiting(dependency))
-    hours = 0.0
+    ledger = ledger_of(current)
     if child is not None:
-        hours = gpu_hours(gpus, parse_time(child.start_time), parse_time(child.completion_time) or now)
+        finished = child.phase in (SUCCEEDED, FAILED)
+        end = (parse_time(child.completion_time) or now) if finished else now
+        if child.start_time is not None:  # before the pods start there is nothing to count
+            ledger = accrue(ledger, since=running_since(child), end=end, units=gpus, usd_per_hour=gpus * (gpu_hour_usd or 0.0))
         out.conditions.append(_spec_applied(child, generation, "spec changed after the PyTorchJob was created; it keeps its spec (budget and price edits still apply to cost)"))
         out.fields.update(jobName=child.name, startTime=child.start_time, completionTime=child.completion_time)
-    cost = hours * (gpu_hour_usd or 0.0)
-    over_budget = budget_usd is not None and gpu_hour_usd and cost >= budget_usd
+    over_budget = budget_usd is not None and gpu_hour_usd and ledger.usd >= budget_usd
     if child is not None and (
         (child.phase == FAILED and child.reason == "DeadlineExceeded" and budget_is_deadline)
         or (over_budget and child.phase != SUCCEEDED)
@@ -226,7 +282,9 @@ def finetune_status(
     out.conditions.append(ready)
     if pinned is not None:
         out.fields["dataset"] = pinned
-    out.fields.update(phase=phase, gpuHours=round(hours, 4), costUSD=round_usd(cost), message=ready.message or None)
+    out.fields.update(phase=phase, gpuHours=round(ledger.hours, 6), costUSD=round_usd(ledger.usd), message=ready.message or None)
+    if ledger.until is not None:
+        out.fields["accruedUntil"] = stamp_time(ledger.until)
     return out
 
 
@@ -259,17 +317,16 @@ def server_status(
     return out
 
 
-def accrue(
-    current: dict[str, Any], *, pods: int, gpus_per_pod: int, pod_rate_usd: float, last: datetime | None, now: datetime
-) -> dict[str, Any]:
-    """GPU-hours and cost of a server, advanced by the pods that existed since the last accrual."""
-    hours = float(current.get("gpuHours") or 0.0)
-    cost = float(current.get("costUSD") or 0.0)
-    if last is not None and now > last and pods > 0:
-        elapsed_h = (now - last).total_seconds() / 3600.0
-        hours += pods * gpus_per_pod * elapsed_h
-        cost += pods * pod_rate_usd * elapsed_h
-    return {"gpuHours": round(hours, 6), "costUSD": round_usd(cost)}
+def server_accrual(current: dict[str, Any], *, pods: int, gpus_per_pod: int, pod_rate_usd: float, now: datetime) -> dict[str, Any]:
+    """GPU-hours, cost and accruedUntil of a server, advanced by the pods seen now since accruedUntil.
+
+    The first look only starts the clock. The three fields go out in one status write.
+    """
+    ledger = ledger_of(current)
+    since = (ledger.until or now) if pods > 0 else None
+    advanced = accrue(ledger, since=since, end=now, units=pods * gpus_per_pod, usd_per_hour=pods * pod_rate_usd)
+    assert advanced.until is not None
+    return {"gpuHours": round(advanced.hours, 6), "costUSD": round_usd(advanced.usd), "accruedUntil": stamp_time(advanced.until)}
 
 
 def diff(

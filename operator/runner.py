@@ -1,10 +1,13 @@
-"""`alpaca operator`: run the kopf operator (all namespaces or a list), one active replica via peering.
+"""`alpaca operator`: run the operator (all namespaces or a list); one active replica via a Lease.
 
-    alpaca operator --settings /etc/alpaca-operator/settings.yaml
+    alpaca operator --settings /etc/alpaca-operator/settings.yaml --lease-namespace alpaca-system
     alpaca operator --namespace team-a --namespace team-b --log-format json
-    alpaca operator --standalone --kubeconfig ~/.kube/config      # development, no peering
+    alpaca operator --standalone --kubeconfig ~/.kube/config      # development: one replica, no lease
 
-The same wiring runs in-process for the tests and benchmarks (`OperatorThread`).
+kopf only watches (it runs standalone, posts no Events and keeps no state on objects): every write
+comes from the controller, through the cluster client's gate, which opens only while this replica
+holds the coordination.k8s.io Lease (operator/leader.py). The same wiring runs in-process for the
+tests and benchmarks (`OperatorThread`).
 """
 
 from __future__ import annotations
@@ -12,8 +15,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import socket
 import threading
+import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -21,12 +28,14 @@ import kopf
 from .controller import Controller
 from .handlers import prime, register
 from .kube import Cluster
+from .leader import LeaderElector, LeaseClient, Timings
 from .metrics import Metrics
 from .settings import OperatorSettings, SettingsError, load_settings
 
-DEFAULT_PEERING = "alpaca-operator"
+DEFAULT_LEASE = "alpaca-operator"
 DEFAULT_LIVENESS = "http://0.0.0.0:8080/healthz"
 PREFIX = "alpaca.dev"
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
 @dataclass
@@ -40,26 +49,38 @@ class Wiring:
     kopf_settings: kopf.OperatorSettings
     metrics: Metrics | None = None
     namespaces: list[str] = field(default_factory=list)
+    elector: LeaderElector | None = None
 
 
-def kopf_settings(settings: OperatorSettings, *, peering_name: str | None, standalone: bool, priority: int, clusterwide: bool) -> kopf.OperatorSettings:
+def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
     s = kopf.OperatorSettings()
     # Idle watches can silently stop delivering events behind some load balancers: restart them.
     s.watching.inactivity_timeout = settings.watch_inactivity_timeout_seconds
     s.networking.request_timeout = settings.request_timeout_seconds
-    # kopf's own bookkeeping goes to annotations: the status schema is strict and would prune it.
+    # Event handlers keep no progress, but should kopf ever store some, it goes to annotations:
+    # the status schema is strict and would prune it.
     s.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
     s.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=PREFIX, key="last-handled-configuration")
-    s.posting.level = logging.WARNING
+    # kopf would post its own log lines as Events from every replica: the followers too.
+    s.posting.enabled = False
     s.execution.max_workers = settings.workers
-    s.peering.standalone = standalone
-    s.peering.priority = priority
-    s.peering.clusterwide = clusterwide
-    if peering_name and not standalone:
-        s.peering.name = peering_name
-        # Without the peering CRD two replicas would both act: refuse to run instead.
-        s.peering.mandatory = True
+    # One writer is chosen by the Lease, not by kopf's peering: kopf's watchers never write.
+    s.peering.standalone = True
     return s
+
+
+def default_identity() -> str:
+    """The pod's name when the Deployment passes it, else host name plus a random suffix (as client-go)."""
+    return os.environ.get("POD_NAME") or f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+
+
+def default_lease_namespace() -> str | None:
+    if os.environ.get("POD_NAMESPACE"):
+        return os.environ["POD_NAMESPACE"]
+    try:
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or None
+    except OSError:
+        return None
 
 
 def wire(
@@ -68,25 +89,41 @@ def wire(
     kubeconfig: str | None = None,
     namespaces: list[str] | None = None,
     standalone: bool = False,
-    peering_name: str | None = DEFAULT_PEERING,
-    priority: int = 0,
+    lease_name: str = DEFAULT_LEASE,
+    lease_namespace: str | None = None,
+    identity: str | None = None,
     metrics: Metrics | None = None,
 ) -> Wiring:
+    """`standalone`: no election, this replica always writes (one replica only, or a test)."""
     cluster = Cluster.from_kubeconfig(kubeconfig, timeout=settings.request_timeout_seconds, pool_size=settings.workers * 2)
     controller = Controller(settings, cluster, metrics)
     registry = kopf.OperatorRegistry()
     register(registry, controller)
     chosen = list(namespaces if namespaces is not None else settings.namespaces)
+    elector = None
+    if not standalone:
+        where = lease_namespace or default_lease_namespace()
+        if not where:
+            raise SettingsError("leader election needs the Lease's namespace: --lease-namespace or POD_NAMESPACE (or --standalone)")
+        election = settings.leader_election
+        timings = Timings(election.lease_duration_seconds, election.renew_deadline_seconds, election.retry_period_seconds)
+        elector = LeaderElector(
+            LeaseClient(cluster, where, lease_name), identity or default_identity(), timings,
+            on_started=controller.started_leading,
+        )
+        cluster.gate = elector.is_leader
 
     @kopf.on.startup(registry=registry)
     def start_workers(**_: Any) -> None:
-        if peering_name and not standalone:
-            ensure_peering(cluster, peering_name, chosen)
         prime(controller, chosen)
         controller.start()
+        if elector is not None:
+            elector.start()
 
     @kopf.on.cleanup(registry=registry)
     def stop_workers(**_: Any) -> None:
+        if elector is not None:
+            elector.stop()
         controller.stop()
 
     if kubeconfig:
@@ -112,27 +149,18 @@ def wire(
         cluster=cluster,
         controller=controller,
         registry=registry,
-        kopf_settings=kopf_settings(settings, peering_name=peering_name, standalone=standalone, priority=priority, clusterwide=not chosen),
+        kopf_settings=kopf_settings(settings),
         metrics=metrics,
         namespaces=chosen,
+        elector=elector,
     )
-
-
-def ensure_peering(cluster: Cluster, name: str, namespaces: list[str]) -> None:
-    """The peering object(s) the replicas meet in: cluster-wide, or one per watched namespace."""
-    if not namespaces:
-        cluster.create({"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": name}})
-    for namespace in namespaces:
-        cluster.create({"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": name, "namespace": namespace}})
 
 
 def operator_kwargs(wiring: Wiring, *, liveness: str | None) -> dict[str, Any]:
     return {
         "registry": wiring.registry,
         "settings": wiring.kopf_settings,
-        "standalone": wiring.kopf_settings.peering.standalone,
-        "priority": wiring.kopf_settings.peering.priority,
-        "peering_name": None if wiring.kopf_settings.peering.standalone else wiring.kopf_settings.peering.name,
+        "standalone": True,
         "clusterwide": not wiring.namespaces,
         "namespaces": wiring.namespaces,
         "liveness_endpoint": liveness,
@@ -166,6 +194,18 @@ class OperatorThread:
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
         self._thread.join(timeout)
+        if self.wiring.elector is not None:
+            self.wiring.elector.stop()
+        self.wiring.controller.stop()
+        self.wiring.cluster.close()
+
+    def kill(self) -> None:
+        """Stop as a crashed replica would: no more requests at all, the lease left to expire."""
+        if self.wiring.elector is not None:
+            self.wiring.elector.stop(release=False)
+        self.wiring.cluster.gate = lambda: False
+        self._stop.set()
+        self._thread.join(30)
         self.wiring.controller.stop()
         self.wiring.cluster.close()
 
@@ -181,9 +221,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--namespace", "-n", action="append", dest="namespaces", metavar="NS",
                         help="watch this namespace (repeatable); default: the settings' list, else all namespaces")
     parser.add_argument("--kubeconfig", help="kubeconfig to use; default: in-cluster, then $KUBECONFIG")
-    parser.add_argument("--standalone", action="store_true", help="no peering: only for a single replica")
-    parser.add_argument("--peering", default=DEFAULT_PEERING, help="peering object name (one active replica among those sharing it)")
-    parser.add_argument("--priority", type=int, default=0, help="peering priority: the highest active replica works")
+    parser.add_argument("--standalone", action="store_true", help="no leader election: only for a single replica")
+    parser.add_argument("--lease", default=DEFAULT_LEASE, help="name of the coordination.k8s.io Lease the replicas elect the writer with")
+    parser.add_argument("--lease-namespace", help="namespace of the Lease; default: $POD_NAMESPACE, else the pod's own namespace")
+    parser.add_argument("--identity", help="this replica's name in the Lease; default: $POD_NAME, else host name and a random suffix")
     parser.add_argument("--liveness", default=DEFAULT_LIVENESS, help="liveness endpoint URL, or 'none'")
     parser.add_argument("--log-format", choices=["text", "json"], help="overrides the settings' log format")
     parser.add_argument("--verbose", action="store_true", help="debug logs")
@@ -200,10 +241,14 @@ def run(args: argparse.Namespace) -> int:
     metrics = Metrics() if settings.metrics_port else None
     if metrics is not None:
         metrics.serve(settings.metrics_port)
-    wiring = wire(
-        settings, kubeconfig=args.kubeconfig, namespaces=args.namespaces, standalone=args.standalone,
-        peering_name=args.peering, priority=args.priority, metrics=metrics,
-    )
+    try:
+        wiring = wire(
+            settings, kubeconfig=args.kubeconfig, namespaces=args.namespaces, standalone=args.standalone,
+            lease_name=args.lease, lease_namespace=args.lease_namespace, identity=args.identity, metrics=metrics,
+        )
+    except SettingsError as exc:
+        print(exc)
+        return 2
     liveness = None if args.liveness == "none" else args.liveness
     kopf.run(**operator_kwargs(wiring, liveness=liveness))
     return 0

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from . import __version__
 from .api.base import ApiModel
@@ -37,6 +37,26 @@ class GPUPool(ApiModel):
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
     affinity: dict[str, Any] | None = None
+
+
+class LeaderElection(ApiModel):
+    """Timing of the Lease that picks the one active replica (client-go's defaults)."""
+
+    lease_duration_seconds: float = Field(
+        default=15.0, gt=0, le=3600,
+        description="How long followers wait after the last renewal they saw before taking over.",
+    )
+    renew_deadline_seconds: float = Field(
+        default=10.0, gt=0, le=3600,
+        description="The leader stops writing when it could not renew for this long (less than the duration).",
+    )
+    retry_period_seconds: float = Field(default=2.0, gt=0, le=600, description="How often to renew or try to acquire.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LeaderElection:
+        if not self.lease_duration_seconds > self.renew_deadline_seconds > self.retry_period_seconds:
+            raise ValueError("leaseDurationSeconds > renewDeadlineSeconds > retryPeriodSeconds is required")
+        return self
 
 
 class OperatorSettings(ApiModel):
@@ -72,6 +92,7 @@ class OperatorSettings(ApiModel):
         description="Restart a watch that has been silent this long (idle watches can go deaf).",
     )
     workers: int = Field(default=16, ge=1, le=256, description="Threads running the synchronous handlers.")
+    leader_election: LeaderElection = Field(default_factory=LeaderElection)
 
     def gpu_price(self, gpu_type: str) -> float | None:
         return self.gpu_hour_usd.get(gpu_type)

@@ -175,6 +175,7 @@ class Phase(str, Enum):
     RUNNING = "Running"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
+    BLOCKED = "Blocked"  # a child the API server refused for now (quota, policy); retried with backoff
 
 
 class Artifact(StatusModel):
@@ -198,6 +199,12 @@ class StatusBase(StatusModel):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     cost_usd: USD | None = Field(default=None, alias="costUSD", description="Cost so far in US dollars.")
+    accrued_until: Annotated[str, Field(max_length=64)] | None = Field(
+        default=None,
+        description="Time-priced work (GPU-hours, a teacher's time) is counted in this status up to this moment; "
+        "nothing before it is ever counted again.",
+        json_schema_extra={"format": "date-time"},
+    )
     message: Annotated[str, Field(max_length=32768)] | None = Field(
         default=None, description="The latest human-readable summary."
     )

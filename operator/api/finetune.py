@@ -214,7 +214,7 @@ class TrainingProgress(StatusModel):
 
 
 class FineTuneStatus(StatusBase):
-    phase: Phase | None = Field(default=None, description="Pending, Running, Succeeded or Failed.")
+    phase: Phase | None = Field(default=None, description="Pending, Running, Succeeded, Failed, or Blocked (a child the API server refused for now).")
     progress: TrainingProgress | None = Field(default=None, description="Live training progress.")
     dataset: Artifact | None = Field(default=None, description="The dataset consumed, pinned by sha256.")
     model: Artifact | None = Field(default=None, description="The fine-tuned model.")

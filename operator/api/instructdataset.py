@@ -200,10 +200,14 @@ class GenerationProgress(StatusModel):
 
 
 class InstructDatasetStatus(StatusBase):
-    phase: Phase | None = Field(default=None, description="Pending, Running, Succeeded or Failed.")
+    phase: Phase | None = Field(default=None, description="Pending, Running, Succeeded, Failed, or Blocked (a child the API server refused for now).")
     progress: GenerationProgress | None = Field(default=None, description="Live counts from the generation job.")
     dataset: Artifact | None = Field(default=None, description="The finished dataset.jsonl and its sha256.")
     job_name: ShortStr | None = Field(default=None, description="The generation Job.")
+    teacher_cost_usd: USD | None = Field(
+        default=None, alias="teacherCostUSD",
+        description="An in-cluster teacher's GPU time while generation ran, in US dollars (part of costUSD).",
+    )
     teacher_url: Annotated[str, Field(max_length=2048)] | None = Field(
         default=None, alias="teacherURL", description="The teacher endpoint in use."
     )

@@ -31,6 +31,7 @@ class ServerPhase(str, Enum):
     PROGRESSING = "Progressing"
     READY = "Ready"
     FAILED = "Failed"
+    BLOCKED = "Blocked"
 
 
 class ServedModel(ApiModel):
@@ -105,7 +106,7 @@ class ModelServerSpec(ApiModel):
 
 
 class ModelServerStatus(StatusBase):
-    phase: ServerPhase | None = Field(default=None, description="Pending, Progressing, Ready or Failed.")
+    phase: ServerPhase | None = Field(default=None, description="Pending, Progressing, Ready, Failed, or Blocked (a child the API server refused for now: quota, policy).")
     url: Annotated[str, Field(max_length=2048)] | None = Field(default=None, description="In-cluster base URL of the API.")
     replicas: int | None = Field(default=None, ge=0, description="Pods asked for.")
     ready_replicas: int | None = Field(default=None, ge=0, description="Pods ready to serve.")

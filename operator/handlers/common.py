@@ -1,13 +1,21 @@
-"""What the three reconcilers share."""
+"""What the three reconcilers share: invalid specs, and creating children that are really ours."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
+
+from kubernetes.client.exceptions import ApiException
 
 from ..conditions import FALSE, Desired
 from ..controller import Body, Controller
 from ..observe import FAILED, READY, ChildState, Computed
+
+BLOCKED = "Blocked"
+# Refusals that a spec edit must fix; the others (quota, policy, webhooks down) may pass on their own.
+_INVALID = frozenset({400, 422})
 
 
 def invalid_spec(error: Exception) -> Computed:
@@ -16,13 +24,71 @@ def invalid_spec(error: Exception) -> Computed:
     return Computed(fields={"phase": FAILED, "message": message}, conditions=[Desired(READY, FALSE, "InvalidSpec", message)])
 
 
-def pending_child(
-    ctl: Controller, manifest: Body, created: bool, summarize: Callable[[dict[str, Any]], ChildState]
-) -> ChildState:
-    """The state of a child just created, or found existing (409) before its watch event arrived.
+class Refused(Exception):
+    """The API server refused to create a child: its reason and message, for a condition."""
 
-    Reading an existing one back keeps a restarted operator from reporting a running child as
-    pending for a moment (and posting Events for that false transition).
+    def __init__(self, manifest: Body, error: ApiException) -> None:
+        self.kind = manifest["kind"]
+        self.name = manifest["metadata"]["name"]
+        self.status = error.status or 0
+        self.reason, detail = _server_reason(error)
+        self.message = f"the API server refused the {self.kind} {self.name!r} (HTTP {self.status} {self.reason}): {detail}"
+        super().__init__(self.message)
+
+    def computed(self) -> Computed:
+        phase = FAILED if self.status in _INVALID else BLOCKED
+        return Computed(
+            fields={"phase": phase, "message": self.message[:1000]},
+            conditions=[Desired(READY, FALSE, f"{self.kind}{self.reason}", self.message[:32768])],
+        )
+
+
+def _server_reason(error: ApiException) -> tuple[str, str]:
+    try:
+        status = json.loads(error.body or "{}")
+    except (TypeError, ValueError):
+        status = {}
+    reason = str(status.get("reason") or error.reason or "Refused")
+    reason = "".join(part[:1].upper() + part[1:] for part in reason.replace("-", " ").split()) or "Refused"
+    return reason, str(status.get("message") or error.reason or "")
+
+
+@dataclass(frozen=True)
+class Ensured:
+    """The primary child after creation: ours, or one of the same name that belongs to someone else."""
+
+    child: ChildState | None
+    foreign: Desired | None = None
+
+
+def ensure_owned(
+    ctl: Controller, owner: Body, manifests: list[Body], summarize: Callable[[dict[str, Any]], ChildState]
+) -> Ensured:
+    """Create the children (the last one is the primary); raise Refused when the server says no.
+
+    A 409 is not "mine": the existing object is read back and is ours only when its controller
+    owner reference carries our UID. One left by a deleted namesake (waiting for garbage
+    collection) is waited for, never adopted.
     """
-    existing = None if created else ctl.cluster.get(manifest)
-    return summarize(existing if existing is not None else manifest)
+    uid = owner["metadata"]["uid"]
+    last: ChildState | None = None
+    for manifest in manifests:
+        try:
+            created = ctl.create_owned(owner, [manifest])[0]
+        except ApiException as exc:
+            if exc.status in (400, 403, 422):
+                raise Refused(manifest, exc) from None
+            raise
+        if manifest is manifests[-1]:
+            existing = None if created else ctl.cluster.get(manifest)
+            last = summarize(existing if existing is not None else manifest)
+    assert last is not None
+    return Ensured(last) if last.owner_uid == uid else Ensured(None, not_ours(owner, manifests[-1]["kind"], last))
+
+
+def not_ours(owner: Body, kind: str, child: ChildState) -> Desired:
+    return Desired(
+        READY, FALSE, "WaitingForOldChild",
+        f"a {kind} named {child.name!r} exists but belongs to another {owner['kind']} (uid {child.owner_uid}), "
+        "probably a deleted one whose children are being garbage-collected; waiting for it to go",
+    )

@@ -15,8 +15,8 @@ from ..builders.common import Parent
 from ..builders.inputs import Input, dataset_direct, dataset_from_upstream
 from ..conditions import FALSE, TRUE, Desired
 from ..controller import Body, Controller, Key, KindInfo, cost_clock
-from ..observe import DATASET_READY, FAILED, PENDING, RUNNING, finetune_status, summarize_pytorchjob
-from .common import invalid_spec, pending_child
+from ..observe import DATASET_READY, FAILED, PENDING, RUNNING, Computed, finetune_status, summarize_pytorchjob, terminal
+from .common import Refused, ensure_owned, invalid_spec, not_ours
 
 KIND = "FineTune"
 PLURAL = "finetunes"
@@ -63,16 +63,26 @@ def reconcile(ctl: Controller, key: Key, body: Body) -> None:
     now = datetime.now(timezone.utc)
     status: dict[str, Any] = body.get("status") or {}
     child = ctl.child(key)
+    if child is not None and child.owner_uid != meta["uid"]:
+        ctl.write_status(key, body, Computed(fields={"phase": PENDING}, conditions=[not_ours(body, "PyTorchJob", child)]), now=now)
+        return
     dependency: Desired | None = None
     pinned = status.get("dataset")
-    if child is None:
+    if child is None and not terminal(status):
         dataset, dependency = resolve_dataset(ctl, namespace, spec)
         if dataset is not None:
             ctl.ensure_workload_rbac(namespace)
             parent = Parent(name, namespace, PLURAL, meta.get("generation"))
             config_map, job = build.build(parent, spec, ctl.settings, dataset)
-            created = ctl.create_owned(body, [config_map, job])
-            child = pending_child(ctl, job, created[-1], summarize_pytorchjob)
+            try:
+                ensured = ensure_owned(ctl, body, [config_map, job], summarize_pytorchjob)
+            except Refused as refused:
+                ctl.write_status(key, body, refused.computed(), now=now)
+                raise
+            if ensured.foreign is not None:
+                ctl.write_status(key, body, Computed(fields={"phase": PENDING}, conditions=[ensured.foreign]), now=now)
+                return
+            child = ensured.child
             # Pinned once, when training is set up: a later re-generation of the dataset does not
             # change what this FineTune consumed.
             if pinned is None and dataset.pinned is not None:

@@ -16,8 +16,8 @@ from ..api.modelserver import ModelServerSpec
 from ..api.common import SecretKeyRef
 from ..conditions import FALSE, TRUE, Desired
 from ..controller import Body, Controller, Key, KindInfo, cost_clock
-from ..observe import TEACHER_READY, Computed, dataset_status, summarize_job
-from .common import invalid_spec, pending_child
+from ..observe import PENDING, TEACHER_READY, Computed, dataset_status, kept, summarize_job, terminal
+from .common import Refused, ensure_owned, invalid_spec, not_ours
 
 KIND = "InstructDataset"
 PLURAL = "instructdatasets"
@@ -64,6 +64,12 @@ def reconcile(ctl: Controller, key: Key, body: Body) -> None:
     now = datetime.now(timezone.utc)
     child = ctl.child(key)
     status: dict[str, Any] = body.get("status") or {}
+    if child is not None and child.owner_uid != meta["uid"]:
+        ctl.write_status(key, body, Computed(fields={"phase": PENDING}, conditions=[not_ours(body, "Job", child)]), now=now)
+        return
+    if child is None and terminal(status):
+        ctl.write_status(key, body, kept(status), now=now)
+        return
     server, wait = _teacher(ctl, namespace, spec) if child is None else (None, None)
     teacher_url = status.get("teacherURL")
     pricing = None
@@ -80,8 +86,15 @@ def reconcile(ctl: Controller, key: Key, body: Body) -> None:
             ctl.ensure_workload_rbac(namespace)
             parent = Parent(name, namespace, PLURAL, meta.get("generation"))
             config_map, job = build.build(parent, spec, ctl.settings, teacher)
-            created = ctl.create_owned(body, [config_map, job])
-            child = pending_child(ctl, job, created[-1], summarize_job)
+            try:
+                ensured = ensure_owned(ctl, body, [config_map, job], summarize_job)
+            except Refused as refused:
+                ctl.write_status(key, body, refused.computed(), now=now)
+                raise
+            if ensured.foreign is not None:
+                ctl.write_status(key, body, Computed(fields={"phase": PENDING}, conditions=[ensured.foreign]), now=now)
+                return
+            child = ensured.child
             teacher_url = teacher.url
             if server is not None:
                 dependency = Desired(TEACHER_READY, TRUE, "Ready", f"teacher ModelServer {server.name!r} at {server.url}")

@@ -16,9 +16,9 @@ from ..builders.common import Mounts, Parent
 from ..builders.inputs import model_from_upstream, model_source
 from ..conditions import FALSE, TRUE, Desired
 from ..controller import Body, Controller, Key, KindInfo
-from ..naming import ACCRUED_AT_ANNOTATION, SPEC_HASH_ANNOTATION
-from ..observe import FAILED, MODEL_READY, accrue, parse_time, server_status, summarize_deployment
-from .common import invalid_spec, pending_child
+from ..naming import SPEC_HASH_ANNOTATION
+from ..observe import FAILED, MODEL_READY, Computed, parse_time, server_accrual, server_status, summarize_deployment
+from .common import Refused, ensure_owned, invalid_spec, not_ours
 
 KIND = "ModelServer"
 PLURAL = "modelservers"
@@ -66,6 +66,9 @@ def reconcile(ctl: Controller, key: Key, body: Body) -> None:
         return
     status: dict[str, Any] = body.get("status") or {}
     child = ctl.child(key)
+    if child is not None and child.owner_uid != meta["uid"]:
+        ctl.write_status(key, body, Computed(fields={"phase": "Pending"}, conditions=[not_ours(body, "Deployment", child)]), now=now)
+        return
     parent = Parent(name, namespace, PLURAL, meta.get("generation"))
     model, mounts, pinned, dependency = resolve_model(ctl, namespace, spec)
     if child is not None and dependency is not None and dependency.status != TRUE:
@@ -79,8 +82,15 @@ def reconcile(ctl: Controller, key: Key, body: Body) -> None:
             return
         if child is None:
             ctl.ensure_workload_rbac(namespace)
-            created = ctl.create_owned(body, [config_map, service, deployment])
-            child = pending_child(ctl, deployment, created[-1], summarize_deployment)
+            try:
+                ensured = ensure_owned(ctl, body, [config_map, service, deployment], summarize_deployment)
+            except Refused as refused:
+                ctl.write_status(key, body, refused.computed(), now=now)
+                raise
+            if ensured.foreign is not None:
+                ctl.write_status(key, body, Computed(fields={"phase": "Pending"}, conditions=[ensured.foreign]), now=now)
+                return
+            child = ensured.child
         elif child.spec_hash != deployment["metadata"]["annotations"][SPEC_HASH_ANNOTATION]:
             # Replicas, resources, image, batching...: a server applies spec edits by rolling out.
             ctl.cluster.merge_patch(config_map, {"data": config_map["data"]})
@@ -94,13 +104,11 @@ def reconcile(ctl: Controller, key: Key, body: Body) -> None:
         pinned=pinned,
         replicas=spec.replicas,
     )
-    annotations = None
-    last = parse_time((meta.get("annotations") or {}).get(ACCRUED_AT_ANNOTATION))
+    last = parse_time(status.get("accruedUntil"))
     if last is None or (now - last).total_seconds() >= ctl.settings.cost_interval_seconds:
         pods = child.pods if child is not None else 0
-        computed.fields.update(accrue(status, pods=pods, gpus_per_pod=spec.gpus_per_replica, pod_rate_usd=build.replica_rate(spec, ctl.settings), last=last, now=now))
-        annotations = {ACCRUED_AT_ANNOTATION: now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
-    ctl.write_status(key, body, computed, now=now, annotations=annotations)
+        computed.fields.update(server_accrual(status, pods=pods, gpus_per_pod=spec.gpus_per_replica, pod_rate_usd=build.replica_rate(spec, ctl.settings), now=now))
+    ctl.write_status(key, body, computed, now=now)
 
 
 def register(ctl: Controller) -> KindInfo:

@@ -42,8 +42,8 @@ app.kubernetes.io/part-of: alpaca-operator
 {{- end }}
 {{- end }}
 
-{{- define "alpaca-operator.peeringName" -}}
-{{- default (include "alpaca-operator.fullname" .) .Values.peering.name }}
+{{- define "alpaca-operator.leaseName" -}}
+{{- default (include "alpaca-operator.fullname" .) .Values.leaderElection.leaseName }}
 {{- end }}
 
 {{/* repository:tag, the tag defaulting to the chart's appVersion. */}}
@@ -70,7 +70,11 @@ The `settings` passthrough comes first so that the fields the chart owns always 
     "tokenPrices" .Values.prices.tokens
     "gpuPools" .Values.gpuPools
     "workloadServiceAccount" .Values.workloads.serviceAccountName
-    "metricsPort" (ternary (int .Values.metrics.port) 0 .Values.metrics.enabled) }}
+    "metricsPort" (ternary (int .Values.metrics.port) 0 .Values.metrics.enabled)
+    "leaderElection" (dict
+      "leaseDurationSeconds" .Values.leaderElection.leaseDurationSeconds
+      "renewDeadlineSeconds" .Values.leaderElection.renewDeadlineSeconds
+      "retryPeriodSeconds" .Values.leaderElection.retryPeriodSeconds) }}
 {{- toYaml (merge $owned (deepCopy .Values.settings)) }}
 {{- end }}
 
@@ -79,10 +83,10 @@ The rules the operator needs in each namespace it works in: exactly what it call
 (operator/kube.py, operator/controller.py, kopf's watches), nothing more.
 */}}
 {{- define "alpaca-operator.namespacedRules" -}}
-# The three kinds: kopf lists and watches them; the operator keeps its cost clock in an annotation.
+# The three kinds: kopf lists and watches them; the operator writes only their status.
 - apiGroups: [alpaca.dev]
   resources: [instructdatasets, finetunes, modelservers]
-  verbs: [list, watch, patch]
+  verbs: [list, watch]
 # Status is written through the subresource. `get` is there because the operator grants it to the
 # workloads' Role (below), and RBAC lets nobody grant what they do not hold.
 - apiGroups: [alpaca.dev]

@@ -45,16 +45,21 @@ def test_helm_lint(helm: str, kube_version: str, values: list[str]) -> None:
 
 def test_default_render_watches_every_namespace(render: Callable[..., Documents], tmp_path: Path) -> None:
     documents = render()
-    assert find(documents, "ClusterRole") and not find(documents, "Role")
+    # Cluster-wide grants for the work; the only Role is the leader election's, in the release namespace.
+    assert find(documents, "ClusterRole") and [r["metadata"]["name"] for r in find(documents, "Role")] == ["alpaca-alpaca-operator-leader-election"]
     (binding,) = find(documents, "ClusterRoleBinding")
     (account,) = find(documents, "ServiceAccount")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": "alpaca-system"}]
-    (peering,) = find(documents, "ClusterKopfPeering")
-
+    (lease_role,) = find(documents, "Role")
     (deployment,) = find(documents, "Deployment")
+    assert deployment["spec"]["replicas"] == 2 and "strategy" not in deployment["spec"]  # rolling, safe with the lease
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    assert f"--peering={peering['metadata']['name']}" in container["args"]
+    lease = next(a.split("=", 1)[1] for a in container["args"] if a.startswith("--lease="))
+    assert lease_role["metadata"]["namespace"] == "alpaca-system"
+    assert ("coordination.k8s.io", "leases", "create") in rules_of(lease_role)
+    assert all(rule.get("resourceNames") == [lease] for rule in lease_role["rules"] if "create" not in rule["verbs"])
+    assert {e["name"] for e in container["env"]} >= {"POD_NAME", "POD_NAMESPACE"}
     assert pod["serviceAccountName"] == account["metadata"]["name"]
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
     security = container["securityContext"]
@@ -73,28 +78,28 @@ def test_default_render_watches_every_namespace(render: Callable[..., Documents]
 
 def test_namespaced_render_uses_roles_only(render: Callable[..., Documents], tmp_path: Path) -> None:
     documents = render("--set", "watchNamespaces={team-a,team-b}")
-    roles = find(documents, "Role")
+    roles = [r for r in find(documents, "Role") if not r["metadata"]["name"].endswith("-leader-election")]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
-    assert sorted(b["metadata"]["namespace"] for b in find(documents, "RoleBinding")) == ["team-a", "team-b"]
+    bindings = [b for b in find(documents, "RoleBinding") if not b["metadata"]["name"].endswith("-leader-election")]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     # The one cluster-wide grant left: reading CRDs, which are cluster-scoped.
     (cluster_role,) = find(documents, "ClusterRole")
     assert rules_of(cluster_role) == {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")}
-    assert not any(resource == "clusterkopfpeerings" for _, resource, _ in rules_of(roles[0]))
-    assert sorted(p["metadata"]["namespace"] for p in find(documents, "KopfPeering")) == ["team-a", "team-b"]
+    assert not any(group == "coordination.k8s.io" for group, _, _ in rules_of(roles[0]))
     assert settings_of(documents, tmp_path).namespaces == ["team-a", "team-b"]
 
     strict = render("--set", "watchNamespaces={team-a}", "--set", "rbac.watchCRDs=false")
     assert not find(strict, "ClusterRole") and not find(strict, "ClusterRoleBinding")
 
 
-def test_without_peering_the_single_replica_is_recreated(render: Callable[..., Documents], helm: str, kube_version: str) -> None:
-    documents = render("--set", "peering.enabled=false")
+def test_without_leader_election_the_single_replica_is_recreated(render: Callable[..., Documents], helm: str, kube_version: str) -> None:
+    documents = render("--set", "leaderElection.enabled=false", "--set", "replicaCount=1")
     (deployment,) = find(documents, "Deployment")
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     assert "--standalone" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert not find(documents, "ClusterKopfPeering")
-    with pytest.raises(AssertionError, match="replicaCount > 1 needs peering"):
-        run([helm, "template", "x", str(CHART), "--kube-version", kube_version, "--set", "peering.enabled=false", "--set", "replicaCount=2"])
+    assert not find(documents, "Role")
+    with pytest.raises(AssertionError, match="replicaCount > 1 needs leaderElection"):
+        run([helm, "template", "x", str(CHART), "--kube-version", kube_version, "--set", "leaderElection.enabled=false"])
 
 
 def test_values_feed_the_operator_settings(render: Callable[..., Documents], tmp_path: Path) -> None:

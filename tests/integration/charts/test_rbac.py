@@ -1,6 +1,6 @@
 """The chart's RBAC is enough and no broader.
 
-The operator runs as deployed: the chart rendered and applied, its settings file, peering, and the
+The operator runs as deployed: the chart rendered and applied, its settings file, the Lease, and the
 chart ServiceAccount's token (not admin credentials). It takes a dataset -> fine-tune -> server
 chain through a full reconcile while the test plays the Job and PyTorchJob controllers and the
 workloads. The API server's audit log then says what the ServiceAccount did: no request may have
@@ -43,9 +43,6 @@ NOT_EXERCISED: dict[Permission, str] = {
     ("batch", "jobs", "get"): "a restarted operator reads back a Job that already exists",
     ("kubeflow.org", "pytorchjobs", "get"): "a restarted operator reads back a PyTorchJob that already exists",
     ("apps", "deployments", "get"): "a restarted operator reads back a Deployment that already exists",
-    ("alpaca.dev", "instructdatasets", "patch"): "the cost clock annotation of a resource that accrues cost over time",
-    ("alpaca.dev", "finetunes", "patch"): "the cost clock annotation of a resource that accrues cost over time",
-    ("alpaca.dev", "modelservers", "patch"): "the cost clock annotation of a ModelServer with a GPU price",
 }
 
 
@@ -159,10 +156,10 @@ def _audited_permissions(log: Path, username: str) -> tuple[set[Permission], lis
     return used, forbidden
 
 
-def _granted(documents: Documents) -> set[Permission]:
+def _granted(documents: Documents, kind: str = "ClusterRole") -> set[Permission]:
     return {
         (group, resource, verb)
-        for role in find(documents, "ClusterRole")
+        for role in find(documents, kind)
         for rule in role["rules"]
         for group in rule["apiGroups"]
         for resource in rule["resources"]
@@ -176,7 +173,8 @@ def test_operator_reconciles_with_the_chart_service_account_and_needs_every_gran
     cp, log = audited
     documents = _install(cp, helm, kube_version)
     (account,) = find(documents, "ServiceAccount")
-    (peering,) = find(documents, "ClusterKopfPeering")
+    (deployment,) = find(documents, "Deployment")
+    lease = next(a.split("=", 1)[1] for a in deployment["spec"]["template"]["spec"]["containers"][0]["args"] if a.startswith("--lease="))
     (config_map,) = find(documents, "ConfigMap")
     (tmp_path / "settings.yaml").write_text(config_map["data"]["settings.yaml"])
     settings = load_settings(tmp_path / "settings.yaml")
@@ -186,18 +184,17 @@ def test_operator_reconciles_with_the_chart_service_account_and_needs_every_gran
     namespace = f"work-{uuid.uuid4().hex[:8]}"
     _kubectl(cp, "create", "namespace", namespace)
 
-    wiring = wire(settings, kubeconfig=str(kubeconfig), standalone=False, peering_name=peering["metadata"]["name"])
+    wiring = wire(settings, kubeconfig=str(kubeconfig), lease_name=lease, lease_namespace=RELEASE_NAMESPACE, identity="replica-0")
     assert wiring.namespaces == []  # the chart's default: every namespace, with the ClusterRole
     with OperatorThread(wiring), cp.api_client() as admin:
         _play_the_chain(admin, namespace)
-        peers = kubernetes.client.CustomObjectsApi(admin).get_cluster_custom_object(
-            "kopf.dev", "v1", "clusterkopfpeerings", peering["metadata"]["name"])
-        assert peers.get("status"), "the operator never took part in peering"
+        held = kubernetes.client.CoordinationV1Api(admin).read_namespaced_lease(lease, RELEASE_NAMESPACE)
+        assert held.spec.holder_identity == "replica-0", "the operator never held the lease"
 
     username = f"system:serviceaccount:{RELEASE_NAMESPACE}:{account['metadata']['name']}"
     used, forbidden = _audited_permissions(log, username)
     assert not forbidden, "the chart's RBAC is not enough:\n" + "\n".join(forbidden)
-    granted = _granted(documents)
+    granted = _granted(documents) | _granted(documents, "Role")
     assert used <= granted  # holds when nothing was forbidden; says what was used if not
     unused = granted - used - set(NOT_EXERCISED)
     assert not unused, f"granted but never used (drop them, or name the code path in NOT_EXERCISED): {sorted(unused)}"

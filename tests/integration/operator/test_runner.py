@@ -1,4 +1,4 @@
-"""The operator with peering (as deployed) and its liveness endpoint."""
+"""The operator with leader election (as deployed) and its liveness endpoint."""
 
 from __future__ import annotations
 
@@ -19,17 +19,19 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_peering_and_liveness(control_plane, crds, custom, api_client, namespace: str) -> None:
+def test_lease_and_liveness(control_plane, crds, custom, api_client, namespace: str) -> None:
     port = _free_port()
-    wiring = wire(OperatorSettings.model_validate(FAST), kubeconfig=control_plane.kubeconfig, namespaces=[namespace], peering_name="alpaca-operator")
+    wiring = wire(OperatorSettings.model_validate(FAST), kubeconfig=control_plane.kubeconfig, namespaces=[namespace],
+                  lease_namespace=namespace, identity="replica-0")
+    coordination = kubernetes.client.CoordinationV1Api(api_client)
     with OperatorThread(wiring, liveness=f"http://127.0.0.1:{port}/healthz"):
-        peering = wait_for(lambda: custom.get_namespaced_custom_object("kopf.dev", "v1", namespace, "kopfpeerings", "alpaca-operator"), what="the KopfPeering")
-        assert peering["metadata"]["name"] == "alpaca-operator"
-        create(custom, namespace, "instructdatasets", "InstructDataset", "peered", {
+        lease = wait_for(lambda: coordination.read_namespaced_lease("alpaca-operator", namespace), what="the Lease")
+        assert lease.spec.holder_identity == "replica-0" and lease.spec.lease_duration_seconds == 15
+        create(custom, namespace, "instructdatasets", "InstructDataset", "elected", {
             "teacher": {"baseURL": "https://api.example.com/v1", "model": "m"}, "output": {"uri": "s3://b/p"},
         })
-        wait_for(lambda: kubernetes.client.BatchV1Api(api_client).read_namespaced_job("peered-generate", namespace), what="the Job")
-        # kopf records the active replica in the peering object's status.
-        wait_for(lambda: (custom.get_namespaced_custom_object("kopf.dev", "v1", namespace, "kopfpeerings", "alpaca-operator").get("status") or {}), what="a peer")
+        wait_for(lambda: kubernetes.client.BatchV1Api(api_client).read_namespaced_job("elected-generate", namespace), what="the Job")
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
             assert response.status == 200
+    # A clean stop hands the lease over at once rather than making the next replica wait it out.
+    assert coordination.read_namespaced_lease("alpaca-operator", namespace).spec.holder_identity in ("", None)

@@ -11,7 +11,6 @@ from alpaca_operator.settings import Images
 
 ROOT = Path(__file__).resolve().parents[3]
 CHART = ROOT / "charts" / "alpaca-operator"
-PEERING_CRDS = "kopf.dev_peerings.yaml"
 
 
 def test_chart_crds_are_the_generated_ones() -> None:
@@ -22,13 +21,16 @@ def test_chart_crds_are_the_generated_ones() -> None:
     assert not stale, f"charts/alpaca-operator/crds/ differs from crds/ for {stale}: cp crds/*.yaml charts/alpaca-operator/crds/"
 
 
-def test_peering_crds_define_both_scopes() -> None:
-    documents = list(yaml.safe_load_all((CHART / "crds" / PEERING_CRDS).read_text()))
-    scopes = {d["spec"]["names"]["kind"]: d["spec"]["scope"] for d in documents}
-    assert scopes == {"ClusterKopfPeering": "Cluster", "KopfPeering": "Namespaced"}
-    for document in documents:
-        assert document["spec"]["group"] == "kopf.dev"
-        assert [v["name"] for v in document["spec"]["versions"]] == ["v1"]
+def test_leader_election_defaults_are_the_operators() -> None:
+    from alpaca_operator.settings import LeaderElection
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    election = values["leaderElection"]
+    defaults = LeaderElection()
+    assert election["enabled"] is True and values["replicaCount"] == 2
+    assert election["leaseDurationSeconds"] == defaults.lease_duration_seconds
+    assert election["renewDeadlineSeconds"] == defaults.renew_deadline_seconds
+    assert election["retryPeriodSeconds"] == defaults.retry_period_seconds
 
 
 def test_app_version_is_the_package_version() -> None:

@@ -7,8 +7,8 @@ from datetime import datetime, timezone
 from alpaca_operator.api.instructdataset import InstructDatasetSpec, TokenPricing
 from alpaca_operator.conditions import Desired
 from alpaca_operator.observe import (
-    ChildState, accrue, dataset_status, diff, finetune_status, server_status, summarize_deployment, summarize_job,
-    summarize_pytorchjob,
+    ChildState, dataset_status, diff, finetune_status, server_status, summarize_deployment, summarize_job,
+    summarize_pytorchjob, server_accrual, terminal,
 )
 
 NOW = datetime(2026, 1, 1, 12, tzinfo=timezone.utc)
@@ -83,6 +83,45 @@ def test_server_status_and_accrual() -> None:
     computed = server_status(current={}, child=child, dependency=None, url="http://s/v1", served_model_name="s", pinned=None, replicas=2)
     assert computed.fields["phase"] == "Ready" and computed.fields["url"] == "http://s/v1"
     last = datetime(2026, 1, 1, 11, 30, tzinfo=timezone.utc)
-    accrued = accrue({"gpuHours": 1.0, "costUSD": 1.0}, pods=2, gpus_per_pod=4, pod_rate_usd=10.0, last=last, now=NOW)
-    assert accrued == {"gpuHours": 5.0, "costUSD": 11.0}
-    assert accrue({}, pods=2, gpus_per_pod=4, pod_rate_usd=10.0, last=None, now=NOW) == {"gpuHours": 0.0, "costUSD": 0.0}
+    current = {"gpuHours": 1.0, "costUSD": 1.0, "accruedUntil": "2026-01-01T11:30:00.000000Z"}
+    accrued = server_accrual(current, pods=2, gpus_per_pod=4, pod_rate_usd=10.0, now=NOW)
+    assert accrued == {"gpuHours": 5.0, "costUSD": 11.0, "accruedUntil": "2026-01-01T12:00:00.000000Z"}
+    # The first look starts the clock and counts nothing.
+    assert server_accrual({}, pods=2, gpus_per_pod=4, pod_rate_usd=10.0, now=NOW) == {
+        "gpuHours": 0.0, "costUSD": 0.0, "accruedUntil": "2026-01-01T12:00:00.000000Z"}
+    # Looking again at the same moment (a second replica, a restart) adds nothing.
+    assert server_accrual(accrued, pods=2, gpus_per_pod=4, pod_rate_usd=10.0, now=NOW) == accrued
+    assert last < NOW
+
+
+FT = dict(generation=1, dependency=None, pinned=None, gpus=8, gpu_hour_usd=2.0, budget_usd=None, budget_is_deadline=False)
+
+
+def test_finetune_cost_accumulates_and_is_never_recounted() -> None:
+    start = "2026-01-01T11:00:00Z"
+    running = ChildState(name="x-train", phase="Running", reason="Running", start_time=start, generation=1)
+    first = finetune_status(current={}, child=running, now=NOW, **FT)
+    assert first.fields["gpuHours"] == 8.0 and first.fields["accruedUntil"] == "2026-01-01T12:00:00.000000Z"
+    # A restarted operator (or a new leader) sees the same status and the same moment: nothing added.
+    again = finetune_status(current=first.fields, child=running, now=NOW, **FT)
+    assert again.fields["costUSD"] == first.fields["costUSD"] == 16.0
+    # Suspended for half an hour: the clock moves, nothing is billed.
+    suspended = ChildState(name="x-train", phase="Pending", reason="Suspended", start_time=start, generation=1)
+    later = datetime(2026, 1, 1, 12, 30, tzinfo=timezone.utc)
+    paused = finetune_status(current=first.fields, child=suspended, now=later, **FT)
+    assert paused.fields["costUSD"] == 16.0 and paused.fields["accruedUntil"] == "2026-01-01T12:30:00.000000Z"
+    # Resumed and done at 13:00: half an hour more, not the two hours since the start.
+    done = ChildState(name="x-train", phase="Succeeded", reason="Completed", start_time=start,
+                      completion_time="2026-01-01T13:00:00Z", generation=1)
+    final = finetune_status(current=paused.fields, child=done, now=datetime(2026, 1, 1, 14, tzinfo=timezone.utc), **FT)
+    assert final.fields["gpuHours"] == 12.0 and final.fields["costUSD"] == 24.0
+
+
+def test_a_finished_finetune_whose_job_is_gone_keeps_its_phase() -> None:
+    current = {"phase": "Succeeded", "jobName": "x-train", "costUSD": 24.0, "gpuHours": 12.0}
+    assert terminal(current)
+    kept = finetune_status(current=current, child=None, now=NOW, **FT)
+    patch, events = diff(current, kept, generation=1, now=NOW)
+    assert patch == {"observedGeneration": 1} and events == []
+    # Refused or invalid before any child ran: not terminal, a spec edit tries again.
+    assert not terminal({"phase": "Failed"})
