@@ -1,14 +1,21 @@
 """Attention that keeps each packed example to itself without computing across examples.
 
-transformers' flash-attention path reads packed boundaries (`cu_seq_lens_q`) and runs a varlen
-kernel; it needs the flash-attn package and a GPU. Everywhere else this module's implementation
-runs causal SDPA once per example of a packed row: the same result, and unlike a block-diagonal
-mask it spends no compute on the masked-out blocks. Unpacked (padded) batches go to plain SDPA.
+Three kernels read the same packed batch (transformers' varlen keywords, `cu_seq_lens_q`):
+- flash-attn's varlen kernel through transformers' `flash_attention_2`, when that package is
+  installed and the device is a GPU;
+- PyTorch's own varlen flash kernel (`torch.nn.attention.varlen`), on a GPU in bf16/fp16 when
+  flash-attn is not installed: one launch per layer for the whole packed row;
+- elsewhere (CPU, fp32), causal SDPA once per example of the row: the same result, and unlike a
+  block-diagonal mask it spends no compute on the masked-out blocks.
+Unpacked (padded) batches go to plain SDPA.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import inspect
+from collections.abc import Callable
+from functools import cache
 from typing import Any
 
 import torch
@@ -16,6 +23,58 @@ import torch.nn.functional as F
 
 NAME = "alpaca_varlen"
 _registered = False
+
+
+@cache
+def _torch_varlen() -> tuple[Callable[..., torch.Tensor], dict[str, Any], frozenset[str]] | None:
+    """PyTorch's varlen attention, the keyword that makes it causal, and the keywords it takes.
+
+    The API is young and its causal switch moved between releases (`is_causal=True`, then
+    `window_size=(-1, 0)`), so it is read from the signature rather than assumed.
+    """
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    params = inspect.signature(varlen_attn).parameters
+    if "is_causal" in params:
+        causal: dict[str, Any] = {"is_causal": True}
+    elif "window_size" in params:
+        causal = {"window_size": (-1, 0)}
+    else:
+        return None
+    return varlen_attn, causal, frozenset(params)
+
+
+ALLOW_TORCH_VARLEN = True  # a switch for benchmarks and for checking one kernel against the other
+
+
+def torch_varlen_usable(query: torch.Tensor) -> bool:
+    return ALLOW_TORCH_VARLEN and query.is_cuda and query.dtype in (torch.bfloat16, torch.float16) and _torch_varlen() is not None
+
+
+def _varlen_gpu(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bounds: torch.Tensor,
+                longest: int, scaling: float | None) -> torch.Tensor:
+    found = _torch_varlen()
+    assert found is not None
+    varlen_attn, causal, takes = found
+    # [1, heads, tokens, dim] -> [tokens, heads, dim]: the layout the varlen kernels take.
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))
+    extra: dict[str, Any] = dict(causal)
+    if q.shape[1] != k.shape[1]:
+        if "enable_gqa" in takes:
+            extra["enable_gqa"] = True
+        else:
+            groups = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    bounds = bounds.to(device=q.device, dtype=torch.int32)
+    if scaling is not None:
+        if "scale" not in takes:
+            q = q * (scaling * q.shape[-1] ** 0.5)  # the kernel's own scale is 1/sqrt(dim)
+        else:
+            extra["scale"] = scaling
+    out = varlen_attn(q, k, v, bounds, bounds, longest, longest, **extra)
+    return out.unsqueeze(0)  # [1, tokens, heads, dim], as transformers' attention functions return
 
 
 def packed_sdpa(
@@ -35,6 +94,9 @@ def packed_sdpa(
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
     if query.shape[0] != 1:
         raise ValueError("packed attention expects one row per micro-batch")
+    longest = kwargs.get("max_length_q")
+    if dropout == 0.0 and isinstance(longest, int) and torch_varlen_usable(query):
+        return _varlen_gpu(query, key, value, bounds, longest, scaling), None
     edges = bounds.tolist()
     gqa = query.shape[1] != key.shape[1]
     parts = [
@@ -68,7 +130,8 @@ def register() -> None:
 
 
 def choose(device: torch.device) -> str:
-    """flash-attention's varlen kernel when it is installed and the device is a GPU; ours otherwise."""
+    """flash-attention's varlen kernel when it is installed and the device is a GPU; ours otherwise
+    (PyTorch's varlen kernel on a GPU, per-example SDPA on a CPU)."""
     if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"
     register()

@@ -90,8 +90,11 @@ def shard(model: nn.Module, *, bf16: bool) -> None:
 
     # Gradients are reduced in fp32 even when compute is bf16: summing many bf16 shards loses bits.
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
-    for layer in decoder_layers(model):
-        fully_shard(layer, mp_policy=policy)
+    layers = decoder_layers(model)
+    for i, layer in enumerate(layers):
+        # The last layer's backward comes right after its forward: freeing its gathered weights
+        # in between would only gather them again at once.
+        fully_shard(layer, mp_policy=policy, reshard_after_forward=i < len(layers) - 1)
     fully_shard(model, mp_policy=policy)
 
 
@@ -127,3 +130,21 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     if not dist.is_initialized():
         return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def sync_this_micro_step(world_size: int, micro: int, micro_steps: int) -> bool:
+    """Whether the backward of micro-step `micro` reduce-scatters gradients.
+
+    Across ranks, only the last micro-step of an optimizer step does: the others accumulate
+    unsharded gradients locally (in the fp32 reduce dtype), which saves micro_steps - 1
+    reduce-scatters per step at the price of one unsharded fp32 copy of the gradients per rank.
+    A single process has nothing to reduce and keeps the sharded, smaller accumulation.
+    """
+    return world_size == 1 or micro == micro_steps - 1
+
+
+def set_gradient_sync(model: nn.Module, enabled: bool) -> None:
+    """FSDP2's switch for the next backward; a no-op for an unsharded model."""
+    setter = getattr(model, "set_requires_gradient_sync", None)
+    if setter is not None:
+        setter(enabled)
