@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 MANAGED_BY = "alpaca-operator"
 PART_OF = "alpaca-operator"
@@ -25,21 +26,40 @@ SPEC_HASH_ANNOTATION = "alpaca.dev/spec-hash"
 
 # Labels and most names (Jobs, Services) must be DNS-1123 labels: 63 characters.
 MAX_LABEL = 63
+# Kubeflow's training operator names one Service per replica `<job>-<type>-<index>` (master-0,
+# worker-0 ... worker-510 for the 512 nodes a FineTune may ask for), and those are DNS-1035 labels.
+LONGEST_REPLICA_SUFFIX = len("-worker-510")
+MAX_PYTORCHJOB = MAX_LABEL - LONGEST_REPLICA_SUFFIX
 
 GENERATE = "generate"
 TRAIN = "train"
 SERVE = "serve"
 WORKLOAD = "workload"
 
+_DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+def is_dns_1035(name: str, max_length: int = MAX_LABEL) -> bool:
+    return len(name) <= max_length and bool(_DNS_1035.match(name))
+
 
 def child_name(parent: str, suffix: str, max_length: int = MAX_LABEL) -> str:
-    """`<parent>-<suffix>`, shortened with a digest of the full name when it would be too long."""
+    """`<parent>-<suffix>` when that is a DNS-1035 label that fits; else a stable, valid stand-in.
+
+    Every child kind accepts a DNS-1035 label (Services, Jobs, the training operator's job names
+    and per-replica Services), so every child gets one. A parent name that starts with a digit or
+    holds dots, or a name that would be too long, becomes `<suffix>-<cleaned parent>-<digest>`:
+    it starts with a letter, and the digest of the full parent name keeps names of different
+    parents apart.
+    """
     full = f"{parent}-{suffix}"
-    if len(full) <= max_length:
+    if is_dns_1035(full, max_length):
         return full
-    digest = hashlib.sha256(full.encode()).hexdigest()[:8]
+    digest = hashlib.sha256(parent.encode()).hexdigest()[:8]
+    cleaned = re.sub(r"[^a-z0-9-]+", "-", parent.lower()).strip("-")
     keep = max_length - len(suffix) - len(digest) - 2
-    return f"{parent[:keep].rstrip('-.')}-{digest}-{suffix}"
+    stem = cleaned[:keep].strip("-")
+    return f"{suffix}-{stem}-{digest}" if stem else f"{suffix}-{digest}"
 
 
 def labels(parent: str, component: str) -> dict[str, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import AfterValidator, ConfigDict, Field
 
 from .base import ApiModel, ObjectName, ShortStr, StatusModel, UriStr, cel
 
@@ -37,11 +37,35 @@ class ConfigMapKeyRef(ApiModel):
     )
 
 
+_INSIDE_MESSAGE = "must stay inside the volume: a relative path with no '..' segment"
+
+
+def _inside_the_volume(path: str) -> str:
+    if ".." in path.split("/"):
+        raise ValueError(_INSIDE_MESSAGE)
+    return path
+
+
+# A path inside a volume. The API server checks it with the CEL rule (admission), pydantic with the
+# validator (local mode, and anything built from a model): the same rule, the same message.
+VolumePath = Annotated[
+    str,
+    AfterValidator(_inside_the_volume),
+    Field(
+        max_length=1024,
+        pattern=r"^[^/].*$|^$",
+        json_schema_extra={"x-kubernetes-validations": [cel(
+            "!(self == '..' || self.startsWith('../') || self.endsWith('/..') || self.contains('/../'))", _INSIDE_MESSAGE,
+        )]},
+    ),
+]
+
+
 class PVCLocation(ApiModel):
     """A folder on a PersistentVolumeClaim."""
 
     claim_name: ObjectName = Field(description="Name of the PersistentVolumeClaim in the same namespace.")
-    sub_path: Annotated[str, Field(max_length=1024, pattern=r"^[^/].*$|^$")] = Field(
+    sub_path: VolumePath = Field(
         default="",
         description="Folder inside the volume (relative, no leading slash). Empty means the volume root.",
     )

@@ -20,6 +20,7 @@ from .common import (
     StatusBase,
     Storage,
     URI_PATTERN,
+    VolumePath,
 )
 from .resource import Resource
 
@@ -70,7 +71,7 @@ class PVCFile(ApiModel):
     """A file on a PersistentVolumeClaim."""
 
     claim_name: Annotated[str, Field(min_length=1, max_length=253)] = Field(description="Name of the claim.")
-    path: Annotated[str, Field(min_length=1, max_length=1024, pattern=r"^[^/].*$")] = Field(
+    path: Annotated[VolumePath, Field(min_length=1)] = Field(
         description="Path of the file inside the volume (relative)."
     )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..api.finetune import FineTuneSpec
 from ..api.workloads import TrainConfig
 from ..cost import budget_deadline_seconds, hourly_rate, tighter_deadline
-from ..naming import TRAIN, child_name, labels
+from ..naming import MAX_PYTORCHJOB, TRAIN, child_name, labels
 from ..settings import OperatorSettings
 from .common import (
     CONFIG_FILE,
@@ -28,7 +28,8 @@ CONTAINER_NAME = "pytorch"
 
 
 def job_name(parent: str) -> str:
-    return child_name(parent, TRAIN)
+    # Short enough that the training operator's per-replica Services (`<job>-worker-N`) still fit.
+    return child_name(parent, TRAIN, MAX_PYTORCHJOB)
 
 
 def config_map_name(parent: str) -> str:

@@ -221,4 +221,32 @@ def test_long_names_stay_valid_and_distinct() -> None:
     from alpaca_operator.naming import child_name
 
     a, b = child_name("x" * 80 + "a", "generate"), child_name("x" * 80 + "b", "generate")
-    assert len(a) <= 63 and len(b) <= 63 and a != b and a.endswith("-generate")
+    assert len(a) <= 63 and len(b) <= 63 and a != b and a.startswith("generate-")
+
+
+@pytest.mark.parametrize("parent", ["7b", "llama.v2", "a" * 63, "x" * 250 + ".y", "9", "alpaca-7b"])
+def test_every_child_name_is_a_dns_1035_label_that_fits(parent: str) -> None:
+    from alpaca_operator.builders import finetune, instructdataset, modelserver
+    from alpaca_operator.naming import LONGEST_REPLICA_SUFFIX, is_dns_1035
+
+    names = [
+        instructdataset.job_name(parent), instructdataset.config_map_name(parent),
+        modelserver.deployment_name(parent), modelserver.service_name(parent), modelserver.config_map_name(parent),
+        finetune.config_map_name(parent),
+    ]
+    for name in names:
+        assert is_dns_1035(name), name
+    job = finetune.job_name(parent)
+    # The training operator's Services for the last of 512 nodes still fit.
+    assert is_dns_1035(f"{job}-worker-510") and is_dns_1035(f"{job}-master-0")
+    assert len(job) + LONGEST_REPLICA_SUFFIX <= 63
+    # Stable: the same parent always gives the same name (a restarted operator finds its child).
+    assert finetune.job_name(parent) == job
+
+
+def test_names_of_different_parents_stay_apart() -> None:
+    from alpaca_operator.naming import child_name
+
+    assert child_name("llama.v2", "train") != child_name("llama-v2", "train")
+    assert child_name("7b", "train") != child_name("7c", "train")
+    assert child_name("alpaca-7b", "train") == "alpaca-7b-train"

@@ -54,3 +54,28 @@ def test_duplicate_names_are_rejected(tmp_path: Path) -> None:
     (tmp_path / "b.yaml").write_text(yaml.safe_dump(VALID["FineTune"]()))
     with pytest.raises(ManifestError, match="also defined in"):
         load([tmp_path])
+
+
+@pytest.mark.parametrize("sub_path", ["..", "../../etc", "data/../../etc", "data/.."])
+def test_a_sub_path_leaving_the_volume_is_refused_by_model_and_cel(sub_path: str) -> None:
+    from alpaca_operator.crd.cel import violations
+    from alpaca_operator.crd.generate import render_all
+
+    document = VALID["InstructDataset"]()
+    document["spec"]["output"] = {"pvc": {"claimName": "data", "subPath": sub_path}}
+    with pytest.raises(ManifestError, match=r"output\.pvc\.subPath: .*must stay inside the volume"):
+        parse("escape.yaml", document)
+    # The API server's rule, from the CRD this repo ships.
+    crd = yaml.safe_load(render_all()["alpaca.dev_instructdatasets.yaml"])
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    field = spec["properties"]["output"]["properties"]["pvc"]["properties"]["subPath"]
+    (broken,) = violations(field, sub_path, "spec.output.pvc.subPath")
+    assert "must stay inside the volume" in broken.message
+    assert not violations(field, "data/run-1", "spec.output.pvc.subPath")
+
+
+@pytest.mark.parametrize("sub_path", ["", "data", "a/..b/c", "runs/2026..01"])
+def test_sub_paths_inside_the_volume_pass(sub_path: str) -> None:
+    document = VALID["InstructDataset"]()
+    document["spec"]["output"] = {"pvc": {"claimName": "data", "subPath": sub_path}}
+    parse("inside.yaml", document)
