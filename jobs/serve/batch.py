@@ -8,8 +8,17 @@ uses any more are dropped so the cache stays as short as its longest row.
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 import torch
 from transformers import DynamicCache
+
+
+def cache_keyword(model: Any) -> str:
+    """The keyword a model's forward takes its key/value cache by: newer transformers renamed
+    `past_key_values` to `cache` and warn on the old name, older ones know only the old name."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _layers(cache: DynamicCache) -> list:

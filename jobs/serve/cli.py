@@ -22,7 +22,7 @@ from alpaca_operator.api.common import BuiltinModel, ModelSource
 from alpaca_operator.api.modelserver import Batching, ModelServerSpec, ServedModel
 from alpaca_operator.api.workloads import ResolvedModel, ServeConfig
 
-from . import logs
+from alpaca_jobs import logs
 
 log = logging.getLogger("alpaca_jobs.serve")
 BUILTINS = {m.value for m in BuiltinModel}

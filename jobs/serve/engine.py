@@ -101,6 +101,7 @@ class Engine:
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = next(iter(self.eos_ids), 0) if tokenizer.pad_token_id is None else tokenizer.pad_token_id
         self.device = next(model.parameters()).device
+        self._cache_keyword = batch.cache_keyword(model)
         self._waiting: collections.deque[_Sequence] = collections.deque()
         self._rows: list[_Sequence] = []
         self._cache: DynamicCache | None = None
@@ -197,9 +198,9 @@ class Engine:
             input_ids=input_ids.to(self.device),
             attention_mask=mask.to(self.device),
             position_ids=batch.positions(mask, input_ids.shape[1]).to(self.device),
-            past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
+            **{self._cache_keyword: cache},
         )
         return out.logits[:, -1, :]
 

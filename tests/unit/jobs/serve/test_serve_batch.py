@@ -18,14 +18,15 @@ def prefill(model, rows: list[list[int]]) -> tuple[DynamicCache, torch.Tensor, t
     ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
     cache = DynamicCache()
-    out = model(input_ids=ids, attention_mask=mask, position_ids=batch.positions(mask, width), past_key_values=cache)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=batch.positions(mask, width),
+                **{batch.cache_keyword(model): cache})
     return cache, mask, out.logits[:, -1]
 
 
 def decode(model, cache, mask, tokens: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
     out = model(input_ids=torch.tensor(tokens).unsqueeze(1), attention_mask=mask,
-                position_ids=batch.positions(mask, 1), past_key_values=cache)
+                position_ids=batch.positions(mask, 1), **{batch.cache_keyword(model): cache})
     return mask, out.logits[:, -1]
 
 
@@ -68,3 +69,15 @@ def test_merged_rows_decode_like_separate_rows_and_leave_cleanly() -> None:
 def test_positions_count_only_valid_tokens() -> None:
     mask = torch.tensor([[0, 0, 1, 1, 0, 1], [1, 1, 1, 1, 1, 1]])
     assert batch.positions(mask, 2).tolist() == [[1, 2], [4, 5]]
+
+
+@torch.no_grad()
+def test_cached_forward_uses_the_installed_transformers_api_without_warnings() -> None:
+    import warnings
+
+    model = tiny_model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a deprecated keyword would raise here
+        cache, mask, _ = prefill(model, [[5, 6, 7]])
+        decode(model, cache, mask, [3])
+    assert cache.get_seq_length() == 4
