@@ -3,7 +3,8 @@
 One function per kind computes every operator-owned status field and condition from the spec,
 the observed child and the resolved references; `diff` turns that into the smallest status patch
 (empty when nothing changed) and the transitions that become Events. Fields the workloads own
-(`progress`, an InstructDataset's `dataset`, a FineTune's `model`) are never in the patch.
+(`progress`, and `result`: what they produced, operator/api/results.py) are never in the patch;
+an InstructDataset's `dataset` and a FineTune's `model` mirror the result's artifact.
 """
 
 from __future__ import annotations
@@ -185,10 +186,13 @@ def dataset_status(
     if dependency is not None:
         out.conditions.append(dependency)
     phase, ready = _batch(child, _waiting(dependency))
-    progress = current.get("progress") or {}
-    cost = token_cost(int(progress.get("promptTokens") or 0), int(progress.get("completionTokens") or 0), pricing)
-    if cost == 0 and progress.get("costUSD"):
-        cost = float(progress["costUSD"])
+    # The final result, once written, is the workload's last word on tokens; progress until then.
+    usage = current.get("result") or current.get("progress") or {}
+    cost = token_cost(int(usage.get("promptTokens") or 0), int(usage.get("completionTokens") or 0), pricing)
+    if cost == 0 and usage.get("costUSD"):
+        cost = float(usage["costUSD"])
+    if (current.get("result") or {}).get("artifact"):
+        out.fields["dataset"] = current["result"]["artifact"]
     ledger = Ledger(0.0, float(current.get("teacherCostUSD") or 0.0), parse_time(current.get("accruedUntil")))
     if child is not None:
         finished = child.phase in (SUCCEEDED, FAILED)
@@ -282,6 +286,8 @@ def finetune_status(
     out.conditions.append(ready)
     if pinned is not None:
         out.fields["dataset"] = pinned
+    if (current.get("result") or {}).get("artifact"):
+        out.fields["model"] = current["result"]["artifact"]
     out.fields.update(phase=phase, gpuHours=round(ledger.hours, 6), costUSD=round_usd(ledger.usd), message=ready.message or None)
     if ledger.until is not None:
         out.fields["accruedUntil"] = stamp_time(ledger.until)

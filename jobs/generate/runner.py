@@ -20,6 +20,7 @@ from pathlib import Path
 from alpaca_operator.api.workloads import GenerateConfig
 from alpaca_jobs import storage
 from alpaca_jobs.report import StatusReporter
+from alpaca_jobs.results import add_to_manifest, dataset_result, report
 
 from .checkpoint import Journal, Record
 from .manifest import CHECKPOINT_FILE, DATASET_FILE, MANIFEST_FILE, Manifest, StopReason
@@ -318,8 +319,13 @@ class Run:
             dataset_sha256=storage.sha256_file(dataset),
             finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
-        self.output.write_text(MANIFEST_FILE, manifest.model_dump_json(by_alias=True, indent=2) + "\n")
+        manifest_file = self.output.write_text(MANIFEST_FILE, manifest.model_dump_json(by_alias=True, indent=2) + "\n")
+        result = None if stop in (StopReason.TEACHER_REJECTED, StopReason.TEACHER_UNAVAILABLE) else dataset_result(manifest, self.config.output, dataset)
+        if result is not None:
+            add_to_manifest(result, manifest_file)
         self.output.push()
+        if result is not None:
+            report(result, StatusReporter(self.config.status_target))
         return manifest
 
 

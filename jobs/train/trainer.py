@@ -15,6 +15,7 @@ import torch
 
 from alpaca_jobs import models as model_files
 from alpaca_jobs.report import StatusReporter
+from alpaca_jobs.results import add_to_manifest, model_result, report
 from alpaca_jobs.storage import is_remote, local_path, publish, sha256_file
 from alpaca_operator.api.finetune import FineTuneSpec, LoRA, Method, Precision, TrainingProgress
 from alpaca_operator.api.workloads import TrainConfig
@@ -225,9 +226,12 @@ def _train(config: TrainConfig, spec: FineTuneSpec, hp: Any, topology: distribut
             "prompts": {"withInput": PROMPT_WITH_INPUT, "noInput": PROMPT_NO_INPUT},
         }
         reporting.write_manifest(out, manifest)
+        result = model_result(manifest, config.output, out)
+        add_to_manifest(result, out / reporting.MANIFEST)
         if not options.keep_checkpoints:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
         publish(out, config.output)
+        report(result, reporter)
     distributed.barrier()
     return manifest
 

@@ -209,6 +209,7 @@ class Artifact(StatusModel):
     sha256: Annotated[str, Field(max_length=64, pattern=r"^[0-9a-f]{64}$")] | None = Field(
         default=None, description="sha256 of the artifact's content, for pinning by the resources that consume it."
     )
+    size_bytes: int | None = Field(default=None, ge=0, description="Size in bytes.")
 
 
 class StatusBase(StatusModel):

@@ -23,6 +23,7 @@ from .common import (
     VolumePath,
 )
 from .resource import Resource
+from .results import WorkloadResult
 
 
 class Method(str, Enum):
@@ -220,6 +221,9 @@ class FineTuneStatus(StatusBase):
     dataset: Artifact | None = Field(default=None, description="The dataset consumed, pinned by sha256.")
     model: Artifact | None = Field(default=None, description="The fine-tuned model.")
     gpu_hours: float | None = Field(default=None, ge=0, alias="gpuHours", description="GPU-hours used so far.")
+    result: WorkloadResult | None = Field(
+        default=None, description="What the workload produced, written by the workload when it succeeded."
+    )
     job_name: ShortStr | None = Field(default=None, description="The PyTorchJob.")
     start_time: Annotated[str, Field(max_length=64)] | None = Field(default=None, description="When training started.")
     completion_time: Annotated[str, Field(max_length=64)] | None = Field(default=None, description="When it finished.")

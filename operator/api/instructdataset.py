@@ -21,6 +21,7 @@ from .common import (
     URI_PATTERN,
 )
 from .resource import Resource
+from .results import WorkloadResult
 
 # The words Alpaca's generator drops instructions for: tasks a text model cannot do.
 DEFAULT_BLACKLIST: tuple[str, ...] = (
@@ -204,6 +205,9 @@ class InstructDatasetStatus(StatusBase):
     progress: GenerationProgress | None = Field(default=None, description="Live counts from the generation job.")
     dataset: Artifact | None = Field(default=None, description="The finished dataset.jsonl and its sha256.")
     job_name: ShortStr | None = Field(default=None, description="The generation Job.")
+    result: WorkloadResult | None = Field(
+        default=None, description="What the workload produced, written by the workload when it succeeded."
+    )
     teacher_cost_usd: USD | None = Field(
         default=None, alias="teacherCostUSD",
         description="An in-cluster teacher's GPU time while generation ran, in US dollars (part of costUSD).",

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..api.common import Artifact
+from ..api.results import RESULT_KEY, WorkloadResult
 from ..api.finetune import FineTuneSpec
 from ..api.instructdataset import InstructDatasetSpec
 from ..builders import finetune as build
@@ -43,9 +43,12 @@ def resolve_dataset(ctl: Controller, namespace: str, spec: FineTuneSpec) -> tupl
         return None, Desired(DATASET_READY, FALSE, "DatasetFailed", f"InstructDataset {ref.name!r} failed: {status.get('message') or ''}".rstrip(": "))
     if phase != "Succeeded":
         return None, Desired(DATASET_READY, FALSE, "Waiting", f"waiting for InstructDataset {ref.name!r} to succeed (phase {phase or 'unknown'})")
-    artifact = Artifact.model_validate(status["dataset"]) if status.get("dataset") else None
-    if source.sha256 and artifact and artifact.sha256 and artifact.sha256 != source.sha256:
-        return None, Desired(DATASET_READY, FALSE, "DigestMismatch", f"InstructDataset {ref.name!r} has sha256 {artifact.sha256}, the spec expects {source.sha256}")
+    result = status.get(RESULT_KEY)
+    if not result:
+        return None, Desired(DATASET_READY, FALSE, "WaitingForResult", f"InstructDataset {ref.name!r} succeeded; waiting for its workload's result (artifact and sha256)")
+    artifact = WorkloadResult.model_validate(result).artifact
+    if source.sha256 and artifact.sha256 != source.sha256:
+        return None, Desired(DATASET_READY, FALSE, "DigestMismatch", f"InstructDataset {ref.name!r} produced sha256 {artifact.sha256 or '(none)'}, the spec expects {source.sha256}; not training on it")
     upstream_spec = InstructDatasetSpec.model_validate(upstream.get("spec") or {})
     resolved = dataset_from_upstream(upstream_spec.output, artifact)
     digest = resolved.pinned.sha256 if resolved.pinned else None

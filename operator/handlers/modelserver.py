@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..api.common import Artifact
+from ..api.results import RESULT_KEY, WorkloadResult
 from ..api.finetune import FineTuneSpec
 from ..api.modelserver import ModelServerSpec
 from ..api.workloads import ResolvedModel
@@ -49,7 +49,9 @@ def resolve_model(
         return None, Mounts(), None, Desired(MODEL_READY, FALSE, "FineTuneFailed", f"FineTune {ref.name!r} failed")
     if phase != "Succeeded":
         return None, Mounts(), None, Desired(MODEL_READY, FALSE, "Waiting", f"waiting for FineTune {ref.name!r} to succeed (phase {phase or 'unknown'})")
-    artifact = Artifact.model_validate(status["model"]) if status.get("model") else None
+    if not status.get(RESULT_KEY):
+        return None, Mounts(), None, Desired(MODEL_READY, FALSE, "WaitingForResult", f"FineTune {ref.name!r} succeeded; waiting for its workload's result (model and sha256)")
+    artifact = WorkloadResult.model_validate(status[RESULT_KEY]).artifact
     resolved = model_from_upstream(FineTuneSpec.model_validate(upstream.get("spec") or {}).output, artifact)
     pinned = resolved.pinned.to_wire() if resolved.pinned else None
     return ResolvedModel(location=resolved.location), resolved.mounts, pinned, Desired(MODEL_READY, TRUE, "Pinned", f"serving the model of FineTune {ref.name!r}")

@@ -279,11 +279,19 @@ def test_progress_is_patched_onto_the_owning_resource(teacher: TeacherServer, tm
     )
     manifest = generate(config, options=RunOptions(retry=FAST_RETRIES, progress_bar=False, status_interval_s=3600))
     # Throttled: the first update, then only the final one (forced) within the interval.
-    assert len(api.patches) == 2
-    target, body = api.patches[-1]
+    progress_patches = [p for p in api.patches if "progress" in p[1]["status"]]
+    assert len(progress_patches) == 2
+    target, body = progress_patches[-1]
     assert target == ("alpaca.dev", "v1alpha1", "team-a", "instructdatasets", "demo")
     progress = GenerationProgress.model_validate(body["status"]["progress"])
     assert progress == manifest.progress()
+    # Then the result, last: the artifact and its sha256, as in manifest.json.
+    from alpaca_operator.api.results import WorkloadResult
+
+    _, last = api.patches[-1]
+    result = WorkloadResult.model_validate(last["status"]["result"])
+    assert result.artifact.sha256 == manifest.dataset_sha256 and result.records == manifest.kept
+    assert json.loads((tmp_path / "manifest.json").read_text())["result"] == last["status"]["result"]
 
 
 def test_an_unusable_output_folder_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
