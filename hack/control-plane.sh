@@ -32,7 +32,11 @@ fi
 for tool in "${wanted[@]}"; do
     case "${tool}" in
         etcd | kube-apiserver | kubectl | helm) ;;
-        *) log "unknown tool '${tool}' (known: etcd kube-apiserver kubectl helm)"; exit 2 ;;
+        # The node's components, for hack/cluster.sh: same module, same flags, so a warm Go
+        # build cache shares every package they have in common with kube-apiserver.
+        kube-controller-manager | kube-scheduler | kubelet | kube-proxy) ;;
+        *) log "unknown tool '${tool}' (known: etcd kube-apiserver kubectl helm" \
+            "kube-controller-manager kube-scheduler kubelet kube-proxy)"; exit 2 ;;
     esac
 done
 
@@ -70,11 +74,18 @@ go_version="$(go env GOVERSION)"
 
 # The readable versions name the folder; a short hash of the module files and the Go version
 # makes a change to any pin (or to the compiler) land in a fresh folder instead of reusing
-# stale binaries.
+# stale binaries. Only the modules built here count: hack/cluster.sh's own tool modules
+# (training operator, CoreDNS, ...) live beside them and must not move this folder.
+own_modules=(etcd helm kubernetes)
 files_hash="$(
     {
         printf '%s\n' "${go_version}"
-        cat "${tools_dir}"/*/go.mod "${tools_dir}"/*/go.sum "${tools_dir}"/*/*.go 2>/dev/null
+        for pattern in go.mod go.sum '*.go'; do
+            for mod_dir in "${own_modules[@]}"; do
+                # shellcheck disable=SC2086 # the pattern must glob
+                cat "${tools_dir}/${mod_dir}"/${pattern} 2>/dev/null || true
+            done
+        done
     } | sha256sum | cut -c1-12
 )"
 key="k8s-${k8s_version}_etcd-${etcd_version}_helm-${helm_version}_${go_version}_${files_hash}"
@@ -139,6 +150,8 @@ for tool in "${wanted[@]}"; do
         kube-apiserver) build kube-apiserver kubernetes k8s.io/kubernetes/cmd/kube-apiserver "${k8s_ldflags}" ;;
         kubectl) build kubectl kubernetes k8s.io/kubernetes/cmd/kubectl "${k8s_ldflags}" ;;
         helm) build helm helm helm.sh/helm/v3/cmd/helm "${helm_ldflags}" ;;
+        kube-controller-manager | kube-scheduler | kubelet | kube-proxy)
+            build "${tool}" kubernetes "k8s.io/kubernetes/cmd/${tool}" "${k8s_ldflags}" ;;
     esac
 done
 
