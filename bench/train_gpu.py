@@ -33,6 +33,7 @@ import os
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 import argparse  # noqa: E402
+import gc  # noqa: E402
 import json  # noqa: E402
 import socket  # noqa: E402
 import sys  # noqa: E402
@@ -167,7 +168,8 @@ def timed_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, steps:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", choices=sorted(SHAPES), default="7b")
-    parser.add_argument("--steps", type=int, default=3, help="timed optimizer steps per side (after one warm-up step)")
+    parser.add_argument("--steps", type=int, default=3, help="timed optimizer steps per side")
+    parser.add_argument("--warmup-steps", type=int, default=1, help="untimed optimizer steps first (allocator, kernels, compilation)")
     parser.add_argument("--global-batch", type=int, default=128)
     parser.add_argument("--micro-batch", type=int, default=4, help="examples per padded micro-batch (baseline)")
     parser.add_argument("--pack-micro-batch", type=int, help="packed rows hold this many x --max-length tokens "
@@ -204,7 +206,8 @@ def run(args: argparse.Namespace, sides: list[str], device_type: torch.device, n
     measured = matmul_tflops() if device.type == "cuda" else peak
     our_attn = check_packed_attention(attention.choose(device), device)
 
-    count = (args.steps + 1) * args.global_batch
+    warm = args.warmup_steps
+    count = (args.steps + warm) * args.global_batch
     examples = alpaca_shaped(count, args.vocab, args.max_length)
     per_step = [examples[s : s + args.global_batch] for s in range(0, count, args.global_batch)]
     mine = [step[rank::world] for step in per_step]  # each rank its share of every global batch
@@ -216,8 +219,8 @@ def run(args: argparse.Namespace, sides: list[str], device_type: torch.device, n
     attn_of = {"baseline": ("sdpa", "sdpa with padding mask"), "ours": (attention.choose(device), our_attn)}
 
     hidden, layers, *_ = SHAPES[args.size]
-    flops = sum(useful_flops(s, hidden, layers, args.vocab, 0) for s in per_step[1:])  # completed below, once dense is known
-    tokens = sum(len(e) for s in per_step[1:] for e in s)
+    flops = sum(useful_flops(s, hidden, layers, args.vocab, 0) for s in per_step[warm:])  # completed below, once dense is known
+    tokens = sum(len(e) for s in per_step[warm:] for e in s)
     results: dict[str, dict[str, object]] = {}
     dense = 0
     for side in sides:
@@ -229,14 +232,15 @@ def run(args: argparse.Namespace, sides: list[str], device_type: torch.device, n
             dense = sum(p.numel() for n, p in model.named_parameters() if "embed" not in n and "lm_head" not in n)
             fused = device.type == "cuda"
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=fused)
-            timed_steps(model, optimizer, batches[side][:1], side == "ours", device)  # warm-up: allocator, kernels, NCCL
-            seconds = timed_steps(model, optimizer, batches[side][1:], side == "ours", device)
+            timed_steps(model, optimizer, batches[side][:warm], side == "ours", device)
+            seconds = timed_steps(model, optimizer, batches[side][warm:], side == "ours", device)
         except torch.OutOfMemoryError as exc:
             print(f"{side}: out of GPU memory with the {args.size} shape ({exc}); try a smaller --size", file=sys.stderr)
             results[side] = {"error": "out of memory"}
             continue
         finally:
             del model, optimizer
+            gc.collect()  # FSDP's module state holds reference cycles: free the last side's GPU memory now
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         total = flops + 6 * dense * tokens

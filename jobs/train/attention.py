@@ -26,7 +26,7 @@ _registered = False
 
 
 @cache
-def _torch_varlen() -> tuple[Callable[..., torch.Tensor], dict[str, Any], frozenset[str]] | None:
+def _find_torch_varlen() -> tuple[Callable[..., torch.Tensor], dict[str, Any], frozenset[str]] | None:
     """PyTorch's varlen attention, the keyword that makes it causal, and the keywords it takes.
 
     The API is young and its causal switch moved between releases (`is_causal=True`, then
@@ -47,17 +47,18 @@ def _torch_varlen() -> tuple[Callable[..., torch.Tensor], dict[str, Any], frozen
 
 
 ALLOW_TORCH_VARLEN = True  # a switch for benchmarks and for checking one kernel against the other
+# Resolved once, outside any forward, so that torch.compile traces a constant rather than inspect.
+_TORCH_VARLEN = _find_torch_varlen()
 
 
 def torch_varlen_usable(query: torch.Tensor) -> bool:
-    return ALLOW_TORCH_VARLEN and query.is_cuda and query.dtype in (torch.bfloat16, torch.float16) and _torch_varlen() is not None
+    return ALLOW_TORCH_VARLEN and query.is_cuda and query.dtype in (torch.bfloat16, torch.float16) and _TORCH_VARLEN is not None
 
 
 def _varlen_gpu(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bounds: torch.Tensor,
                 longest: int, scaling: float | None) -> torch.Tensor:
-    found = _torch_varlen()
-    assert found is not None
-    varlen_attn, causal, takes = found
+    assert _TORCH_VARLEN is not None
+    varlen_attn, causal, takes = _TORCH_VARLEN
     # [1, heads, tokens, dim] -> [tokens, heads, dim]: the layout the varlen kernels take.
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))
     extra: dict[str, Any] = dict(causal)
