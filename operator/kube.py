@@ -38,6 +38,8 @@ def collection_path(api_version: str, plural: str, namespace: str | None) -> str
 
 
 WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# The one field manager of everything the operator applies.
+FIELD_MANAGER = "alpaca-operator"
 
 
 class NotLeader(RuntimeError):
@@ -142,6 +144,17 @@ class Cluster:
             item.setdefault("apiVersion", api_version)
             item.setdefault("kind", kind)
         return items
+
+    def apply(self, manifest: dict[str, Any], *, field_manager: str = FIELD_MANAGER) -> dict[str, Any]:
+        """Server-side apply: the object becomes exactly `manifest` in the fields this manager owns.
+
+        Keys the manifest no longer has (a nodeSelector entry, an affinity) are removed, because
+        this manager set them; fields other managers own are left alone. Creates when missing.
+        """
+        collection, name = self._object_path(manifest)
+        query = f"?fieldManager={field_manager}&force=true"
+        result: dict[str, Any] = self.call("PATCH", f"{collection}/{name}{query}", manifest, "application/apply-patch+yaml")
+        return result
 
     def merge_patch(self, manifest: dict[str, Any], patch: dict[str, Any]) -> None:
         collection, name = self._object_path(manifest)

@@ -92,3 +92,33 @@ def not_ours(owner: Body, kind: str, child: ChildState) -> Desired:
         f"a {kind} named {child.name!r} exists but belongs to another {owner['kind']} (uid {child.owner_uid}), "
         "probably a deleted one whose children are being garbage-collected; waiting for it to go",
     )
+
+
+def apply_owned(
+    ctl: Controller, owner: Body, manifests: list[Body], summarize: Callable[[dict[str, Any]], ChildState],
+    current: ChildState | None,
+) -> Ensured:
+    """Server-side apply the children (the last one is the primary), owned by `owner`'s UID.
+
+    Apply would take over an object of the same name, so the primary is looked at first (the
+    cache, else a GET): one that belongs to another UID is waited for, never adopted.
+    """
+    primary = manifests[-1]
+    if current is None:
+        existing = ctl.cluster.get(primary)
+        current = summarize(existing) if existing is not None else None
+    if current is not None and current.owner_uid != owner["metadata"]["uid"]:
+        return Ensured(None, not_ours(owner, primary["kind"], current))
+    meta = owner["metadata"]
+    reference = {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": meta["name"], "uid": meta["uid"],
+                 "controller": True, "blockOwnerDeletion": True}
+    applied: dict[str, Any] = {}
+    for manifest in manifests:
+        manifest["metadata"]["ownerReferences"] = [reference]
+        try:
+            applied = ctl.cluster.apply(manifest)
+        except ApiException as exc:
+            if exc.status in (400, 403, 422):
+                raise Refused(manifest, exc) from None
+            raise
+    return Ensured(summarize(applied))

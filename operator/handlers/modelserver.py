@@ -18,7 +18,7 @@ from ..conditions import FALSE, TRUE, Desired
 from ..controller import Body, Controller, Key, KindInfo
 from ..naming import SPEC_HASH_ANNOTATION
 from ..observe import FAILED, MODEL_READY, Computed, parse_time, server_accrual, server_status, summarize_deployment
-from .common import Refused, ensure_owned, invalid_spec, not_ours
+from .common import Refused, apply_owned, invalid_spec, not_ours
 
 KIND = "ModelServer"
 PLURAL = "modelservers"
@@ -82,10 +82,12 @@ def reconcile(ctl: Controller, key: Key, body: Body) -> None:
         except build.UnsupportedModel as exc:
             ctl.write_status(key, body, invalid_spec(exc))
             return
-        if child is None:
+        if child is None or child.spec_hash != deployment["metadata"]["annotations"][SPEC_HASH_ANNOTATION]:
+            # Replicas, resources, image, placement...: a server applies spec edits by rolling out,
+            # and server-side apply removes what the spec no longer asks for.
             ctl.ensure_workload_rbac(namespace)
             try:
-                ensured = ensure_owned(ctl, body, [config_map, service, deployment], summarize_deployment)
+                ensured = apply_owned(ctl, body, [config_map, service, deployment], summarize_deployment, child)
             except Refused as refused:
                 ctl.write_status(key, body, refused.computed(), now=now)
                 raise
@@ -93,10 +95,6 @@ def reconcile(ctl: Controller, key: Key, body: Body) -> None:
                 ctl.write_status(key, body, Computed(fields={"phase": "Pending"}, conditions=[ensured.foreign]), now=now)
                 return
             child = ensured.child
-        elif child.spec_hash != deployment["metadata"]["annotations"][SPEC_HASH_ANNOTATION]:
-            # Replicas, resources, image, batching...: a server applies spec edits by rolling out.
-            ctl.cluster.merge_patch(config_map, {"data": config_map["data"]})
-            ctl.cluster.merge_patch(deployment, {"metadata": {"annotations": deployment["metadata"]["annotations"]}, "spec": deployment["spec"]})
     computed = server_status(
         current=status,
         child=child,

@@ -92,7 +92,7 @@ The rules the operator needs in each namespace it works in: exactly what it call
 - apiGroups: [alpaca.dev]
   resources: [instructdatasets/status, finetunes/status, modelservers/status]
   verbs: [get, patch]
-# Children: created by name (409 = already there), read back after a restart, watched by label.
+# Children: created by name (409 is read back: ours only with our UID), watched by label.
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [create, get, list, watch]
@@ -100,7 +100,8 @@ The rules the operator needs in each namespace it works in: exactly what it call
 - apiGroups: [kubeflow.org]
   resources: [pytorchjobs]
   verbs: [create, get, list, watch, patch]
-# A ModelServer's spec edits roll its Deployment and config.
+# A ModelServer's Deployment, Service and config are server-side applied (patch; create when
+# missing, which the API server checks inside the same request).
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [create, get, list, watch, patch]
@@ -109,7 +110,7 @@ The rules the operator needs in each namespace it works in: exactly what it call
   verbs: [create, patch]
 - apiGroups: [""]
   resources: [services]
-  verbs: [create]
+  verbs: [create, patch]
 # The workload identity of each namespace: a ServiceAccount with a Role that may patch status only.
 - apiGroups: [""]
   resources: [serviceaccounts]

@@ -1,16 +1,30 @@
 """The chain dataset -> finetune -> modelserver -> a new dataset taught by that server; bad
-references; and an operator restarted mid-way."""
+references; and an operator restarted mid-way.
+
+The generation step is the real workload: `alpaca generate` runs as a process with the config the
+operator put in its ConfigMap, against a teacher over real HTTP, and reports its result onto the
+InstructDataset's status with the workload ServiceAccount's token, as its pod would.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import kubernetes.client
 
+from alpaca_jobs.report import StatusReporter
+from alpaca_operator.api.common import Artifact
+from alpaca_operator.api.results import WorkloadResult
+from alpaca_operator.api.workloads import StatusTarget
 from operator_helpers import condition, create, now_minus, status_of
 from support.cluster import wait_for
+from support.teacher import TeacherServer
 
-DIGEST = "a" * 64
 MODEL_DIGEST = "b" * 64
 
 
@@ -31,8 +45,23 @@ def _succeed_pytorchjob(custom, namespace: str, name: str) -> None:
     }})
 
 
-def test_full_chain(start_operator, custom, api_client, namespace: str) -> None:
+def _run_workload(control_plane, namespace: str, config_map: str, api_client, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """`alpaca generate --config` as the Job's pod would run it, with the workload ServiceAccount's token."""
+    config = kubernetes.client.CoreV1Api(api_client).read_namespaced_config_map(config_map, namespace).data["config.json"]
+    (tmp_path / "config.json").write_text(config)
+    token = control_plane.token_for_service_account(namespace, "alpaca-workload")
+    kubeconfig = control_plane.kubeconfig_for_token(token, tmp_path / "workload.kubeconfig")
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    return subprocess.run(
+        [sys.executable, "-m", "alpaca_operator.cli", "generate", "--config", str(tmp_path / "config.json")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+
+
+def test_full_chain(start_operator, control_plane, custom, api_client, namespace: str, tmp_path: Path) -> None:
     start_operator()
+    teacher = TeacherServer().start()
+    output = tmp_path / "data"
     # Declared all at once, in reverse order: each waits for what it needs.
     create(custom, namespace, "modelservers", "ModelServer", "teacher", {"model": {"fineTuneRef": {"name": "tuned"}}})
     create(custom, namespace, "finetunes", "FineTune", "tuned", {
@@ -40,38 +69,55 @@ def test_full_chain(start_operator, custom, api_client, namespace: str) -> None:
         "output": {"pvc": {"claimName": "models", "subPath": "tuned"}},
     })
     create(custom, namespace, "instructdatasets", "InstructDataset", "data", {
-        "teacher": {"baseURL": "https://api.example.com/v1", "model": "gpt-teacher"},
-        "output": {"pvc": {"claimName": "datasets", "subPath": "data"}},
+        "teacher": {"baseURL": teacher.base_url, "model": "gpt-teacher", "maxConcurrency": 4},
+        "generation": {"numExamples": 30},
+        "output": {"uri": output.as_uri()},
     })
 
     # (Reconciled before the others arrived, they say NotFound first: what matters is they wait.)
     wait_for(lambda: (condition(status_of(custom, namespace, "finetunes", "tuned"), "DatasetReady") or {}).get("reason") == "Waiting", what="FineTune waiting")
     wait_for(lambda: (condition(status_of(custom, namespace, "modelservers", "teacher"), "ModelReady") or {}).get("reason") == "Waiting", what="ModelServer waiting")
 
-    # The generation workload reports its dataset, then its Job completes.
+    # The generation workload runs for real and reports its result; then its Job completes.
     wait_for(lambda: kubernetes.client.BatchV1Api(api_client).read_namespaced_job("data-generate", namespace), what="the Job")
-    custom.patch_namespaced_custom_object_status("alpaca.dev", "v1alpha1", namespace, "instructdatasets", "data",
-        {"status": {"dataset": {"uri": "/var/lib/alpaca/output/dataset.jsonl", "sha256": DIGEST}}})
+    try:
+        run = _run_workload(control_plane, namespace, "data-generate-config", api_client, tmp_path)
+    finally:
+        teacher.stop()
+    assert run.returncode == 0, run.stderr[-2000:]
+    digest = hashlib.sha256((output / "dataset.jsonl").read_bytes()).hexdigest()
+    reported = status_of(custom, namespace, "instructdatasets", "data")["result"]
+    assert reported["artifact"] == {"uri": f"{output.as_uri()}/dataset.jsonl", "sha256": digest, "sizeBytes": (output / "dataset.jsonl").stat().st_size}
+    assert reported["records"] == 30
+    assert json.loads((output / "manifest.json").read_text())["result"] == reported
     _complete_job(api_client, namespace, "data-generate")
+    finished = wait_for(lambda: (s := status_of(custom, namespace, "instructdatasets", "data")).get("phase") == "Succeeded" and s, what="Succeeded")
+    # Cost from the tokens the workload reported, at the operator's price for the model.
+    assert finished["costUSD"] == round((reported["promptTokens"] * 1.0 + reported["completionTokens"] * 2.0) / 1e6, 4)
+    assert finished["dataset"]["sha256"] == digest
 
     job = wait_for(lambda: custom.get_namespaced_custom_object("kubeflow.org", "v1", namespace, "pytorchjobs", "tuned-train"), what="the PyTorchJob")
     pod = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
-    dataset_volume = next(v for v in pod["volumes"] if v["name"] == "dataset")
-    assert dataset_volume["persistentVolumeClaim"]["claimName"] == "datasets"
+    assert not any(v["name"] == "dataset" for v in pod["volumes"]), "an object-store dataset is read by URI"
     config = json.loads(kubernetes.client.CoreV1Api(api_client).read_namespaced_config_map("tuned-train-config", namespace).data["config.json"])
-    assert config["dataset"] == "/var/lib/alpaca/dataset/dataset.jsonl"
-    assert config["datasetSha256"] == DIGEST
+    assert config["dataset"] == f"{output.as_uri()}/dataset.jsonl"
+    assert config["datasetSha256"] == digest
     pinned = wait_for(lambda: status_of(custom, namespace, "finetunes", "tuned").get("dataset"), what="the pinned dataset")
-    assert pinned["sha256"] == DIGEST
+    assert pinned["sha256"] == digest
 
-    custom.patch_namespaced_custom_object_status("alpaca.dev", "v1alpha1", namespace, "finetunes", "tuned",
-        {"status": {"model": {"uri": "/var/lib/alpaca/output/model", "sha256": MODEL_DIGEST}}})
+    # The training workload's report, through the same reporter and identity as in its pod.
+    os.environ["KUBECONFIG"] = str(tmp_path / "workload.kubeconfig")
+    try:
+        StatusReporter(StatusTarget(plural="finetunes", namespace=namespace, name="tuned")).report_result(WorkloadResult(
+            artifact=Artifact(uri="/var/lib/alpaca/output", sha256=MODEL_DIGEST), size_bytes=1, finished_at=now_minus(0)))
+    finally:
+        del os.environ["KUBECONFIG"]
     _succeed_pytorchjob(custom, namespace, "tuned-train")
 
     apps = kubernetes.client.AppsV1Api(api_client)
     deployment = wait_for(lambda: apps.read_namespaced_deployment("teacher-serve", namespace), what="the Deployment")
     serve_config = json.loads(kubernetes.client.CoreV1Api(api_client).read_namespaced_config_map("teacher-serve-config", namespace).data["config.json"])
-    assert serve_config["model"]["location"] == "/var/lib/alpaca/model/model"
+    assert serve_config["model"]["location"] == "/var/lib/alpaca/model"
     assert any(v.persistent_volume_claim and v.persistent_volume_claim.claim_name == "models" for v in deployment.spec.template.spec.volumes)
     assert status_of(custom, namespace, "modelservers", "teacher")["model"]["sha256"] == MODEL_DIGEST
 

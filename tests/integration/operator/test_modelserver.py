@@ -58,3 +58,23 @@ def test_vllm_runtime(start_operator, custom, api_client, namespace: str) -> Non
     assert container.command[container.command.index("--tensor-parallel-size") + 1] == "4"
     assert container.readiness_probe.http_get.path == "/health"
     assert container.resources.limits["nvidia.com/gpu"] == "4"
+
+
+def test_keys_removed_from_the_spec_are_removed_from_the_deployment(start_operator, custom, api_client, namespace: str) -> None:
+    start_operator()
+    create(custom, namespace, "modelservers", "ModelServer", "placed", {
+        **SPEC, "placement": {"nodeSelector": {"pool": "cpu", "zone": "a"}},
+    })
+    apps = kubernetes.client.AppsV1Api(api_client)
+    first = wait_for(lambda: apps.read_namespaced_deployment("placed-serve", namespace), what="the Deployment")
+    assert first.spec.template.spec.node_selector == {"pool": "cpu", "zone": "a"}
+    # Someone else's field on the same object is left alone.
+    apps.patch_namespaced_deployment("placed-serve", namespace, {"metadata": {"labels": {"team": "search"}}})
+
+    custom.patch_namespaced_custom_object("alpaca.dev", "v1alpha1", namespace, "modelservers", "placed",
+                                          {"spec": {"placement": {"nodeSelector": {"zone": None}}}})
+    updated = wait_for(lambda: (d := apps.read_namespaced_deployment("placed-serve", namespace)).spec.template.spec.node_selector == {"pool": "cpu"} and d,
+                       what="the removed key gone")
+    assert updated.metadata.labels["team"] == "search"
+    managers = {(f.manager, f.operation) for f in updated.metadata.managed_fields}
+    assert ("alpaca-operator", "Apply") in managers
