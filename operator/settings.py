@@ -59,6 +59,18 @@ class LeaderElection(ApiModel):
         return self
 
 
+class TeacherHosts(ApiModel):
+    """Where an InstructDataset may send its teacher API key (operator/teacher_hosts.py)."""
+
+    allowed: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(
+        default_factory=list,
+        description="Host patterns (fnmatch, e.g. api.openai.com, *.example.com); empty allows any host but the ones below.",
+    )
+    allow_link_local: bool = Field(
+        default=False, description="Allow link-local and cloud metadata addresses (169.254.0.0/16, fe80::/10, metadata.google.internal).",
+    )
+
+
 class OperatorSettings(ApiModel):
     images: Images = Field(default_factory=Images)
     namespaces: list[str] = Field(
@@ -93,6 +105,7 @@ class OperatorSettings(ApiModel):
     )
     workers: int = Field(default=16, ge=1, le=256, description="Threads running the synchronous handlers.")
     leader_election: LeaderElection = Field(default_factory=LeaderElection)
+    teacher_hosts: TeacherHosts = Field(default_factory=TeacherHosts)
 
     def gpu_price(self, gpu_type: str) -> float | None:
         return self.gpu_hour_usd.get(gpu_type)

@@ -133,6 +133,22 @@ def placement(spec: Placement | None, pool: GPUPool | None) -> Manifest:
     return out
 
 
+# The UID and GID the workload images run as (images/*/Dockerfile: USER 10001:10001).
+WORKLOAD_UID = 10001
+
+
+def pod_security() -> Manifest:
+    """Non-root, with the volumes' group set to the workload's so it can write a fresh PVC."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": WORKLOAD_UID,
+        "runAsGroup": WORKLOAD_UID,
+        "fsGroup": WORKLOAD_UID,
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
 def container_security() -> Manifest:
     return {
         "allowPrivilegeEscalation": False,

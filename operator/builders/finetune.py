@@ -15,6 +15,7 @@ from .common import (
     config_map,
     config_mounts,
     container_security,
+    pod_security,
     output_location,
     placement,
     shm_mount,
@@ -98,6 +99,7 @@ def build(parent: Parent, spec: FineTuneSpec, settings: OperatorSettings, datase
     pod_labels = labels(parent.name, TRAIN)
     pod_spec: Manifest = {
         "serviceAccountName": settings.workload_service_account,
+        "securityContext": pod_security(),
         "containers": [container],
         "volumes": mounts.volumes,
         # GPU-pool defaults apply to GPU pods only: a CPU run must not land on (or wait for) GPU nodes.

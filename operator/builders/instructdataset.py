@@ -20,6 +20,7 @@ from .common import (
     config_map,
     config_mounts,
     container_security,
+    pod_security,
     output_location,
     secret_env,
     stamp,
@@ -126,6 +127,7 @@ def build(
                 "metadata": {"labels": dict(pod_labels)},
                 "spec": {
                     "serviceAccountName": settings.workload_service_account,
+                    "securityContext": pod_security(),
                     "restartPolicy": "Never",
                     "containers": [container],
                     "volumes": all_mounts.volumes,

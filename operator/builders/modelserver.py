@@ -17,6 +17,7 @@ from .common import (
     config_map,
     config_mounts,
     container_security,
+    pod_security,
     placement,
     secret_env,
     shm_mount,
@@ -144,6 +145,9 @@ def build(
                 "metadata": {"labels": dict(pod_labels), "annotations": {CONFIG_HASH_ANNOTATION: config_digest}},
                 "spec": {
                     "serviceAccountName": settings.workload_service_account,
+                    "securityContext": pod_security(),
+                    # A server reports nothing to the API: no token in its pods (only generation and training report).
+                    "automountServiceAccountToken": False,
                     "containers": [container],
                     "volumes": mounts.volumes,
                     **placement(spec.placement, settings.gpu_pools.get(spec.gpu_type) if gpus > 0 else None),

@@ -18,10 +18,10 @@ BLOCKED = "Blocked"
 _INVALID = frozenset({400, 422})
 
 
-def invalid_spec(error: Exception) -> Computed:
+def invalid_spec(error: Exception, reason: str = "InvalidSpec") -> Computed:
     """A spec the operator cannot act on: Failed with the reason, never retried until it changes."""
     message = str(error).replace("\n", " ")[:1000]
-    return Computed(fields={"phase": FAILED, "message": message}, conditions=[Desired(READY, FALSE, "InvalidSpec", message)])
+    return Computed(fields={"phase": FAILED, "message": message}, conditions=[Desired(READY, FALSE, reason, message)])
 
 
 class Refused(Exception):

@@ -15,6 +15,7 @@ from ..builders.modelserver import replica_rate
 from ..api.modelserver import ModelServerSpec
 from ..api.common import SecretKeyRef
 from ..conditions import FALSE, TRUE, Desired
+from ..teacher_hosts import refusal
 from ..controller import Body, Controller, Key, KindInfo, cost_clock
 from ..observe import PENDING, TEACHER_READY, Computed, dataset_status, kept, summarize_job, terminal
 from .common import Refused, ensure_owned, invalid_spec, not_ours
@@ -80,6 +81,11 @@ def reconcile(ctl: Controller, key: Key, body: Body) -> None:
         except build.TeacherUnresolved as exc:
             ctl.write_status(key, body, invalid_spec(exc))
             return
+        if teacher is not None and teacher.api_key is not None and child is None and spec.teacher.model_server_ref is None:
+            hosts = ctl.settings.teacher_hosts
+            if (why := refusal(teacher.url, allowed=hosts.allowed, allow_link_local=hosts.allow_link_local)) is not None:
+                ctl.write_status(key, body, invalid_spec(ValueError(why), reason="TeacherHostRefused"))
+                return
         if teacher is not None:
             pricing = teacher.pricing
         if child is None and teacher is not None:

@@ -71,6 +71,7 @@ The `settings` passthrough comes first so that the fields the chart owns always 
     "gpuPools" .Values.gpuPools
     "workloadServiceAccount" .Values.workloads.serviceAccountName
     "metricsPort" (ternary (int .Values.metrics.port) 0 .Values.metrics.enabled)
+    "teacherHosts" (dict "allowed" .Values.teacherHosts.allowed "allowLinkLocal" .Values.teacherHosts.allowLinkLocal)
     "leaderElection" (dict
       "leaseDurationSeconds" .Values.leaderElection.leaseDurationSeconds
       "renewDeadlineSeconds" .Values.leaderElection.renewDeadlineSeconds

@@ -92,3 +92,14 @@ def test_spec_edit_after_start_is_reported_not_applied(start_operator, custom, a
     assert condition(status, "SpecApplied")["reason"] == "ChangeNotApplied"
     config = json.loads(kubernetes.client.CoreV1Api(api_client).read_namespaced_config_map("edited-generate-config", namespace).data["config.json"])
     assert config["spec"]["generation"]["numExamples"] == 100
+
+
+def test_a_key_is_never_sent_to_a_metadata_address(start_operator, custom, api_client: kubernetes.client.ApiClient, namespace: str) -> None:
+    start_operator()
+    create(custom, namespace, "instructdatasets", "InstructDataset", "exfil", {
+        **SPEC, "teacher": {**SPEC["teacher"], "baseURL": "http://169.254.169.254/latest/v1"},
+    })
+    failed = wait_for(lambda: (s := status_of(custom, namespace, "instructdatasets", "exfil")).get("phase") == "Failed" and s, what="Failed")
+    assert condition(failed, "Ready")["reason"] == "TeacherHostRefused"
+    assert "link-local" in condition(failed, "Ready")["message"]
+    assert not kubernetes.client.BatchV1Api(api_client).list_namespaced_job(namespace).items

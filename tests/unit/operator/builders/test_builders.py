@@ -250,3 +250,27 @@ def test_names_of_different_parents_stay_apart() -> None:
     assert child_name("llama.v2", "train") != child_name("llama-v2", "train")
     assert child_name("7b", "train") != child_name("7c", "train")
     assert child_name("alpaca-7b", "train") == "alpaca-7b-train"
+
+
+def test_workload_pods_run_non_root_and_can_write_their_volumes() -> None:
+    _, job = build_dataset()
+    _, tune = build_tune()
+    _, deployment, _ = build_server()
+    pods = [job["spec"]["template"]["spec"], tune["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"],
+            deployment["spec"]["template"]["spec"]]
+    for pod in pods:
+        security = pod["securityContext"]
+        assert security["runAsNonRoot"] is True and security["runAsUser"] != 0
+        # A fresh PVC is root-owned: fsGroup gives the workload's group write access to it.
+        assert security["fsGroup"] == security["runAsGroup"]
+        for container in pod["containers"]:
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def test_only_the_reporting_workloads_get_a_service_account_token() -> None:
+    _, job = build_dataset()
+    _, tune = build_tune()
+    _, deployment, _ = build_server()
+    assert deployment["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    assert "automountServiceAccountToken" not in job["spec"]["template"]["spec"]
+    assert "automountServiceAccountToken" not in tune["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
