@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..api.base import ApiModel
-from ..api.common import ComputeResources, Placement, PVCLocation, Storage
-from ..api.workloads import StatusTarget
+from ..api.common import ComputeResources, ModelSource, Placement, PVCLocation, SecretKeyRef, Storage
+from ..api.workloads import ResolvedModel, StatusTarget
 from ..naming import GENERATION_ANNOTATION, SPEC_HASH_ANNOTATION, labels, spec_hash
 from ..settings import GPUPool
 
@@ -38,6 +39,24 @@ class Parent:
 
     def status_target(self) -> StatusTarget:
         return StatusTarget(plural=self.plural, namespace=self.namespace, name=self.name)
+
+
+@dataclass(frozen=True)
+class Where:
+    """What differs between the cluster and local mode, and nothing else: how a workload reaches
+    storage, secrets and seed tasks, and whether it reports to a resource. Every workload config
+    is built by one function per kind (below and in the per-kind builders) given one of these.
+    """
+
+    output: Callable[[Storage], str]
+    model: Callable[[ModelSource], ResolvedModel]
+    # (the Secret key, the env var the cluster's pod spec uses) -> the env var the workload reads
+    secret_env: Callable[[SecretKeyRef, str], str]
+    # a seed-task URI -> what the workload opens; a ConfigMap key -> its mounted file (None: refused)
+    seeds_uri: Callable[[str], str]
+    seeds_config_map: str | None
+    reports: bool
+    host: str = "0.0.0.0"
 
 
 @dataclass
@@ -172,3 +191,21 @@ def shm_mount(size: str | None) -> Mounts:
     if size:
         empty_dir["sizeLimit"] = size
     return Mounts([{"name": "dshm", "emptyDir": empty_dir}], [{"name": "dshm", "mountPath": "/dev/shm"}])
+
+
+def _cluster_model(source: ModelSource) -> ResolvedModel:
+    from .inputs import model_source
+
+    return model_source(source)[0]
+
+
+# In a pod: PVCs are mounted at fixed paths, a Secret key arrives in the pod spec's env var, seed
+# tasks from a ConfigMap are a mounted file, and the workload reports to its resource.
+IN_CLUSTER = Where(
+    output=lambda storage: output_location(storage)[0],
+    model=_cluster_model,
+    secret_env=lambda _ref, env: env,
+    seeds_uri=lambda uri: uri,
+    seeds_config_map=f"{SEEDS_DIR}/seed_tasks.jsonl",
+    reports=True,
+)

@@ -9,8 +9,10 @@ from ..naming import MAX_PYTORCHJOB, TRAIN, child_name, labels
 from ..settings import OperatorSettings
 from .common import (
     CONFIG_FILE,
+    IN_CLUSTER,
     Manifest,
     Parent,
+    Where,
     compute_resources,
     config_map,
     config_mounts,
@@ -59,24 +61,24 @@ def budget_is_the_deadline(spec: FineTuneSpec, settings: OperatorSettings) -> bo
     return from_budget is not None and (limit is None or from_budget <= limit)
 
 
-def train_config(parent: Parent, spec: FineTuneSpec, dataset: Input, output: str) -> TrainConfig:
-    model, _ = model_source(spec.base_model)
+def train_config(parent: Parent, spec: FineTuneSpec, dataset: Input, where: Where = IN_CLUSTER) -> TrainConfig:
+    """The one derivation of a training workload's config, for the cluster and for local mode."""
     return TrainConfig(
         name=parent.name,
         spec=spec,
         dataset=dataset.location,
         dataset_sha256=dataset.pinned.sha256 if dataset.pinned else None,
-        base_model=model,
-        output=output,
-        status_target=parent.status_target(),
+        base_model=where.model(spec.base_model),
+        output=where.output(spec.output),
+        status_target=parent.status_target() if where.reports else None,
     )
 
 
 def build(parent: Parent, spec: FineTuneSpec, settings: OperatorSettings, dataset: Input) -> tuple[Manifest, Manifest]:
     """(ConfigMap, PyTorchJob) for one FineTune whose dataset is resolved."""
-    output, output_mounts = output_location(spec.output)
+    _, output_mounts = output_location(spec.output)
     cm_name = config_map_name(parent.name)
-    cm = config_map(parent, cm_name, TRAIN, train_config(parent, spec, dataset, output))
+    cm = config_map(parent, cm_name, TRAIN, train_config(parent, spec, dataset))
 
     mounts = config_mounts(cm_name)
     mounts.extend(output_mounts)

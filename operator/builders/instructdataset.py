@@ -11,11 +11,13 @@ from ..naming import GENERATE, child_name, labels
 from ..settings import OperatorSettings
 from .common import (
     CONFIG_FILE,
+    IN_CLUSTER,
     SEEDS_DIR,
     TEACHER_API_KEY_ENV,
     Manifest,
     Mounts,
     Parent,
+    Where,
     compute_resources,
     config_map,
     config_mounts,
@@ -64,22 +66,25 @@ def resolve_teacher(spec: InstructDatasetSpec, settings: OperatorSettings, serve
     return ResolvedTeacher(teacher.base_url, teacher.model, pricing, teacher.api_key_secret_ref)
 
 
-def generate_config(parent: Parent, spec: InstructDatasetSpec, teacher: ResolvedTeacher, output: str) -> GenerateConfig:
+def generate_config(parent: Parent, spec: InstructDatasetSpec, teacher: ResolvedTeacher, where: Where = IN_CLUSTER) -> GenerateConfig:
+    """The one derivation of a generation workload's config, for the cluster and for local mode."""
     seeds: str | None = None
     if spec.seed_tasks.config_map_ref is not None:
-        seeds = f"{SEEDS_DIR}/{SEEDS_FILE}"
+        seeds = where.seeds_config_map
+        if seeds is None:
+            raise TeacherUnresolved("seedTasks.configMapRef: ConfigMaps exist only in a cluster; use seedTasks.uri (file://...) locally")
     elif spec.seed_tasks.uri is not None:
-        seeds = spec.seed_tasks.uri
+        seeds = where.seeds_uri(spec.seed_tasks.uri)
     return GenerateConfig(
         name=parent.name,
         spec=spec,
-        output=output,
+        output=where.output(spec.output),
         teacher_url=teacher.url,
         teacher_model=teacher.model,
-        api_key_env=TEACHER_API_KEY_ENV if teacher.api_key is not None else None,
+        api_key_env=where.secret_env(teacher.api_key, TEACHER_API_KEY_ENV) if teacher.api_key is not None else None,
         pricing=teacher.pricing,
         seed_tasks=seeds,
-        status_target=parent.status_target(),
+        status_target=parent.status_target() if where.reports else None,
     )
 
 
@@ -87,9 +92,9 @@ def build(
     parent: Parent, spec: InstructDatasetSpec, settings: OperatorSettings, teacher: ResolvedTeacher
 ) -> tuple[Manifest, Manifest]:
     """(ConfigMap, Job) for one InstructDataset."""
-    output, mounts = output_location(spec.output)
+    _, mounts = output_location(spec.output)
     cm_name = config_map_name(parent.name)
-    cm = config_map(parent, cm_name, GENERATE, generate_config(parent, spec, teacher, output))
+    cm = config_map(parent, cm_name, GENERATE, generate_config(parent, spec, teacher))
 
     all_mounts = config_mounts(cm_name)
     all_mounts.extend(mounts)

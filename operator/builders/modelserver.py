@@ -9,10 +9,12 @@ from ..naming import SERVE, child_name, labels, selector, spec_hash
 from ..settings import OperatorSettings
 from .common import (
     CONFIG_FILE,
+    IN_CLUSTER,
     SERVER_API_KEY_ENV,
     Manifest,
     Mounts,
     Parent,
+    Where,
     compute_resources,
     config_map,
     config_mounts,
@@ -64,6 +66,15 @@ def replica_rate(spec: ModelServerSpec, settings: OperatorSettings) -> float:
     return hourly_rate(spec.gpus_per_replica, gpu_price(spec, settings), spec.replica_hour_usd)
 
 
+def serve_config(parent: Parent, spec: ModelServerSpec, model: ResolvedModel, where: Where = IN_CLUSTER, port: int = PORT) -> ServeConfig:
+    """The one derivation of a server's config, for the cluster and for local mode."""
+    key_ref = spec.auth.api_key_secret_ref if spec.auth else None
+    return ServeConfig(
+        name=parent.name, spec=spec, model=model, served_model_name=served_model_name(parent.name, spec),
+        host=where.host, port=port, api_key_env=where.secret_env(key_ref, SERVER_API_KEY_ENV) if key_ref else None,
+    )
+
+
 def _vllm_command(spec: ModelServerSpec, model: ResolvedModel, name: str) -> list[str]:
     if model.location is None:
         raise UnsupportedModel("model: runtime vllm needs a model folder (pvc or uri), not a builtin model")
@@ -89,11 +100,7 @@ def build(
     name = served_model_name(parent.name, spec)
     cm_name = config_map_name(parent.name)
     key_ref = spec.auth.api_key_secret_ref if spec.auth else None
-    config = ServeConfig(
-        name=parent.name, spec=spec, model=model, served_model_name=name, port=PORT,
-        api_key_env=SERVER_API_KEY_ENV if key_ref else None,
-    )
-    cm = config_map(parent, cm_name, SERVE, config)
+    cm = config_map(parent, cm_name, SERVE, serve_config(parent, spec, model))
 
     mounts = Mounts()
     mounts.extend(model_mounts)

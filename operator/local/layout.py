@@ -29,7 +29,7 @@ class Layout:
 
     def model(self, source: ModelSource) -> ResolvedModel:
         if source.builtin is not None:
-            return ResolvedModel(builtin=source.builtin.value)
+            return ResolvedModel(builtin=source.builtin.value, gguf_file=source.gguf_file)
         location = self.location(Storage(pvc=source.pvc, uri=source.uri))
         return ResolvedModel(location=location, gguf_file=source.gguf_file)
 

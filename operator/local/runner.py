@@ -25,7 +25,8 @@ from typing import IO, Any
 from ..api import FineTuneSpec, InstructDatasetSpec
 from ..api.workloads import MANIFEST_FILE
 from ..manifests import Manifest
-from .configs import Outputs, generate_config, serve_config, train_config
+from ..api.results import RESULT_KEY, WorkloadResult
+from .inputs import Outputs, generate_config, serve_config, train_config
 from .layout import Layout
 from .plan import Step
 from .state import StepRecords, fingerprint
@@ -214,9 +215,10 @@ class LocalRunner:
                 self.stop_server(step.key)
                 raise StepFailed(step, f"not ready after {ready_timeout_s:.0f}s", log_path)
             time.sleep(0.5)
+        auth = config.spec.auth.api_key_secret_ref if config.spec.auth else None
         outputs = Outputs(
             location=config.model.location, url=f"{base}/v1", served_model_name=config.served_model_name,
-            summary={"page": f"{base}/"},
+            summary={"page": f"{base}/"}, api_key_secret=[auth.name, auth.key] if auth else None,
         )
         self.outputs[step.key] = outputs
         self.say(f"    ready: {base}/ (chat page), {base}/v1 (OpenAI API)")
@@ -293,7 +295,9 @@ def _read_outputs(manifest: Manifest, location: str) -> Outputs:
     manifest_file = folder / MANIFEST_FILE
     if manifest_file.exists():
         summary = json.loads(manifest_file.read_text())
+    # The results contract (operator/api/results.py), as the operator reads it from status.
+    result = WorkloadResult.model_validate(summary[RESULT_KEY]) if summary.get(RESULT_KEY) else None
+    digest = result.artifact.sha256 if result is not None else None
     if isinstance(manifest.resource.spec, InstructDatasetSpec):
-        return Outputs(location=location, sha256=summary.get("datasetSha256"), summary=summary)
-    model = summary.get("model") or {}
-    return Outputs(location=location, sha256=model.get("sha256"), summary=summary | {"modelPath": location})
+        return Outputs(location=location, sha256=digest, summary=summary)
+    return Outputs(location=location, sha256=digest, summary=summary | {"modelPath": location})

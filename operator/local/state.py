@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from .configs import Outputs
+from .inputs import Outputs
 
 
 def fingerprint(kind: str, spec_wire: dict[str, Any], upstream_digests: list[str | None]) -> str:

@@ -8,7 +8,7 @@ import pytest
 from support.manifests import VALID
 
 from alpaca_operator.api.workloads import GenerateConfig, TrainConfig
-from alpaca_operator.local.configs import Outputs, generate_config, serve_config, train_config
+from alpaca_operator.local.inputs import Outputs, generate_config, serve_config, train_config
 from alpaca_operator.local.layout import Layout, secret_env_var
 from alpaca_operator.local.state import fingerprint
 from alpaca_operator.manifests import ManifestError, parse

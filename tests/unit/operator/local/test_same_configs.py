@@ -1,0 +1,72 @@
+"""Local mode and the operator hand the workloads the same configs for examples/quickstart/.
+
+Both call the builders' one function per kind; they differ only in what an applier answers (where
+storage is, which env var holds a key, whether to report status, the listen address). The test
+builds the operator's ConfigMaps and local mode's config files for the same manifests and checks
+that, with exactly those answers swapped in, they are equal field for field.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from alpaca_operator.api.common import Artifact
+from alpaca_operator.api.workloads import GenerateConfig, ServeConfig, TrainConfig
+from alpaca_operator.builders import finetune, instructdataset, modelserver
+from alpaca_operator.builders.common import Parent
+from alpaca_operator.builders.inputs import TeacherServer, dataset_from_upstream, model_from_upstream, model_source
+from alpaca_operator.local.inputs import Outputs, generate_config, serve_config, train_config
+from alpaca_operator.local.layout import Layout
+from alpaca_operator.manifests import load
+from alpaca_operator.settings import OperatorSettings
+
+QUICKSTART = Path(__file__).resolve().parents[4] / "examples" / "quickstart"
+SETTINGS = OperatorSettings()
+DIGEST = "d" * 64
+
+
+def _config_map(manifests: tuple[dict[str, Any], ...]) -> dict[str, Any]:
+    return json.loads(manifests[0]["data"]["config.json"])
+
+
+def test_quickstart_configs_are_the_operators(tmp_path: Path) -> None:
+    layout = Layout(tmp_path)
+    by_name = {m.name: m for m in load(sorted(QUICKSTART.glob("*.yaml")))}
+    teacher, data, tune, chat = by_name["teacher"], by_name["quickstart-data"], by_name["quickstart-tune"], by_name["quickstart-chat"]
+
+    def parent(name: str, plural: str) -> Parent:
+        return Parent(name, "default", plural)
+
+    # The teacher server (a built-in model).
+    model, mounts = model_source(teacher.resource.spec.model.source)
+    cluster = ServeConfig.model_validate(_config_map(modelserver.build(parent("teacher", "modelservers"), teacher.resource.spec, SETTINGS, model, mounts)))
+    local = serve_config(teacher, layout, {}, port=cluster.port)
+    assert local.model_copy(update={"host": cluster.host}) == cluster
+
+    # The dataset, taught by that server.
+    url = modelserver.url(parent("teacher", "modelservers"))
+    resolved = instructdataset.resolve_teacher(data.resource.spec, SETTINGS, TeacherServer("teacher", url, cluster.served_model_name))
+    cluster_gen = GenerateConfig.model_validate(_config_map(instructdataset.build(parent(data.name, "instructdatasets"), data.resource.spec, SETTINGS, resolved)))
+    local_gen = generate_config(data, layout, {("ModelServer", "teacher"): Outputs(url="http://127.0.0.1:9/v1", served_model_name=cluster.served_model_name)})
+    assert local_gen.model_copy(update={"output": cluster_gen.output, "teacher_url": cluster_gen.teacher_url,
+                                        "status_target": cluster_gen.status_target}) == cluster_gen
+
+    # The fine-tune, on that dataset.
+    upstream = dataset_from_upstream(data.resource.spec.output, Artifact(uri="/var/lib/alpaca/output/dataset.jsonl", sha256=DIGEST))
+    cluster_train = TrainConfig.model_validate(_config_map(finetune.build(parent(tune.name, "finetunes"), tune.resource.spec, SETTINGS, upstream)))
+    local_train = train_config(tune, layout, {("InstructDataset", data.name): Outputs(location=local_gen.output, sha256=DIGEST)})
+    assert local_train.model_copy(update={"dataset": cluster_train.dataset, "output": cluster_train.output,
+                                          "status_target": cluster_train.status_target}) == cluster_train
+    # Including the built-in base model, GGUF file and all.
+    assert local_train.base_model == cluster_train.base_model
+
+    # The chat server, of that model.
+    trained = model_from_upstream(tune.resource.spec.output, Artifact(uri="/var/lib/alpaca/output", sha256=DIGEST))
+    from alpaca_operator.api.workloads import ResolvedModel
+
+    cluster_chat = ServeConfig.model_validate(_config_map(modelserver.build(
+        parent(chat.name, "modelservers"), chat.resource.spec, SETTINGS, ResolvedModel(location=trained.location), trained.mounts)))
+    local_chat = serve_config(chat, layout, {("FineTune", tune.name): Outputs(location=local_train.output)}, port=cluster_chat.port)
+    assert local_chat.model_copy(update={"host": cluster_chat.host, "model": cluster_chat.model}) == cluster_chat
