@@ -5,11 +5,12 @@ engine on shutdown."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .engine import Engine
 from .errors import ApiError, api_error_handler, http_error_handler, internal_error_handler, validation_error_handler
+from .limits import BodyLimitMiddleware
 from .metrics import UNTRACKED_PATHS, HttpMetricsMiddleware, Metrics
 from .protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 from .serving import LoadedModel, OpenAIServing, ServeOptions
@@ -60,24 +62,63 @@ def _serving(state: ServerState = Depends(_state)) -> OpenAIServing:
     return state.serving
 
 
-def _authorize(request: Request, state: ServerState = Depends(_state)) -> None:
-    if state.api_key is None:
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), state.api_key.encode()):
-        raise ApiError(
+class AuthMiddleware:
+    """Bearer auth on /v1 (and /metrics when asked), checked from the headers before any body is read,
+    so that a client without the key cannot make the server parse anything."""
+
+    def __init__(self, app: ASGIApp, api_key: str | None, metrics_auth: bool = False) -> None:
+        self.app, self.api_key, self.metrics_auth = app, api_key, metrics_auth
+
+    def _protected(self, path: str) -> bool:
+        return path == "/v1" or path.startswith("/v1/") or (self.metrics_auth and path == "/metrics")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.api_key is None or not self._protected(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
+            await self.app(scope, receive, send)
+            return
+        error = ApiError(
             401,
             "Incorrect or missing API key: send it as `Authorization: Bearer <key>`.",
             code="invalid_api_key",
             headers={"WWW-Authenticate": "Bearer"},
         )
+        await error.response()(scope, receive, send)
 
 
 def _request_id(request: Request) -> str:
     return request.scope["state"]["request_id"]
 
 
-v1 = APIRouter(prefix="/v1", dependencies=[Depends(_authorize)])
+async def _disconnected(request: Request) -> None:
+    """Returns once the client has closed the connection (the body was read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[object]) -> object | None:
+    """`work`'s result, or None once the client left first; then the work is cancelled, which
+    cancels its sequences in the engine. (A stream is watched by its StreamingResponse instead:
+    `work` returns as soon as the stream is set up.)"""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
+
+
+v1 = APIRouter(prefix="/v1")
 
 
 @v1.get("/models")
@@ -94,6 +135,8 @@ async def get_model(model: str, state: ServerState = Depends(_state)) -> ModelCa
 
 
 def _respond(result: object) -> Response:
+    if result is None:  # the client went away: nobody reads this, the access log does (nginx's 499)
+        return Response(status_code=499)
     if hasattr(result, "__aiter__"):
         return StreamingResponse(result, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})  # type: ignore[arg-type]
     return JSONResponse(result.model_dump())  # type: ignore[attr-defined]
@@ -103,12 +146,12 @@ def _respond(result: object) -> Response:
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, serving: OpenAIServing = Depends(_serving)
 ) -> Response:
-    return _respond(await serving.chat(body, _request_id(request)))
+    return _respond(await _unless_disconnected(request, serving.chat(body, _request_id(request))))
 
 
 @v1.post("/completions")
 async def completions(body: CompletionRequest, request: Request, serving: OpenAIServing = Depends(_serving)) -> Response:
-    return _respond(await serving.completions(body, _request_id(request)))
+    return _respond(await _unless_disconnected(request, serving.completions(body, _request_id(request))))
 
 
 ops = APIRouter()
@@ -217,7 +260,9 @@ def create_app(loader: Loader, options: ServeOptions, *, api_key: str | None = N
             loaded.tokenizer,
             max_batch_size=options.max_batch_size,
             max_queue=options.max_queue,
+            max_prefill_tokens=options.max_prefill_tokens,
             on_step=state.metrics.observe_step,
+            on_abandon=state.metrics.abandoned.observe,
         )
         engine.start()
         state.metrics.watch_engine(lambda: engine.waiting, lambda: engine.running)
@@ -246,6 +291,9 @@ def create_app(loader: Loader, options: ServeOptions, *, api_key: str | None = N
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.add_exception_handler(Exception, internal_error_handler)
+    # Outermost last: request id and log line, metrics, auth on headers alone, then the body limit.
+    app.add_middleware(BodyLimitMiddleware, limit=options.max_request_bytes)
+    app.add_middleware(AuthMiddleware, api_key=state.api_key, metrics_auth=options.metrics_auth)
     app.add_middleware(HttpMetricsMiddleware, metrics=state.metrics)
     app.add_middleware(RequestContextMiddleware)
     return app

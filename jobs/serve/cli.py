@@ -39,6 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch-size", type=int, help="sequences decoded together (default 16)")
     parser.add_argument("--max-queue", type=int, help="sequences waiting before requests get 429 (default 64)")
     parser.add_argument("--max-new-tokens", type=int, help="upper bound on max_tokens per request (default 512)")
+    parser.add_argument("--max-prefill-tokens", type=int, default=2048,
+                        help="prompt tokens prefilled per step; bounds how long new arrivals stall running streams")
+    parser.add_argument("--max-request-bytes", type=int, default=1 << 20,
+                        help="larger request bodies get 413 before they are read (default 1 MiB)")
+    parser.add_argument("--metrics-auth", action="store_true",
+                        help="/metrics needs the API key too (by default it is open, like the probes)")
     parser.add_argument(
         "--prompt-format", choices=["auto", "chat", "alpaca"], default="auto",
         help="how chat messages become a prompt; auto: Alpaca's for models tuned with it, else the chat template",
@@ -121,6 +127,9 @@ def run(args: argparse.Namespace) -> int:
         max_batch_size=batching.max_batch_size,
         max_queue=batching.max_queue,
         max_new_tokens=batching.max_new_tokens,
+        max_prefill_tokens=args.max_prefill_tokens,
+        max_request_bytes=args.max_request_bytes,
+        metrics_auth=args.metrics_auth,
     )
     loader = functools.partial(load, config.model, device=args.device, dtype=args.dtype, prompt_format=args.prompt_format)
     server: uvicorn.Server | None = None

@@ -1,10 +1,13 @@
 """The batching engine: one thread owns the model and runs every active sequence together.
 
-Each step (1) admits waiting sequences up to `max_batch_size`, prefills them together in one
-left-padded forward pass and merges their caches into the running batch, then (2) decodes one
-token for every running sequence in one forward pass. Sequences leave the batch as soon as they
-finish, so a long answer never holds a short one back, and throughput grows with concurrency.
-Requests talk to the engine through a RequestHandle whose events arrive on an asyncio queue.
+Each step (1) admits waiting sequences up to `max_batch_size` and a budget of prompt tokens,
+prefills them together in one left-padded forward pass and merges their caches into the running
+batch, then (2) decodes one token for every running sequence in one forward pass. Sequences leave
+the batch as soon as they finish, or before the next forward pass once their client went away,
+so a long answer never holds a short one back and nobody computes for a closed connection.
+A failure in one sequence (unusable logits) ends that sequence alone; only a failed forward pass
+fails the sequences that were in it. Requests talk to the engine through a RequestHandle whose
+events arrive on an asyncio queue.
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ import torch
 from transformers import DynamicCache
 
 from . import batch
-from .sampling import RowSampler, SamplingParams, sample_rows
-from .text import next_delta
+from .sampling import RowSampler, Sampled, SamplingParams, sample_rows
+from .text import Detokenizer, StopScanner
 
 log = logging.getLogger(__name__)
 
@@ -38,32 +41,41 @@ class EngineStoppedError(Exception):
 
 @dataclass(frozen=True)
 class Event:
-    """A piece of one choice's answer. `finish_reason` is set on the last event of a choice."""
+    """A piece of one choice's answer. `finish_reason` is set on the last event of a choice.
+
+    `logprobs` holds the tokens generated since the previous event (when the request asked for
+    log-probabilities): text can lag its tokens, so the two are sent together when text is ready.
+    """
 
     index: int
     text: str
     completion_tokens: int
     finish_reason: str | None = None
     error: str | None = None
+    logprobs: tuple[Sampled, ...] = ()
 
 
 class RequestHandle:
     """The asyncio side of a request: events arrive on `events`; `cancel()` stops its sequences."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, choices: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, choices: int, clock: Callable[[], int] = lambda: 0) -> None:
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.choices = choices
         self.cancelled = False
+        self.cancelled_at: int | None = None  # the engine's forward-pass count when cancelled
         self._loop = loop
+        self._clock = clock
 
     def cancel(self) -> None:
-        self.cancelled = True
+        if not self.cancelled:
+            self.cancelled_at = self._clock()
+            self.cancelled = True
 
     def _push(self, event: Event) -> None:
         try:
             self._loop.call_soon_threadsafe(self.events.put_nowait, event)
         except RuntimeError:  # the event loop has closed: nobody is listening any more
-            self.cancelled = True
+            self.cancel()
 
 
 @dataclass
@@ -72,8 +84,10 @@ class _Sequence:
     index: int
     prompt: list[int]
     sampler: RowSampler
+    detokenizer: Detokenizer
+    stops: StopScanner
     output: list[int] = field(default_factory=list)
-    sent: int = 0
+    pending_logprobs: list[Sampled] = field(default_factory=list)
     finished: bool = False
 
     @property
@@ -91,6 +105,7 @@ class Engine:
         max_queue: int = 64,
         max_prefill_tokens: int = 8192,
         on_step: Callable[[int, int], None] | None = None,
+        on_abandon: Callable[[int], None] | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -98,6 +113,7 @@ class Engine:
         self.max_queue = max_queue
         self.max_prefill_tokens = max_prefill_tokens
         self.on_step = on_step
+        self.on_abandon = on_abandon
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = next(iter(self.eos_ids), 0) if tokenizer.pad_token_id is None else tokenizer.pad_token_id
         self.device = next(model.parameters()).device
@@ -110,7 +126,8 @@ class Engine:
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self.steps = 0
+        self.steps = 0  # decode forward passes
+        self.forwards = 0  # all forward passes, prefills included
 
     # -- the asyncio side -------------------------------------------------------------------
 
@@ -141,16 +158,22 @@ class Engine:
     def submit(
         self, prompts: Sequence[list[int]], params: SamplingParams, n: int, loop: asyncio.AbstractEventLoop
     ) -> RequestHandle:
-        """Queue `n` choices per prompt; choice i*n+j answers prompt i. Raises QueueFullError."""
-        handle = RequestHandle(loop, len(prompts) * n)
+        """Queue `n` choices per prompt; choice i*n+j answers prompt i. Raises QueueFullError.
+
+        Before `start()` sequences wait in the queue (a caller may also drive `step()` itself).
+        """
+        handle = RequestHandle(loop, len(prompts) * n, clock=lambda: self.forwards)
         sequences = []
         for i, prompt in enumerate(prompts):
             for j in range(n):
                 seed = None if params.seed is None else params.seed + j
                 choice_params = params if seed == params.seed else _with_seed(params, seed)
-                sequences.append(_Sequence(handle, i * n + j, list(prompt), RowSampler.create(choice_params)))
+                sequences.append(
+                    _Sequence(handle, i * n + j, list(prompt), RowSampler.create(choice_params),
+                              Detokenizer(self.tokenizer), StopScanner(params.stop))
+                )
         with self._cond:
-            if self._stopping or not self.alive:
+            if self._stopping or (self._thread is not None and not self._thread.is_alive()):
                 raise EngineStoppedError("the server is shutting down")
             if len(self._waiting) + len(sequences) > self.max_queue:
                 raise QueueFullError(f"{len(self._waiting)} sequences are already waiting (max_queue {self.max_queue})")
@@ -168,16 +191,24 @@ class Engine:
                     self._cond.wait()
                 if self._stopping and not self._waiting and not self._rows:
                     return
-                admitted = self._admit()
-            try:
+            self.step()
+
+    def step(self) -> None:
+        """One round: admit and prefill what fits, then decode one token for every running row."""
+        with self._cond:
+            admitted = self._admit()
+        try:
+            with torch.no_grad():
                 self._drop_cancelled()
                 if admitted:
                     self._prefill(admitted)
+                # A client may have gone while the prefill ran: check again before the next pass.
+                self._drop_cancelled()
                 if self._rows:
                     self._decode()
-            except Exception as error:  # a failed step fails its sequences, not the server
-                log.exception("engine step failed")
-                self._fail_all(admitted, error)
+        except Exception as error:  # a failed forward pass fails its sequences, not the server
+            log.exception("engine step failed")
+            self._fail_all(admitted, error)
 
     def _admit(self) -> list[_Sequence]:
         admitted: list[_Sequence] = []
@@ -202,6 +233,7 @@ class Engine:
             logits_to_keep=1,
             **{self._cache_keyword: cache},
         )
+        self.forwards += 1
         return out.logits[:, -1, :]
 
     def _prefill(self, sequences: list[_Sequence]) -> None:
@@ -215,15 +247,15 @@ class Engine:
         logits = self._forward(ids, mask, cache)
         if self.on_step:
             self.on_step(len(sequences), int(mask.sum()))
-        tokens = sample_rows(logits, [s.sampler for s in sequences], [s.output for s in sequences])
+        results = sample_rows(logits, [s.sampler for s in sequences], [s.output for s in sequences])
         mask = mask.to(self.device)
         if self._cache is None or not self._rows:
             self._cache, self._mask, self._rows, self._next = cache, mask, [], []
         else:
             self._cache, self._mask = batch.merge(self._cache, self._mask, cache, mask)
         self._rows.extend(sequences)
-        self._next.extend(tokens)
-        self._finish_step(tokens)
+        self._next.extend(r.token if isinstance(r, Sampled) else self.pad_id for r in results)
+        self._finish_step(results)
 
     def _decode(self) -> None:
         assert self._cache is not None and self._mask is not None
@@ -233,58 +265,79 @@ class Engine:
         self.steps += 1
         if self.on_step:
             self.on_step(len(self._rows), 0)
-        tokens = sample_rows(logits, [s.sampler for s in self._rows], [s.output for s in self._rows])
-        self._next = list(tokens)
-        self._finish_step(tokens)
+        results = sample_rows(logits, [s.sampler for s in self._rows], [s.output for s in self._rows])
+        self._next = [r.token if isinstance(r, Sampled) else self.pad_id for r in results]
+        self._finish_step(results)
 
-    def _finish_step(self, tokens: list[int]) -> None:
-        """Record the token sampled for every row (the last len(tokens) rows), emit text, drop finished rows."""
-        first = len(self._rows) - len(tokens)
-        for seq, token in zip(self._rows[first:], tokens, strict=True):
-            self._advance(seq, token)
-        if any(s.finished for s in self._rows):
-            keep = [i for i, s in enumerate(self._rows) if not s.finished]
-            if keep:
-                assert self._cache is not None and self._mask is not None
-                self._mask = batch.select_rows(self._cache, self._mask, keep)
-                self._rows = [self._rows[i] for i in keep]
-                self._next = [self._next[i] for i in keep]
+    def _finish_step(self, results: list[Sampled | Exception]) -> None:
+        """Record what was sampled for every row (the last len(results) rows), emit text, drop finished rows."""
+        first = len(self._rows) - len(results)
+        for seq, result in zip(self._rows[first:], results, strict=True):
+            if seq.handle.cancelled:
+                self._abandon(seq)
+            elif isinstance(result, Exception):
+                log.warning("a sequence failed and leaves the batch: %s", result)
+                self._fail(seq, result)
             else:
-                self._cache, self._mask, self._rows, self._next = None, None, [], []
+                self._advance(seq, result)
+        self._compact()
 
-    def _advance(self, seq: _Sequence, token: int) -> None:
-        if seq.handle.cancelled:
-            seq.finished = True
+    def _compact(self) -> None:
+        if not any(s.finished for s in self._rows):
             return
+        keep = [i for i, s in enumerate(self._rows) if not s.finished]
+        if keep:
+            assert self._cache is not None and self._mask is not None
+            self._mask = batch.select_rows(self._cache, self._mask, keep)
+            self._rows = [self._rows[i] for i in keep]
+            self._next = [self._next[i] for i in keep]
+        else:
+            self._cache, self._mask, self._rows, self._next = None, None, [], []
+
+    def _advance(self, seq: _Sequence, sampled: Sampled) -> None:
         finish: str | None = None
-        if token in self.eos_ids:
+        piece = ""
+        if sampled.token in self.eos_ids:
             finish = "stop"
         else:
-            seq.output.append(token)
+            seq.output.append(sampled.token)
+            if seq.params.logprobs is not None:
+                seq.pending_logprobs.append(sampled)
+            piece = seq.detokenizer.push(sampled.token)
             if len(seq.output) >= seq.params.max_tokens:
                 finish = "length"
-        text = self.tokenizer.decode(seq.output, skip_special_tokens=True)
-        delta = next_delta(text, seq.sent, seq.params.stop, final=finish is not None)
-        seq.sent += len(delta.text)
+        if finish is not None:
+            piece += seq.detokenizer.flush()
+        delta = seq.stops.feed(piece, final=finish is not None)
         if delta.stopped:
             finish = "stop"
         if finish is not None:
             seq.finished = True
         if delta.text or finish is not None:
-            seq.handle._push(Event(seq.index, delta.text, len(seq.output), finish))
+            logprobs = tuple(seq.pending_logprobs)
+            seq.pending_logprobs.clear()
+            seq.handle._push(Event(seq.index, delta.text, len(seq.output), finish, logprobs=logprobs))
+
+    def _abandon(self, seq: _Sequence) -> None:
+        seq.finished = True
+        if self.on_abandon is not None and seq.handle.cancelled_at is not None:
+            self.on_abandon(self.forwards - seq.handle.cancelled_at)
+
+    def _fail(self, seq: _Sequence, error: Exception) -> None:
+        seq.finished = True
+        seq.handle._push(Event(seq.index, "", len(seq.output), "error", error=str(error)))
 
     def _drop_cancelled(self) -> None:
         if any(s.handle.cancelled for s in self._rows):
             for seq in self._rows:
-                if seq.handle.cancelled:
-                    seq.finished = True
-            self._finish_step([])
+                if seq.handle.cancelled and not seq.finished:
+                    self._abandon(seq)
+            self._compact()
 
     def _fail_all(self, admitted: list[_Sequence], error: Exception) -> None:
         for seq in {id(s): s for s in [*self._rows, *admitted]}.values():
             if not seq.finished:
-                seq.finished = True
-                seq.handle._push(Event(seq.index, "", len(seq.output), "error", error=str(error)))
+                self._fail(seq, error)
         self._cache, self._mask, self._rows, self._next = None, None, [], []
 
 

@@ -1,6 +1,8 @@
 """Prometheus metrics, in a registry of the app's own so that two servers in one process never clash.
 
-HTTP metrics leave out the probes and /metrics itself: they would drown the real traffic.
+HTTP metrics leave out the probes and /metrics itself: they would drown the real traffic. Requests
+are labelled by the route that answered them (its template), never by the raw path, so that a scan
+of random URLs adds no series.
 """
 
 from __future__ import annotations
@@ -47,6 +49,12 @@ class Metrics:
         )
         self.queue_depth = Gauge("alpaca_serve_queue_depth", "Sequences waiting for a batch slot.", registry=r)
         self.running = Gauge("alpaca_serve_running_sequences", "Sequences being decoded.", registry=r)
+        self.abandoned = Histogram(
+            "alpaca_serve_abandoned_sequence_forwards",
+            "Forward passes a sequence still took part in after its client went away.",
+            buckets=(0, 1, 2, 4, 8, 16, 64, 256),
+            registry=r,
+        )
 
     def watch_engine(self, waiting: Callable[[], int], running: Callable[[], int]) -> None:
         self.queue_depth.set_function(waiting)
@@ -68,7 +76,6 @@ class HttpMetricsMiddleware:
             return
         start = time.perf_counter()
         status = 500
-        route = scope["path"] if scope["path"].startswith("/v1/") else "other"
 
         async def timed_send(message: Message) -> None:
             nonlocal status
@@ -79,5 +86,13 @@ class HttpMetricsMiddleware:
         try:
             await self.app(scope, receive, timed_send)
         finally:
+            route = route_label(scope)
             self.metrics.requests.labels(route, str(status)).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - start)
+
+
+def route_label(scope: Scope) -> str:
+    """The template of the route that answered ('/v1/models/{model:path}'), or 'unmatched'."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) and path else "unmatched"

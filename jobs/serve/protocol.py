@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_STOP_SEQUENCES = 4
 MAX_CHOICES = 16
+MAX_TOP_LOGPROBS = 20  # chat's limit at OpenAI
+MAX_COMPLETION_LOGPROBS = 5  # legacy completions' limit at OpenAI
+# Positive temperatures below this cannot be told from greedy decoding, and the tiniest (1e-40 is
+# not even a normal float32) make the scaled logits infinite: refused with a clear error instead.
+MIN_TEMPERATURE = 1e-5
 
 
 def new_id(prefix: str) -> str:
@@ -51,6 +56,13 @@ class _Request(BaseModel):
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
     user: str | None = None
+
+    @field_validator("temperature")
+    @classmethod
+    def _usable_temperature(cls, value: float | None) -> float | None:
+        if value is not None and 0 < value < MIN_TEMPERATURE:
+            raise ValueError(f"must be 0 (greedy decoding) or at least {MIN_TEMPERATURE:g}; smaller positive values make the scaled logits non-finite")
+        return value
 
     @field_validator("stop")
     @classmethod
@@ -91,16 +103,20 @@ class ChatMessage(BaseModel):
 class ChatCompletionRequest(_Request):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
-    logprobs: Literal[False] | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+    def logprobs_wanted(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class CompletionRequest(_Request):
     prompt: str | Annotated[list[str], Field(min_length=1)]
     echo: bool = False
-    logprobs: None = None
+    logprobs: Annotated[int, Field(ge=0, le=MAX_COMPLETION_LOGPROBS)] | None = None
     max_tokens: Annotated[int, Field(ge=1)] | None = 16  # OpenAI's default for completions
 
     def prompts(self) -> list[str]:
@@ -108,6 +124,9 @@ class CompletionRequest(_Request):
 
     def token_limit(self) -> int | None:
         return self.max_tokens
+
+    def logprobs_wanted(self) -> int | None:
+        return self.logprobs
 
 
 class Usage(BaseModel):
@@ -137,7 +156,7 @@ class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
     finish_reason: str | None
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -174,7 +193,7 @@ class CompletionChoice(BaseModel):
     index: int
     text: str
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None
 
 
 class Completion(BaseModel):

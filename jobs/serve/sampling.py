@@ -1,4 +1,9 @@
-"""Choosing the next token for each row of a batch, each row with its own sampling parameters."""
+"""Choosing the next token for each row of a batch, each row with its own sampling parameters.
+
+Rows are independent: a row whose logits are unusable (NaN, +inf) fails alone, and the others of
+the batch get their tokens. Temperature scaling subtracts the row's maximum first, so every
+temperature the API admits keeps the distribution finite.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +25,8 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: dict[int, float] = field(default_factory=dict)
+    # None: no log-probabilities; 0: the chosen token's only; k: also the k most likely tokens.
+    logprobs: int | None = None
 
     @property
     def greedy(self) -> bool:
@@ -67,16 +74,53 @@ def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return filtered / filtered.sum(dim=-1, keepdim=True)
 
 
-def sample_rows(logits: torch.Tensor, rows: Sequence[RowSampler], generated: Sequence[Sequence[int]]) -> list[int]:
-    """The next token of every row. `logits` is (rows, vocab) for the last position."""
+class NonFiniteLogitsError(ValueError):
+    """The model produced logits no token can be chosen from."""
+
+
+@dataclass(frozen=True)
+class Sampled:
+    """The chosen token and, when asked for, its log-probability and the most likely alternatives."""
+
+    token: int
+    logprob: float | None = None
+    top: tuple[tuple[int, float], ...] = ()
+
+
+def sample_row(logits: torch.Tensor, row: RowSampler, generated: Sequence[int]) -> Sampled:
+    """The next token of one row from its (vocab,) float logits. Raises NonFiniteLogitsError."""
+    if bool(torch.isnan(logits).any()) or bool(torch.isposinf(logits).any()):
+        raise NonFiniteLogitsError("the model produced non-finite logits for this sequence")
+    params = row.params
+    adjusted = adjust_logits(logits, params, generated)
+    if params.greedy:
+        token = int(torch.argmax(adjusted))
+    else:
+        # Shifted so that the largest scaled logit is 0: tiny temperatures cannot overflow.
+        probs = torch.softmax((adjusted - adjusted.max()) / params.temperature, dim=-1)
+        probs = top_p_filter(probs, params.top_p)
+        token = int(torch.multinomial(probs, 1, generator=row.generator))
+    if params.logprobs is None:
+        return Sampled(token)
+    # Log-probabilities of the model's distribution after bias and penalties, before temperature
+    # and top_p (which shape the choice, not what the model believes).
+    logprobs = torch.log_softmax(adjusted, dim=-1)
+    top: tuple[tuple[int, float], ...] = ()
+    if params.logprobs > 0:
+        values, ids = torch.topk(logprobs, params.logprobs)
+        top = tuple(zip(ids.tolist(), values.tolist(), strict=True))
+    return Sampled(token, float(logprobs[token]), top)
+
+
+def sample_rows(
+    logits: torch.Tensor, rows: Sequence[RowSampler], generated: Sequence[Sequence[int]]
+) -> list[Sampled | Exception]:
+    """The next token of every row, or the error that row alone failed with. `logits` is (rows, vocab)."""
     logits = logits.float().cpu()
-    tokens: list[int] = []
+    results: list[Sampled | Exception] = []
     for i, row in enumerate(rows):
-        row_logits = adjust_logits(logits[i], row.params, generated[i])
-        if row.params.greedy:
-            tokens.append(int(torch.argmax(row_logits)))
-            continue
-        probs = torch.softmax(row_logits / row.params.temperature, dim=-1)
-        probs = top_p_filter(probs, row.params.top_p)
-        tokens.append(int(torch.multinomial(probs, 1, generator=row.generator)))
-    return tokens
+        try:
+            results.append(sample_row(logits[i], row, generated[i]))
+        except Exception as error:  # one row's failure must not cost the others their tokens
+            results.append(error)
+    return results

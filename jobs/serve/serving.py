@@ -16,6 +16,7 @@ from typing import Any
 
 from .engine import Engine, EngineStoppedError, Event, QueueFullError, RequestHandle
 from .errors import ApiError, bad_request
+from .logprobs import TokenTexts, chat_content, completion_logprobs
 from .metrics import Metrics
 from .prompts import PromptError, PromptFormat, PromptStyle, encode, render_chat
 from .protocol import (
@@ -30,7 +31,7 @@ from .protocol import (
     new_id,
     now,
 )
-from .sampling import SamplingParams
+from .sampling import Sampled, SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +53,17 @@ class ServeOptions:
     max_batch_size: int = 16
     max_queue: int = 64
     max_new_tokens: int = 512
+    # Prompt tokens prefilled in one step: new arrivals wait a step or two rather than stall
+    # every running stream for one long prefill.
+    max_prefill_tokens: int = 2048
+    max_request_bytes: int = 1 << 20
+    metrics_auth: bool = False
 
 
 class OpenAIServing:
     def __init__(self, loaded: LoadedModel, engine: Engine, options: ServeOptions, metrics: Metrics) -> None:
         self.loaded, self.engine, self.options, self.metrics = loaded, engine, options, metrics
+        self.token_texts = TokenTexts(loaded.tokenizer)
 
     # -- shared steps ---------------------------------------------------------------------
 
@@ -84,6 +91,11 @@ class OpenAIServing:
             if int(key) >= vocab:
                 raise bad_request(f"logit_bias: token id {key} is outside the vocabulary (size {vocab})", "logit_bias")
             bias[int(key)] = value
+        if isinstance(request, ChatCompletionRequest) and request.top_logprobs and not request.logprobs:
+            raise bad_request("top_logprobs: needs `logprobs: true`", "top_logprobs")
+        if isinstance(request, CompletionRequest) and request.logprobs is not None and request.echo:
+            raise bad_request("logprobs: not available together with echo (prompt log-probabilities are not computed)",
+                              "logprobs")
         return SamplingParams(
             max_tokens=max_tokens,
             temperature=1.0 if request.temperature is None else request.temperature,
@@ -93,6 +105,7 @@ class OpenAIServing:
             presence_penalty=request.presence_penalty,
             frequency_penalty=request.frequency_penalty,
             logit_bias=bias,
+            logprobs=request.logprobs_wanted(),
         )
 
     def _submit(self, prompts: list[list[int]], params: SamplingParams, n: int) -> RequestHandle:
@@ -143,43 +156,52 @@ class OpenAIServing:
     async def chat(self, request: ChatCompletionRequest, request_id: str) -> ChatCompletion | AsyncIterator[str]:
         started = time.perf_counter()
         self._check_model(request.model)
-        prompt = self._chat_prompt(request)
+        # Rendering and tokenizing a long prompt is CPU work: off the event loop.
+        prompt = await asyncio.to_thread(self._chat_prompt, request)
         params = self._params(request, len(prompt), "messages")
         handle = self._submit([prompt], params, request.n)
         response_id = f"chatcmpl-{request_id}"
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
             return self._chat_stream(handle, response_id, request.model, len(prompt), include_usage, started)
-        texts, reasons, completion = await self._collect(handle, started, [""] * handle.choices)
+        answers = await self._collect(handle, started, [""] * handle.choices)
         return ChatCompletion(
             id=response_id,
             model=request.model,
             choices=[
-                ChatChoice(index=i, message=AssistantMessage(content=texts[i]), finish_reason=reasons[i])
+                ChatChoice(
+                    index=i,
+                    message=AssistantMessage(content=answers.texts[i]),
+                    finish_reason=answers.reasons[i],
+                    logprobs=None if params.logprobs is None else self._chat_logprobs(answers.logprobs[i]),
+                )
                 for i in range(handle.choices)
             ],
-            usage=Usage(prompt_tokens=len(prompt), completion_tokens=completion, total_tokens=len(prompt) + completion),
+            usage=Usage(prompt_tokens=len(prompt), completion_tokens=answers.tokens,
+                        total_tokens=len(prompt) + answers.tokens),
         )
 
-    async def _collect(
-        self, handle: RequestHandle, started: float, texts: list[str]
-    ) -> tuple[list[str], list[str | None], int]:
+    def _chat_logprobs(self, sampled: list[Sampled]) -> dict[str, Any]:
+        return {"content": chat_content(self.token_texts, sampled), "refusal": None}
+
+    async def _collect(self, handle: RequestHandle, started: float, texts: list[str]) -> _Answers:
         """Whole answers of a non-streamed request: each choice's text (after `texts`), finish reason, tokens."""
-        reasons: list[str | None] = [None] * handle.choices
-        tokens = [0] * handle.choices
+        answers = _Answers(texts, [None] * handle.choices, [0] * handle.choices, [[] for _ in range(handle.choices)])
         async for event in self._events(handle, started):
-            texts[event.index] += event.text
-            tokens[event.index] = event.completion_tokens
-            reasons[event.index] = event.finish_reason or reasons[event.index]
-        return texts, reasons, sum(tokens)
+            answers.texts[event.index] += event.text
+            answers.counts[event.index] = event.completion_tokens
+            answers.reasons[event.index] = event.finish_reason or answers.reasons[event.index]
+            answers.logprobs[event.index].extend(event.logprobs)
+        return answers
 
     async def _chat_stream(
         self, handle: RequestHandle, response_id: str, model: str, prompt_tokens: int, include_usage: bool, started: float
     ) -> AsyncIterator[str]:
         chunk = _chunk_writer(response_id, "chat.completion.chunk", model, include_usage)
 
-        def choice(index: int, delta: dict[str, str], finish: str | None = None) -> dict[str, Any]:
-            return {"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}
+        def choice(index: int, delta: dict[str, str], finish: str | None = None,
+                   logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
+            return {"index": index, "delta": delta, "finish_reason": finish, "logprobs": logprobs}
 
         for index in range(handle.choices):
             yield chunk([choice(index, {"role": "assistant", "content": ""})])
@@ -187,8 +209,9 @@ class OpenAIServing:
         try:
             async for event in self._events(handle, started):
                 completion[event.index] = event.completion_tokens
-                if event.text:
-                    yield chunk([choice(event.index, {"content": event.text})])
+                if event.text or event.logprobs:
+                    logprobs = self._chat_logprobs(list(event.logprobs)) if event.logprobs else None
+                    yield chunk([choice(event.index, {"content": event.text}, logprobs=logprobs)])
                 if event.finish_reason is not None:
                     yield chunk([choice(event.index, {}, event.finish_reason)])
         except ApiError as error:
@@ -204,7 +227,7 @@ class OpenAIServing:
         started = time.perf_counter()
         self._check_model(request.model)
         texts = request.prompts()
-        prompts = [encode(t, self.loaded.tokenizer, chat=False) for t in texts]
+        prompts = await asyncio.to_thread(lambda: [encode(t, self.loaded.tokenizer, chat=False) for t in texts])
         params = self._params(request, max(len(p) for p in prompts), "prompt")
         handle = self._submit(prompts, params, request.n)
         prompt_tokens = sum(len(p) for p in prompts) * request.n
@@ -212,13 +235,24 @@ class OpenAIServing:
         response_id = f"cmpl-{request_id}"
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
-            return self._completion_stream(handle, response_id, request.model, prompt_tokens, echoes, include_usage, started)
-        outputs, reasons, completion = await self._collect(handle, started, list(echoes))
+            return self._completion_stream(handle, response_id, request.model, prompt_tokens, echoes, include_usage,
+                                           started, params.logprobs)
+        answers = await self._collect(handle, started, list(echoes))
         return Completion(
             id=response_id,
             model=request.model,
-            choices=[CompletionChoice(index=i, text=outputs[i], finish_reason=reasons[i]) for i in range(handle.choices)],
-            usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion, total_tokens=prompt_tokens + completion),
+            choices=[
+                CompletionChoice(
+                    index=i,
+                    text=answers.texts[i],
+                    finish_reason=answers.reasons[i],
+                    logprobs=None if params.logprobs is None
+                    else completion_logprobs(self.token_texts, answers.logprobs[i], 0, params.logprobs > 0),
+                )
+                for i in range(handle.choices)
+            ],
+            usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=answers.tokens,
+                        total_tokens=prompt_tokens + answers.tokens),
         )
 
     async def _completion_stream(
@@ -230,27 +264,48 @@ class OpenAIServing:
         echoes: list[str],
         include_usage: bool,
         started: float,
+        top_logprobs: int | None = None,
     ) -> AsyncIterator[str]:
         chunk = _chunk_writer(response_id, "text_completion", model, include_usage)
 
-        def choice(index: int, text: str, finish: str | None = None) -> dict[str, Any]:
-            return {"index": index, "text": text, "finish_reason": finish, "logprobs": None}
+        def choice(index: int, text: str, finish: str | None = None, logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
+            return {"index": index, "text": text, "finish_reason": finish, "logprobs": logprobs}
 
         for index, echo in enumerate(echoes):
             if echo:
                 yield chunk([choice(index, echo)])
         completion = [0] * handle.choices
+        offsets = [0] * handle.choices  # characters of token text sent so far, for text_offset
         try:
             async for event in self._events(handle, started):
                 completion[event.index] = event.completion_tokens
-                if event.text or event.finish_reason is not None:
-                    yield chunk([choice(event.index, event.text, event.finish_reason)])
+                if event.text or event.logprobs or event.finish_reason is not None:
+                    logprobs = None
+                    if top_logprobs is not None:
+                        logprobs = completion_logprobs(self.token_texts, event.logprobs, offsets[event.index],
+                                                       top_logprobs > 0)
+                        offsets[event.index] += sum(len(t) for t in logprobs["tokens"])
+                    yield chunk([choice(event.index, event.text, event.finish_reason, logprobs)])
         except ApiError as error:
             yield sse(error.body())
             return
         if include_usage:
             yield chunk([], _usage(prompt_tokens, sum(completion)))
         yield "data: [DONE]\n\n"
+
+
+@dataclass
+class _Answers:
+    """What a non-streamed request collected, per choice."""
+
+    texts: list[str]
+    reasons: list[str | None]
+    counts: list[int]
+    logprobs: list[list[Sampled]]
+
+    @property
+    def tokens(self) -> int:
+        return sum(self.counts)
 
 
 def _chunk_writer(

@@ -1,6 +1,22 @@
+import math
+
+import pytest
 import torch
 
-from alpaca_jobs.serve.sampling import RowSampler, SamplingParams, adjust_logits, sample_rows, top_p_filter
+from alpaca_jobs.serve.protocol import MIN_TEMPERATURE
+from alpaca_jobs.serve.sampling import (
+    NonFiniteLogitsError,
+    RowSampler,
+    Sampled,
+    SamplingParams,
+    adjust_logits,
+    sample_rows,
+    top_p_filter,
+)
+
+
+def tokens(results) -> list[int]:
+    return [r.token for r in results]
 
 
 def test_top_p_keeps_the_smallest_set_reaching_the_mass() -> None:
@@ -13,7 +29,7 @@ def test_top_p_keeps_the_smallest_set_reaching_the_mass() -> None:
 def test_greedy_rows_take_the_argmax_whatever_their_seed() -> None:
     logits = torch.tensor([[0.0, 3.0, 1.0], [5.0, 0.0, 0.0]])
     rows = [RowSampler.create(SamplingParams(max_tokens=1, temperature=0, seed=s)) for s in (1, 2)]
-    assert sample_rows(logits, rows, [[], []]) == [1, 0]
+    assert tokens(sample_rows(logits, rows, [[], []])) == [1, 0]
 
 
 def test_seeded_rows_repeat_and_differ_by_seed() -> None:
@@ -21,7 +37,7 @@ def test_seeded_rows_repeat_and_differ_by_seed() -> None:
 
     def draw(seed: int) -> list[int]:
         row = RowSampler.create(SamplingParams(max_tokens=1, temperature=1.0, seed=seed))
-        return [sample_rows(logits, [row], [[]])[0] for _ in range(5)]
+        return [sample_rows(logits, [row], [[]])[0].token for _ in range(5)]
 
     assert draw(3) == draw(3)
     assert draw(3) != draw(4)
@@ -33,3 +49,32 @@ def test_logit_bias_and_penalties_follow_openai_definitions() -> None:
     assert int(torch.argmax(biased)) == 2
     penalised = adjust_logits(logits, SamplingParams(max_tokens=1, presence_penalty=1.0, frequency_penalty=0.5), [1, 1, 3])
     assert penalised.tolist() == [0.0, -2.0, 0.0, -1.5]
+
+
+def test_a_row_with_unusable_logits_fails_alone() -> None:
+    logits = torch.tensor([[0.0, 2.0, 1.0], [float("nan"), 0.0, 0.0], [1.0, float("inf"), 0.0], [3.0, 0.0, 0.0]])
+    rows = [RowSampler.create(SamplingParams(max_tokens=1, temperature=t, seed=1)) for t in (0, 1.0, 0, 1.0)]
+    results = sample_rows(logits, rows, [[], [], [], []])
+    assert results[0] == Sampled(1)
+    assert isinstance(results[1], NonFiniteLogitsError) and isinstance(results[2], NonFiniteLogitsError)
+    assert isinstance(results[3], Sampled) and results[3].token in (0, 1, 2)
+
+
+@pytest.mark.parametrize("temperature", [MIN_TEMPERATURE, 1e-3, 0.05])
+def test_the_smallest_admitted_temperatures_sample_the_argmax_without_overflow(temperature: float) -> None:
+    # Large, close logits: scaled by a tiny temperature the gap is huge, yet no value overflows.
+    logits = torch.tensor([[900.0, 899.0, -900.0, 0.0]])
+    row = RowSampler.create(SamplingParams(max_tokens=1, temperature=temperature, seed=7))
+    assert [sample_rows(logits, [row], [[]])[0] for _ in range(20)] == [Sampled(0)] * 20
+
+
+def test_logprobs_are_the_models_distribution_with_the_top_alternatives() -> None:
+    logits = torch.tensor([[2.0, 1.0, 0.5, -1.0]])
+    row = RowSampler.create(SamplingParams(max_tokens=1, temperature=0, logprobs=2))
+    [result] = sample_rows(logits, [row], [[]])
+    expected = torch.log_softmax(logits[0], dim=-1)
+    assert result.token == 0 and math.isclose(result.logprob, float(expected[0]), rel_tol=1e-6)
+    assert [t for t, _ in result.top] == [0, 1]
+    assert math.isclose(result.top[1][1], float(expected[1]), rel_tol=1e-6)
+    only_chosen = RowSampler.create(SamplingParams(max_tokens=1, temperature=0, logprobs=0))
+    assert sample_rows(logits, [only_chosen], [[]])[0].top == ()
