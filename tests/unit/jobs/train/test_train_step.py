@@ -11,13 +11,29 @@ from alpaca_jobs.train.data import IGNORE_INDEX, Example
 from alpaca_jobs.train.step import loss_sum
 
 
+VOCAB, LAYERS = 101, 2
+
+
+def rounding_tolerance(attn: str) -> float:
+    """How far two runs that differ only in the order of floating-point sums may drift apart.
+
+    A sum of K terms is exact to K unit roundoffs of its dtype (Higham's gamma_K). The longest sum
+    here is over the vocabulary, and sums nest once per layer and once in the head, so packed and
+    one-by-one runs agree to (LAYERS + 1) * VOCAB unit roundoffs of the least precise dtype in the
+    computation: float64 throughout, except that eager attention (transformers') takes its
+    softmax in float32 whatever the model's dtype.
+    """
+    dtype = torch.float32 if attn == "eager" else torch.float64
+    return (LAYERS + 1) * VOCAB * torch.finfo(dtype).eps / 2
+
+
 def tiny_llama(attn: str) -> torch.nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     attention.register()
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=LAYERS,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
     )
     config._attn_implementation = attn
@@ -57,9 +73,12 @@ def test_packed_row_equals_examples_run_alone(attn: str) -> None:
     loss, n = loss_sum(model, collate.packed(items))
     loss.backward()
     assert n == count == sum(e.num_targets for e in items)
-    assert float(loss.detach()) == pytest.approx(alone, rel=1e-10)
+    tolerance = rounding_tolerance(attn)
+    assert float(loss.detach()) == pytest.approx(alone, rel=tolerance)
     for packed_grad, single_grad in zip(grads(model), alone_grads, strict=True):
-        torch.testing.assert_close(packed_grad, single_grad, rtol=1e-9, atol=1e-12)
+        # Entries near zero carry the rounding of the large ones they were summed from.
+        scale = float(single_grad.abs().max())
+        torch.testing.assert_close(packed_grad, single_grad, rtol=tolerance, atol=tolerance * scale)
 
 
 def test_padded_batch_equals_examples_run_alone() -> None:
@@ -67,7 +86,7 @@ def test_padded_batch_equals_examples_run_alone() -> None:
     items = examples()
     alone, count, _ = one_by_one(model, items)
     loss, n = loss_sum(model, collate.padded(items, pad_token_id=0))
-    assert (n, float(loss)) == (count, pytest.approx(alone, rel=1e-10))
+    assert (n, float(loss.detach())) == (count, pytest.approx(alone, rel=rounding_tolerance("sdpa")))
 
 
 def test_packing_without_position_reset_would_leak_across_examples() -> None:
