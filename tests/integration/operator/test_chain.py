@@ -106,12 +106,10 @@ def test_full_chain(start_operator, control_plane, custom, api_client, namespace
     assert pinned["sha256"] == digest
 
     # The training workload's report, through the same reporter and identity as in its pod.
-    os.environ["KUBECONFIG"] = str(tmp_path / "workload.kubeconfig")
-    try:
-        StatusReporter(StatusTarget(plural="finetunes", namespace=namespace, name="tuned")).report_result(WorkloadResult(
-            artifact=Artifact(uri="/var/lib/alpaca/output", sha256=MODEL_DIGEST), size_bytes=1, finished_at=now_minus(0)))
-    finally:
-        del os.environ["KUBECONFIG"]
+    reporter = StatusReporter(StatusTarget(plural="finetunes", namespace=namespace, name="tuned"))
+    workload = control_plane.api_client(control_plane.token_for_service_account(namespace, "alpaca-workload"))
+    reporter._api = kubernetes.client.CustomObjectsApi(workload)
+    reporter.report_result(WorkloadResult(artifact=Artifact(uri="/var/lib/alpaca/output", sha256=MODEL_DIGEST), size_bytes=1, finished_at=now_minus(0)))
     _succeed_pytorchjob(custom, namespace, "tuned-train")
 
     apps = kubernetes.client.AppsV1Api(api_client)

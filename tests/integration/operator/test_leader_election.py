@@ -84,8 +84,9 @@ def _writes(events: list[dict[str, Any]], replica: str, *, after: str = "") -> C
 
 
 def _created(events: list[dict[str, Any]], resource: str) -> int:
-    return sum(1 for e in events if e["verb"] == "create" and (e.get("objectRef") or {}).get("resource") == resource
-               and (e.get("responseStatus") or {}).get("code") == 201)
+    """Objects of a kind that came into being: a create, or a server-side apply that created (both 201)."""
+    return sum(1 for e in events if e["verb"] in ("create", "patch") and (e.get("objectRef") or {}).get("resource") == resource
+               and not (e.get("objectRef") or {}).get("subresource") and (e.get("responseStatus") or {}).get("code") == 201)
 
 
 def _lease(admin: kubernetes.client.ApiClient, namespace: str) -> Any:
@@ -172,6 +173,11 @@ def test_one_writer_then_a_takeover_without_duplicates_or_double_billing(audited
         assert sum(_writes(events, "op-b", after=killed_at).values()) > 0
         # One child of each, created once, whoever was leader.
         assert _created(events, "pytorchjobs") == 1 and _created(events, "deployments") == 1
+        # What the audit log says, for whoever reads the test's output (-s).
+        b_before = _writes(events, "op-b") - _writes(events, "op-b", after=killed_at)
+        print(f"audit: op-a wrote {dict(_writes(events, 'op-a'))} in all, {dict(_writes(events, 'op-a', after=killed_at))} after the kill; "
+              f"op-b wrote {dict(b_before)} before it, {dict(_writes(events, 'op-b', after=killed_at))} after")
+        print("lease: transitions", taken.spec.lease_transitions, "takeover gap s", round(gap, 3))
         assert len(custom.list_namespaced_custom_object("kubeflow.org", "v1", namespace, "pytorchjobs")["items"]) == 1
         assert len(apps.list_namespaced_deployment(namespace).items) == 1
 

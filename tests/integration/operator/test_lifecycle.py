@@ -81,7 +81,9 @@ def test_a_finished_finetune_whose_job_ttl_deleted_stays_succeeded_and_never_rer
 def test_a_refused_child_is_a_condition_with_the_servers_reason_and_recovers(start_operator, custom, api_client, namespace: str) -> None:
     core = kubernetes.client.CoreV1Api(api_client)
     # No Jobs allowed in this namespace: the API server refuses the generation Job (HTTP 403).
+    # (The quota's status is the quota controller's part, played here: admission reads it.)
     core.create_namespaced_resource_quota(namespace, {"metadata": {"name": "no-jobs"}, "spec": {"hard": {"count/jobs.batch": "0"}}})
+    core.patch_namespaced_resource_quota_status("no-jobs", namespace, {"status": {"hard": {"count/jobs.batch": "0"}, "used": {"count/jobs.batch": "0"}}})
     op = start_operator()
     create(custom, namespace, "instructdatasets", "InstructDataset", "data", {
         "teacher": {"baseURL": "https://api.example.com/v1", "model": "m"}, "output": {"uri": "s3://b/d"},
