@@ -115,6 +115,15 @@ def sharding_summary(model: nn.Module) -> dict[str, Any]:
     return {"localParameters": local, "totalParameters": total, "placements": sorted(placements)}
 
 
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank `src`'s `obj` on every rank (small picklable things: configs, decisions)."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
 def gather_objects(obj: Any) -> list[Any]:
     if not dist.is_initialized():
         return [obj]

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import copy
+import gc
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from alpaca_jobs.models import ModelFiles, load_causal_lm, load_tokenizer
 from alpaca_operator.api.finetune import LoRA
+
+from .distributed import Topology, broadcast_object, shard
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -22,11 +27,99 @@ class ModelError(ValueError):
     """The base model cannot be trained with the requested settings."""
 
 
-def load(files: ModelFiles, attn_implementation: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Base model in fp32 (mixed precision casts per layer later) and its tokenizer."""
+@dataclass
+class Built:
+    model: Any  # the model to train: sharded across ranks when there are several
+    tokenizer: PreTrainedTokenizerBase
+    config: PretrainedConfig  # of the base model with the final vocabulary, for saving
+
+
+def build(
+    files: ModelFiles,
+    attn_implementation: str,
+    topology: Topology,
+    device: torch.device,
+    *,
+    max_seq_length: int,
+    lora: LoRA | None,
+    gradient_checkpointing: bool,
+    bf16: bool,
+) -> Built:
+    """The model ready to train, with at most one full copy of the weights per node.
+
+    One process loads the weights and moves them to its device. Several ranks would otherwise each
+    load the whole model in fp32 before sharding (8 x 28 GB on a node for a 7B model), so instead
+    rank 0 alone reads the weights, every rank builds the model on the meta device and shards it,
+    allocates only its own shard, and receives its part tensor by tensor from rank 0.
+    """
     tokenizer = load_tokenizer(files)
-    model = load_causal_lm(files, dtype=torch.float32, attn_implementation=attn_implementation)
-    return model, tokenizer
+    if not topology.distributed:
+        model = load_causal_lm(files, dtype=torch.float32, attn_implementation=attn_implementation)
+        check_max_length(model.config, max_seq_length)
+        ensure_pad_token(model, tokenizer)
+        config = model.config
+        model = _prepare(model, lora, gradient_checkpointing)
+        return Built(model.to(device), tokenizer, config)
+
+    from transformers import AutoModelForCausalLM
+
+    source = load_causal_lm(files, dtype=torch.float32, attn_implementation=attn_implementation) if topology.is_main else None
+    base_config = broadcast_object(source.config if source is not None else None)
+    check_max_length(base_config, max_seq_length)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(base_config, dtype=torch.float32, attn_implementation=attn_implementation)
+    if source is not None:
+        ensure_pad_token(source, tokenizer)  # the new row's value (a mean) comes from the real weights
+        source = _prepare(source, lora, gradient_checkpointing=False)
+    else:
+        tokenizer_grew_pad(tokenizer)
+    _match_vocabulary(model, tokenizer)
+    config = model.config
+    model = _prepare(model, lora, gradient_checkpointing)
+    shard(model, bf16=bf16)
+    model.to_empty(device=device)
+    _receive_weights(model, source)
+    del source
+    gc.collect()
+    return Built(model, tokenizer, config)
+
+
+def tokenizer_grew_pad(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Give the tokenizer the pad token `ensure_pad_token` would, without a model to resize."""
+    if tokenizer.pad_token_id is None:
+        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+
+
+def _match_vocabulary(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    if model.get_input_embeddings().weight.shape[0] != len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def _prepare(model: PreTrainedModel, lora: LoRA | None, gradient_checkpointing: bool) -> Any:
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return apply_lora(model, lora) if lora is not None else model
+
+
+def _receive_weights(model: nn.Module, source: nn.Module | None) -> None:
+    """Fill every rank's shards from rank 0's full model, one tensor at a time, then the buffers.
+
+    Buffers that are not saved with the model (rotary frequencies) are still meta-built garbage
+    after `to_empty`; they are small and taken from rank 0's model too.
+    """
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    full = source.state_dict() if source is not None else {}
+    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    del full
+    theirs = dict(source.named_buffers()) if source is not None else {}
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if source is not None:
+                buffer.copy_(theirs[name])
+            dist.broadcast(buffer, src=0)
 
 
 def check_max_length(config: PretrainedConfig, max_seq_length: int) -> None:

@@ -99,22 +99,17 @@ def _train(config: TrainConfig, spec: FineTuneSpec, hp: Any, topology: distribut
 
     dataset_path, records, dataset_sha = read_dataset(config)
     files = model_files.resolve(config.base_model)
-    model, tokenizer = model_io.load(files, attention.choose(device))
-    model_io.check_max_length(model.config, hp.max_seq_length)
-    model_io.ensure_pad_token(model, tokenizer)
-    base_config = model.config
-    examples, skipped = tokenize_dataset(dataset_path, records, tokenizer, hp.max_seq_length)
-
-    if hp.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lora = (spec.lora or LoRA()) if spec.method is Method.LORA else None
-    if lora is not None:
-        model = model_io.apply_lora(model, lora)
-    model.to(device)
-    if topology.distributed:
-        distributed.shard(model, bf16=bf16)
+    rss_before = _peak_rss_bytes()
+    built = model_io.build(files, attention.choose(device), topology, device, max_seq_length=hp.max_seq_length, lora=lora,
+                           gradient_checkpointing=hp.gradient_checkpointing, bf16=bf16)
+    model, tokenizer, base_config = built.model, built.tokenizer, built.config
+    del built
+    examples, skipped = tokenize_dataset(dataset_path, records, tokenizer, hp.max_seq_length)
     model.train()
-    sharding = distributed.gather_objects(distributed.sharding_summary(model))
+    # Host memory the model took on each rank: the figure that bounds a node's memory request.
+    memory = {"peakRssBeforeModelBytes": rss_before, "peakRssWithModelBytes": _peak_rss_bytes()}
+    sharding = distributed.gather_objects(distributed.sharding_summary(model) | memory)
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
@@ -158,6 +153,7 @@ def _train(config: TrainConfig, spec: FineTuneSpec, hp: Any, topology: distribut
         step_tokens = sum(lengths[i] for i in chosen)
         summed = torch.zeros((), device=device)
         for micro in range(micro_steps):
+            distributed.set_gradient_sync(model, distributed.sync_this_micro_step(topology.world_size, micro, micro_steps))
             if micro < len(mine):
                 group = [examples[chosen[p]] for p in mine[micro]]
                 batch = collate.packed(group) if hp.packing else collate.padded(group, pad_id)
@@ -234,6 +230,12 @@ def _train(config: TrainConfig, spec: FineTuneSpec, hp: Any, topology: distribut
         report(result, reporter)
     distributed.barrier()
     return manifest
+
+
+def _peak_rss_bytes() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
 
 
 class _NoAutocast:
