@@ -202,7 +202,7 @@ def test_every_pip_install_is_pinned(image: str) -> None:
             targets = [w for w in words[2:] if not w.startswith("-") and not w.startswith("/etc/alpaca/")]
             for target in targets:
                 # The project's own wheel, built in the first stage, or an exact release.
-                assert "==" in target or target.startswith("/wheels/alpaca_operator-"), (
+                assert "==" in target or target.startswith("/tmp/wheels/alpaca_operator-"), (
                     f"images/{image}/Dockerfile: `{' '.join(words)}` installs an unpinned {target}"
                 )
 

@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Build the project's images (images/*/Dockerfile) without a daemon or a registry, and load them
+# into the test node's containerd when it runs (hack/cluster.sh up).
+#
+# Usage:
+#   hack/images.sh [operator] [generate] [train] [serve]     # default: all four
+#
+# The base image is built here from Debian's packages (debootstrap bookworm: CPython 3.11 in a
+# venv at /opt/python) and passed as --build-arg BASE; on a machine with a registry the same
+# Dockerfiles build on their public default base. Everything is keyed by content:
+#   base:   the debootstrap package list and this script's base recipe
+#   images: the base, the Dockerfile, the lock file of its extra and the project's sources
+# so an unchanged image is neither rebuilt nor re-imported. buildah keeps its layers (and the
+# pip cache mount) between runs; OCI archives of finished images are cached under
+#   ${XDG_CACHE_HOME:-$HOME/.cache}/alpaca-operator/images/
+# Prints one line per image: NAME REFERENCE (e.g. `operator localhost/alpaca/operator:3f2a...`).
+set -euo pipefail
+shopt -s inherit_errexit
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cache_dir="${XDG_CACHE_HOME:-${HOME}/.cache}/alpaca-operator/images"
+containerd_sock="${ALPACA_CONTAINERD_SOCK:-/run/alpaca-containerd/containerd.sock}"
+# overlay is much faster than vfs for the multi-GB torch layers; vfs works everywhere.
+storage_driver="${ALPACA_BUILDAH_DRIVER:-overlay}"
+
+# debootstrap's --include resolves no dependencies, so the venv module (whose dependencies reach
+# python3-distutils) is installed afterwards by apt inside the new root.
+base_packages="python3.11,ca-certificates,passwd"
+base_apt_packages="python3.11-venv"
+
+log() { printf 'images: %s\n' "$*" >&2; }
+die() { log "$*"; exit 1; }
+
+bh() { buildah --storage-driver "${storage_driver}" "$@"; }
+
+images=("$@")
+[[ ${#images[@]} -gt 0 ]] || images=(operator generate train serve)
+for name in "${images[@]}"; do
+    [[ -f "${repo_root}/images/${name}/Dockerfile" ]] || die "no images/${name}/Dockerfile"
+done
+for tool in buildah debootstrap; do
+    command -v "${tool}" >/dev/null || die "missing ${tool}: apt-get install buildah debootstrap"
+done
+mkdir -p "${cache_dir}"
+
+# The Debian mirror this machine's apt already uses (deb822 or one-line sources).
+debian_mirror() {
+    local uri
+    uri="$(awk '/^URIs:/ { print $2; exit }' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)"
+    [[ -n "${uri}" ]] || uri="$(awk '$1 == "deb" && $3 ~ /^bookworm$/ { print $2; exit }' /etc/apt/sources.list 2>/dev/null || true)"
+    printf '%s\n' "${uri:-http://deb.debian.org/debian}"
+}
+
+image_exists() { bh inspect --type image "$1" >/dev/null 2>&1; }
+
+build_base() {
+    local recipe key ref
+    recipe="$(sed -n '/^build_base()/,/^}/p' "${BASH_SOURCE[0]}")"
+    key="$(printf '%s\n%s\n%s\n' "${base_packages}" "${base_apt_packages}" "${recipe}" | sha256sum | cut -c1-12)"
+    ref="localhost/alpaca/python-base:${key}"
+    if image_exists "${ref}"; then
+        printf '%s\n' "${ref}"
+        return
+    fi
+    local start=${SECONDS} rootfs
+    rootfs="$(mktemp -d /var/tmp/alpaca-base.XXXXXX)"
+    log "debootstrap bookworm (${base_packages})"
+    debootstrap --variant=minbase --include="${base_packages}" bookworm "${rootfs}" "$(debian_mirror)" >&2
+    chroot "${rootfs}" apt-get install -y -qq --no-install-recommends ${base_apt_packages} >&2
+    # pip and the lock's wheels go into a venv: Debian's own python refuses pip (PEP 668).
+    chroot "${rootfs}" /usr/bin/python3.11 -m venv /opt/python
+    rm -rf "${rootfs}"/var/cache/apt/archives/*.deb "${rootfs}"/var/lib/apt/lists/*
+    local ctr
+    ctr="$(bh from scratch)"
+    bh copy "${ctr}" "${rootfs}/" / >/dev/null
+    bh config --env PATH=/opt/python/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+        --env LANG=C.UTF-8 --cmd '["python"]' "${ctr}"
+    bh commit --quiet "${ctr}" "${ref}" >/dev/null
+    bh rm "${ctr}" >/dev/null
+    rm -rf "${rootfs}"
+    log "base ${ref} in $((SECONDS - start))s"
+    printf '%s\n' "${ref}"
+}
+
+# The build context: only what the Dockerfiles copy (never .venv, .git or caches).
+make_context() {
+    local context="$1" path
+    for path in pyproject.toml README.md operator jobs seeds requirements images; do
+        cp -a "${repo_root}/${path}" "${context}/"
+    done
+    find "${context}" -name __pycache__ -prune -exec rm -rf {} + 2>/dev/null || true
+    find "${context}" -name '*.egg-info' -prune -exec rm -rf {} + 2>/dev/null || true
+}
+
+context_hash() {
+    (cd "$1" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-12
+}
+
+load_into_node() {
+    local ref="$1" archive="$2"
+    [[ -S "${containerd_sock}" ]] || return 0
+    if ctr --address "${containerd_sock}" -n k8s.io images ls -q | grep -qxF "${ref}"; then
+        return 0
+    fi
+    local start=${SECONDS}
+    ctr --address "${containerd_sock}" -n k8s.io images import "${archive}" >/dev/null
+    log "loaded ${ref} into the node in $((SECONDS - start))s"
+}
+
+# This machine's trust store and pip settings (a TLS-inspecting proxy's CA, a package index)
+# hold inside the build too: mounted for the RUN steps only, never part of an image.
+build_mounts=()
+if [[ -f /etc/ssl/certs/ca-certificates.crt ]]; then
+    build_mounts+=(-v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
+fi
+if [[ -f /etc/pip.conf ]]; then
+    build_mounts+=(-v /etc/pip.conf:/etc/pip.conf:ro)
+fi
+
+base_ref="$(build_base)"
+context="$(mktemp -d /var/tmp/alpaca-context.XXXXXX)"
+trap 'rm -rf "${context}"' EXIT
+make_context "${context}"
+sources_key="$(context_hash "${context}")"
+
+for name in "${images[@]}"; do
+    key="$(printf '%s\n%s\n%s\n' "${base_ref}" "${sources_key}" "${name}" | sha256sum | cut -c1-12)"
+    ref="localhost/alpaca/${name}:${key}"
+    archive="${cache_dir}/${name}-${key}.tar"
+    if [[ ! -f "${archive}" ]]; then
+        start=${SECONDS}
+        if ! image_exists "${ref}"; then
+            log "building ${ref}"
+            bh bud --quiet --layers --build-arg "BASE=${base_ref}" "${build_mounts[@]}" \
+                -f "${context}/images/${name}/Dockerfile" -t "${ref}" "${context}" >&2
+        fi
+        # Older archives of this image are stale: one per image is enough.
+        rm -f "${cache_dir}/${name}"-*.tar
+        bh push --quiet "${ref}" "oci-archive:${archive}.tmp:${ref}"
+        mv -f "${archive}.tmp" "${archive}"
+        log "built ${name} in $((SECONDS - start))s ($(du -h "${archive}" | cut -f1))"
+    fi
+    load_into_node "${ref}" "${archive}"
+    printf '%s %s\n' "${name}" "${ref}"
+done
