@@ -9,7 +9,8 @@ and measures the seconds until every one has its Job, the operator's requests pe
 the process's peak RSS while it works. The operators run in this process, one after the other,
 each on its own namespace:
 
-- ours: `alpaca operator`'s wiring (watch events -> work queue -> worker threads);
+- ours: `alpaca operator`'s wiring (watch events -> work queue -> worker threads), with leader
+  election on as the chart deploys it (the writes wait for the Lease, then pass its gate);
 - baseline: the textbook kopf operator: an `@kopf.on.create` handler that builds the same
   ConfigMap and Job and creates them with the kubernetes client, one handler call per resource.
 
@@ -138,7 +139,8 @@ def measure(cp: ControlPlane, namespace: str, n: int, start: Callable[[], Callab
 def start_ours(cp: ControlPlane, namespace: str) -> Callable[[], Callable[[], int]]:
     def start() -> Callable[[], int]:
         settings = OperatorSettings(metrics_port=0)
-        op = OperatorThread(wire(settings, kubeconfig=cp.kubeconfig, namespaces=[namespace], standalone=True)).start()
+        # As deployed: leader election on, so every write also passes the lease gate.
+        op = OperatorThread(wire(settings, kubeconfig=cp.kubeconfig, namespaces=[namespace], lease_namespace=namespace, identity="bench")).start()
 
         def stop() -> int:
             requests = sum(op.wiring.cluster.requests.values())
