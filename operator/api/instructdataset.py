@@ -170,8 +170,22 @@ class Filters(ApiModel):
     )
 
 
+_BUDGET_NEEDS_PRICED_TEACHER = (
+    "budgetUSD cannot be enforced with teacher.modelServerRef: an in-cluster teacher's tokens are free "
+    "and its GPU time is billed to the ModelServer; omit budgetUSD"
+)
+
+
 class InstructDatasetSpec(ApiModel):
     """Generate Alpaca-format instruction data (instruction / input / output) from seed tasks."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("!(has(self.teacher.modelServerRef) && has(self.budgetUSD))", _BUDGET_NEEDS_PRICED_TEACHER, field_path=".budgetUSD"),
+            ]
+        }
+    )
 
     teacher: Teacher = Field(description="The model that writes the new tasks.")
     seed_tasks: SeedTasks = Field(default_factory=SeedTasks, description="The human-written seed tasks.")

@@ -112,6 +112,11 @@ INVALID: tuple[Invalid, ...] = (
         "exactly one of baseURL or modelServerRef",
     ),
     Invalid(
+        # VALID has budgetUSD; an in-cluster teacher's cost is the ModelServer's, so no budget holds.
+        "cel-budget-with-in-cluster-teacher", "InstructDataset", _set("spec.teacher", {"modelServerRef": {"name": "chat"}}),
+        "budgetUSD cannot be enforced with teacher.modelServerRef",
+    ),
+    Invalid(
         "cel-storage-both", "InstructDataset", _set("spec.output.uri", "s3://bucket/data"),
         "exactly one of pvc or uri",
     ),

@@ -33,6 +33,7 @@ def test_pvc_output_becomes_a_folder_under_the_state_root(layout: Layout) -> Non
 def test_model_server_teacher_uses_the_running_server(layout: Layout) -> None:
     document = VALID["InstructDataset"]()
     document["spec"]["teacher"] = {"modelServerRef": {"name": "teacher"}}
+    document["spec"].pop("budgetUSD", None)  # no budget holds for an in-cluster teacher
     manifest = parse("d.yaml", document)
     upstream = {("ModelServer", "teacher"): Outputs(url="http://127.0.0.1:9/v1", served_model_name="teacher")}
     config = generate_config(manifest, layout, upstream)

@@ -20,6 +20,7 @@ def _chain() -> list[dict]:
     teacher["spec"] = {"model": {"source": {"builtin": "smollm2-135m-instruct"}}}
     data = VALID["InstructDataset"]("alpaca-data")
     data["spec"]["teacher"] = {"modelServerRef": {"name": "teacher"}}
+    data["spec"].pop("budgetUSD", None)  # no budget holds for an in-cluster teacher
     tune = VALID["FineTune"]("alpaca-7b")
     chat = VALID["ModelServer"]("alpaca-chat")
     return [teacher, data, tune, chat]
