@@ -1,31 +1,39 @@
-"""Resumable checkpoints: model and optimizer through torch.distributed.checkpoint, plus RNG and the step.
+"""Resumable checkpoints, written straight to the run's output location (a folder, a volume or a URI).
 
-Each rank writes its own shard of the model and optimizer (that is what makes a 7B checkpoint
-fast and small per rank); rank 0 writes the small shared files and publishes the folder. A
-checkpoint is written under a temporary name and renamed once every rank has finished, so a kill
-at any moment leaves either the previous checkpoint or the new one, never half of one. The
-learning rate is a function of the step and the data order a function of (seed, step), so the
-step number is the whole scheduler and data-loader state.
+Layout: `<output>/checkpoints/step-00000200/` holds the model and optimizer through
+torch.distributed.checkpoint (each rank writes its own shard files, on a shared store or volume,
+never on a pod's own disk), each rank's RNG state, a copy of the metrics so far, and
+`trainer_state.json`, which rank 0 writes last once every rank has finished: a checkpoint without
+it is incomplete and never resumed from, so a kill at any moment leaves the previous checkpoint
+usable. Older checkpoints are deleted only after the new one is complete.
+
+Rank 0 alone lists the checkpoints and decides where to resume; every rank follows that decision,
+so ranks never disagree about the step (and never enter different collectives) when a listing
+changes under them. The learning rate is a function of the step and the data order a function of
+(seed, step), so the step number is the whole scheduler and data-loader state.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
-import shutil
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .distributed import Topology, barrier
+from alpaca_jobs.storage import Store
+
+from .distributed import Topology, barrier, broadcast_object
 
 log = logging.getLogger(__name__)
 
+FOLDER = "checkpoints"
 _PREFIX = "step-"
 _STATE = "trainer_state.json"
+METRICS_COPY = "metrics.jsonl"
 
 
 @dataclass
@@ -40,12 +48,19 @@ def _name(step: int) -> str:
     return f"{_PREFIX}{step:08d}"
 
 
-def latest(folder: Path) -> Path | None:
-    """The newest complete checkpoint in `folder`, if any."""
-    if not folder.is_dir():
-        return None
-    done = sorted(p for p in folder.iterdir() if p.name.startswith(_PREFIX) and (p / _STATE).is_file() and p.suffix == "")
-    return done[-1] if done else None
+def complete(store: Store) -> list[str]:
+    """Names of the complete checkpoints under `store` (the checkpoints folder), oldest first."""
+    names = [n for n in store.list() if n.startswith(_PREFIX) and n[len(_PREFIX):].isdigit()]
+    return sorted(n for n in names if store.exists(f"{n}/{_STATE}"))
+
+
+def resume_point(store: Store, topology: Topology) -> str | None:
+    """The checkpoint every rank resumes from: rank 0's choice, broadcast."""
+    choice = None
+    if topology.is_main:
+        found = complete(store)
+        choice = found[-1] if found else None
+    return broadcast_object(choice)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -55,32 +70,44 @@ def _rng_state() -> dict[str, Any]:
     return state
 
 
-def save(folder: Path, state: TrainerState, model: nn.Module, optimizer: torch.optim.Optimizer, topology: Topology) -> Path:
+def _dcp_io(store: Store, name: str, *, write: bool) -> dict[str, Any]:
+    """torch.distributed.checkpoint's reader or writer for a checkpoint folder of `store`."""
+    import torch.distributed.checkpoint as dcp
+
+    if store.remote:
+        return {"storage_writer": dcp.FsspecWriter(store.url(name))} if write else {"storage_reader": dcp.FsspecReader(store.url(name))}
+    return {"checkpoint_id": store.path(name)}
+
+
+def save(store: Store, state: TrainerState, model: nn.Module, optimizer: torch.optim.Optimizer, topology: Topology,
+         metrics: bytes | None = None) -> str:
+    """Write checkpoint `state.step` under `store` (the checkpoints folder); returns its name."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    final = folder / _name(state.step)
-    staging = folder / f"{_name(state.step)}.partial"
+    name = _name(state.step)
     if topology.is_main:
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
+        store.remove(name)  # leftovers of an attempt that died before its marker
     barrier()
     model_state, optim_state = get_state_dict(model, optimizer)
-    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(staging), no_dist=not topology.distributed)
-    torch.save(_rng_state(), staging / f"rng-rank{topology.rank}.pt")
+    dcp.save({"model": model_state, "optim": optim_state}, no_dist=not topology.distributed, **_dcp_io(store, name, write=True))
+    buffer = io.BytesIO()
+    torch.save(_rng_state(), buffer)
+    store.write_bytes(f"{name}/rng-rank{topology.rank}.pt", buffer.getvalue())
     barrier()
     if topology.is_main:
-        (staging / _STATE).write_text(json.dumps(asdict(state)))
-        staging.rename(final)
-        for old in folder.iterdir():
-            if old.name.startswith(_PREFIX) and old != final:
-                shutil.rmtree(old, ignore_errors=True)
+        if metrics is not None:
+            store.write_bytes(f"{name}/{METRICS_COPY}", metrics)
+        store.write_text(f"{name}/{_STATE}", json.dumps(asdict(state)))  # the marker: now it is complete
+        for old in complete(store):
+            if old != name:
+                store.remove(old)
     barrier()
-    return final
+    return name
 
 
-def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, topology: Topology) -> TrainerState:
-    """Restore a checkpoint in place.
+def load(store: Store, name: str, model: nn.Module, optimizer: torch.optim.Optimizer, topology: Topology) -> TrainerState:
+    """Restore checkpoint `name` in place.
 
     torch.distributed.checkpoint reshards on load, so a different number of processes can resume;
     each step still sees the same global batch, only dropout's random streams differ then.
@@ -88,18 +115,22 @@ def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, topolog
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-    state = TrainerState(**json.loads((path / _STATE).read_text()))
+    state = TrainerState(**json.loads(store.read_text(f"{name}/{_STATE}")))
     if state.world_size != topology.world_size:
-        log.warning("%s was written by %d processes, resuming with %d", path, state.world_size, topology.world_size)
+        log.warning("%s was written by %d processes, resuming with %d", store.url(name), state.world_size, topology.world_size)
     model_state, optim_state = get_state_dict(model, optimizer)
     bundle = {"model": model_state, "optim": optim_state}
-    dcp.load(bundle, checkpoint_id=str(path), no_dist=not topology.distributed)
+    dcp.load(bundle, no_dist=not topology.distributed, **_dcp_io(store, name, write=False))
     set_state_dict(model, optimizer, model_state_dict=bundle["model"], optim_state_dict=bundle["optim"])
-    rng_file = path / f"rng-rank{topology.rank}.pt"
-    if not rng_file.is_file():
+    rng_file = f"{name}/rng-rank{topology.rank}.pt"
+    if not store.exists(rng_file):
         return state
-    rng = torch.load(rng_file, weights_only=True)
+    rng = torch.load(io.BytesIO(store.read_bytes(rng_file)), weights_only=True)
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(rng["cuda"])
     return state
+
+
+def metrics_copy(store: Store, name: str) -> bytes | None:
+    return store.read_bytes(f"{name}/{METRICS_COPY}") if store.exists(f"{name}/{METRICS_COPY}") else None

@@ -123,21 +123,33 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Train; the exit code says whether a restart could help (see `exit_codes`)."""
+    from . import exit_codes
     from .data import DatasetError
     from .model import ModelError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = build_config(args)
+    except ValidationError as exc:  # before ValueError, which it subclasses
+        print(f"alpaca train: invalid config: {exc}", file=sys.stderr)
+        return exit_codes.INVALID_CONFIG
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"alpaca train: error: {exc}", file=sys.stderr)
+        return exit_codes.INVALID_CONFIG
+    try:
         from .trainer import RunOptions, train
 
         manifest = train(config, RunOptions(progress_bar=not args.no_progress, keep_checkpoints=args.keep_checkpoints))
-    except ValidationError as exc:  # before ValueError, which it subclasses
-        print(f"alpaca train: invalid config: {exc}", file=sys.stderr)
-        return 2
-    except (DatasetError, ModelError, FileNotFoundError, ValueError) as exc:
+    except DatasetError as exc:
         print(f"alpaca train: error: {exc}", file=sys.stderr)
-        return 2
+        return exit_codes.BAD_DATASET
+    except (ModelError, FileNotFoundError) as exc:
+        print(f"alpaca train: error: {exc}", file=sys.stderr)
+        return exit_codes.BAD_MODEL
+    except Exception:  # a crash, a lost peer, storage down: a new pod resumes from the last checkpoint
+        logging.getLogger(__name__).exception("alpaca train failed; a restart resumes from the last checkpoint")
+        return exit_codes.RETRYABLE
     if manifest:
         print(json.dumps({k: manifest[k] for k in ("name", "steps", "finalLoss", "tokens")} | {"sha256": manifest["model"]["sha256"]}))
-    return 0
+    return exit_codes.OK

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,9 +54,11 @@ def build(
     rank 0 alone reads the weights, every rank builds the model on the meta device and shards it,
     allocates only its own shard, and receives its part tensor by tensor from rank 0.
     """
-    tokenizer = load_tokenizer(files)
+    with _reading(files):
+        tokenizer = load_tokenizer(files)
     if not topology.distributed:
-        model = load_causal_lm(files, dtype=torch.float32, attn_implementation=attn_implementation)
+        with _reading(files):
+            model = load_causal_lm(files, dtype=torch.float32, attn_implementation=attn_implementation)
         check_max_length(model.config, max_seq_length)
         ensure_pad_token(model, tokenizer)
         config = model.config
@@ -63,20 +67,34 @@ def build(
 
     from transformers import AutoModelForCausalLM
 
-    source = load_causal_lm(files, dtype=torch.float32, attn_implementation=attn_implementation) if topology.is_main else None
-    base_config = broadcast_object(source.config if source is not None else None)
-    check_max_length(base_config, max_seq_length)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(base_config, dtype=torch.float32, attn_implementation=attn_implementation)
-    if source is not None:
-        ensure_pad_token(source, tokenizer)  # the new row's value (a mean) comes from the real weights
-        source = _prepare(source, lora, gradient_checkpointing=False)
-    else:
+    # Rank 0 reads the weights; the others learn the outcome from it, the error included, so
+    # that a bad model fails every rank at once instead of leaving them waiting.
+    source = None
+    outcome: PretrainedConfig | ModelError
+    if topology.is_main:
+        try:
+            with _reading(files):
+                source = load_causal_lm(files, dtype=torch.float32, attn_implementation=attn_implementation)
+            check_max_length(source.config, max_seq_length)
+            ensure_pad_token(source, tokenizer)  # the new row's value (a mean) comes from the real weights
+            outcome = source.config
+        except ModelError as exc:
+            outcome = exc
+    outcome = broadcast_object(outcome if topology.is_main else None)
+    if isinstance(outcome, ModelError):
+        raise outcome
+    if source is None:
         tokenizer_grew_pad(tokenizer)
-    _match_vocabulary(model, tokenizer)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(outcome, dtype=torch.float32, attn_implementation=attn_implementation)
+    if source is not None:
+        source = _prepare(source, lora, gradient_checkpointing=False)
     config = model.config
     model = _prepare(model, lora, gradient_checkpointing)
-    shard(model, bf16=bf16)
+    try:
+        shard(model, bf16=bf16)
+    except ValueError as exc:
+        raise ModelError(f"base model: {exc}") from None
     model.to_empty(device=device)
     _receive_weights(model, source)
     del source
@@ -84,16 +102,19 @@ def build(
     return Built(model, tokenizer, config)
 
 
+@contextmanager
+def _reading(files: ModelFiles) -> Iterator[None]:
+    """Files that are missing or unreadable as a model are the same on every retry: a ModelError."""
+    try:
+        yield
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"base model at {files.folder}: {exc}") from None
+
+
 def tokenizer_grew_pad(tokenizer: PreTrainedTokenizerBase) -> None:
     """Give the tokenizer the pad token `ensure_pad_token` would, without a model to resize."""
     if tokenizer.pad_token_id is None:
         tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
-
-
-def _match_vocabulary(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
-    if model.get_input_embeddings().weight.shape[0] != len(tokenizer):
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    model.config.pad_token_id = tokenizer.pad_token_id
 
 
 def _prepare(model: PreTrainedModel, lora: LoRA | None, gradient_checkpointing: bool) -> Any:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ import torch
 from alpaca_jobs import models as model_files
 from alpaca_jobs.report import StatusReporter
 from alpaca_jobs.results import add_to_manifest, model_result, report
-from alpaca_jobs.storage import is_remote, local_path, publish, sha256_file
+from alpaca_jobs.storage import Store, cache_root, is_remote, local_path, publish, sha256_file
 from alpaca_operator.api.finetune import FineTuneSpec, LoRA, Method, Precision, TrainingProgress
 from alpaca_operator.api.workloads import TrainConfig
 
@@ -29,7 +28,6 @@ from .step import loss_sum
 
 log = logging.getLogger(__name__)
 
-_STAGING = Path.home() / ".cache" / "alpaca-operator" / "train-output"
 
 
 @dataclass(frozen=True)
@@ -41,7 +39,7 @@ class RunOptions:
 def output_folder(location: str, name: str) -> Path:
     """Where the run writes: the output itself, or a local staging folder mirrored to a remote URI."""
     if is_remote(location):
-        return _STAGING / name
+        return cache_root() / "train-output" / name
     return local_path(location)
 
 
@@ -85,10 +83,10 @@ def train(config: TrainConfig, options: RunOptions = RunOptions()) -> dict[str, 
 
 def _train(config: TrainConfig, spec: FineTuneSpec, hp: Any, topology: distributed.Topology, device: torch.device, options: RunOptions) -> dict[str, Any]:
     out = output_folder(config.output, config.name)
-    done = reporting.read_manifest(out)
-    if done is not None:
-        log.info("%s already holds a finished model (manifest.json); nothing to do", out)
-        return done
+    store = Store(config.output)
+    if store.exists(reporting.MANIFEST):  # published last: the model is complete
+        log.info("%s already holds a finished model (manifest.json); nothing to do", config.output)
+        return json.loads(store.read_text(reporting.MANIFEST))
     if topology.is_main:
         out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(hp.seed)
@@ -98,7 +96,10 @@ def _train(config: TrainConfig, spec: FineTuneSpec, hp: Any, topology: distribut
     bf16 = _use_bf16(spec, device)
 
     dataset_path, records, dataset_sha = read_dataset(config)
-    files = model_files.resolve(config.base_model)
+    try:
+        files = model_files.resolve(config.base_model)
+    except (OSError, ValueError) as exc:
+        raise model_io.ModelError(f"baseModel: {exc}") from None
     lora = (spec.lora or LoRA()) if spec.method is Method.LORA else None
     rss_before = _peak_rss_bytes()
     built = model_io.build(files, attention.choose(device), topology, device, max_seq_length=hp.max_seq_length, lora=lora,
@@ -118,11 +119,13 @@ def _train(config: TrainConfig, spec: FineTuneSpec, hp: Any, topology: distribut
     stop = plan.total_examples(len(examples), hp.epochs, hp.global_batch_size, hp.max_steps)
     steps = plan.total_steps(len(examples), hp.epochs, hp.global_batch_size, hp.max_steps)
 
-    ckpt_dir = out / "checkpoints"
+    checkpoints = store.child(checkpoint.FOLDER)
     state = checkpoint.TrainerState(step=0, tokens=0, examples=0, world_size=topology.world_size)
-    if (found := checkpoint.latest(ckpt_dir)) is not None:
-        state = checkpoint.load(found, model, optimizer, topology)
-        log.info("resuming from %s (step %d of %d)", found, state.step, steps)
+    if (found := checkpoint.resume_point(checkpoints, topology)) is not None:
+        state = checkpoint.load(checkpoints, found, model, optimizer, topology)
+        log.info("resuming from %s (step %d of %d)", checkpoints.url(found), state.step, steps)
+        if store.remote and topology.is_main and (copy := checkpoint.metrics_copy(checkpoints, found)) is not None:
+            (out / reporting.METRICS).write_bytes(copy)  # a new pod's staging starts empty
     else:
         distributed.barrier()
 
@@ -190,7 +193,8 @@ def _train(config: TrainConfig, spec: FineTuneSpec, hp: Any, topology: distribut
         elif topology.is_main and (state.step % 10 == 0 or state.step == steps):
             log.info("step %d/%d epoch %.2f loss %.4f lr %.3g %.0f tokens/s", state.step, steps, record["epoch"], last_loss, lr, record["tokens_per_second"])
         if state.step % hp.checkpoint_every_steps == 0 and state.step < steps:
-            checkpoint.save(ckpt_dir, state, model, optimizer, topology)
+            so_far = metrics.path.read_bytes() if metrics is not None and store.remote else None
+            checkpoint.save(checkpoints, state, model, optimizer, topology, metrics=so_far)
     if bar is not None:
         bar.close()
 
@@ -224,9 +228,9 @@ def _train(config: TrainConfig, spec: FineTuneSpec, hp: Any, topology: distribut
         reporting.write_manifest(out, manifest)
         result = model_result(manifest, config.output, out)
         add_to_manifest(result, out / reporting.MANIFEST)
-        if not options.keep_checkpoints:
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
-        publish(out, config.output)
+        publish(out, config.output, last=(reporting.MANIFEST,))
+        if not options.keep_checkpoints:  # only now: a kill before this point resumes or finds the manifest
+            checkpoints.remove("")
         report(result, reporter)
     distributed.barrier()
     return manifest
