@@ -268,10 +268,3 @@ class Controller:
             self.metrics.observed(key, status.get("phase"), status.get("costUSD"))
         return patch
 
-
-def cost_clock(now: datetime, interval: float) -> datetime:
-    """`now` rounded down to the cost interval: within one interval, cost figures stay identical, so
-    recomputing the status does not write (and re-trigger) on every event."""
-    seconds = now.timestamp()
-    return datetime.fromtimestamp(seconds - seconds % interval, tz=timezone.utc)
-

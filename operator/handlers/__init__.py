@@ -1,5 +1,6 @@
-"""kopf handlers, one module per kind. They stay thin: each watch event updates the controller's
-caches and queues the resource; the reconcilers in the per-kind modules do the work."""
+"""kopf handlers. They stay thin: each watch event updates the controller's caches and queues the
+resource; a worker then runs the kind's pure reconcile (operator/reconcile/) through the cluster
+applier (apply.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from typing import Any
 import kopf
 
 from ..api.base import GROUP, VERSION
-from ..controller import Controller
 from ..naming import COMPONENT, GENERATE, MANAGED_BY, MANAGED_BY_LABEL, SERVE, TRAIN
 from ..observe import ChildState, summarize_deployment, summarize_job, summarize_pytorchjob
-from . import finetune, instructdataset, modelserver
+from ..controller import Controller, KindInfo
+from ..reconcile import finetune, instructdataset, modelserver
+from .apply import applier
 
 # (group, version, plural) of each child kind, its component label, its parent kind, its summary.
 CHILDREN: tuple[tuple[str, str, str, str, str, Callable[[dict[str, Any]], ChildState]], ...] = (
@@ -25,8 +27,10 @@ CHILDREN: tuple[tuple[str, str, str, str, str, Callable[[dict[str, Any]], ChildS
 
 def register(registry: kopf.OperatorRegistry, ctl: Controller) -> None:
     """Register the reconcilers with the controller and the watches with kopf."""
+    summaries = {parent_kind: summarize for *_, parent_kind, summarize in CHILDREN}
     for module in (instructdataset, finetune, modelserver):
-        info = module.register(ctl)
+        info = KindInfo(module.KIND, module.PLURAL, applier(module, summaries[module.KIND]), module.refs)
+        ctl.register(info)
         _watch_parent(registry, ctl, info.plural, info.kind)
     for group, version, plural, component, parent_kind, summarize in CHILDREN:
         _watch_child(registry, ctl, group, version, plural, component, parent_kind, summarize)

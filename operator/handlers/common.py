@@ -12,16 +12,11 @@ from kubernetes.client.exceptions import ApiException
 from ..conditions import FALSE, Desired
 from ..controller import Body, Controller
 from ..observe import FAILED, READY, ChildState, Computed
+from ..reconcile import invalid_spec, not_ours  # noqa: F401 - shared with the appliers
 
 BLOCKED = "Blocked"
 # Refusals that a spec edit must fix; the others (quota, policy, webhooks down) may pass on their own.
 _INVALID = frozenset({400, 422})
-
-
-def invalid_spec(error: Exception, reason: str = "InvalidSpec") -> Computed:
-    """A spec the operator cannot act on: Failed with the reason, never retried until it changes."""
-    message = str(error).replace("\n", " ")[:1000]
-    return Computed(fields={"phase": FAILED, "message": message}, conditions=[Desired(READY, FALSE, reason, message)])
 
 
 class Refused(Exception):
@@ -84,14 +79,6 @@ def ensure_owned(
             last = summarize(existing if existing is not None else manifest)
     assert last is not None
     return Ensured(last) if last.owner_uid == uid else Ensured(None, not_ours(owner, manifests[-1]["kind"], last))
-
-
-def not_ours(owner: Body, kind: str, child: ChildState) -> Desired:
-    return Desired(
-        READY, FALSE, "WaitingForOldChild",
-        f"a {kind} named {child.name!r} exists but belongs to another {owner['kind']} (uid {child.owner_uid}), "
-        "probably a deleted one whose children are being garbage-collected; waiting for it to go",
-    )
 
 
 def apply_owned(

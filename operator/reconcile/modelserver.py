@@ -1,24 +1,24 @@
-"""ModelServer: wait for and pin the model, keep Deployment + Service in line with the spec, accrue cost."""
+"""ModelServer: wait for and pin the model, plan Deployment + Service + config (applied), accrue cost."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
 
-from ..api.results import RESULT_KEY, WorkloadResult
 from ..api.finetune import FineTuneSpec
 from ..api.modelserver import ModelServerSpec
+from ..api.results import RESULT_KEY, WorkloadResult
 from ..api.workloads import ResolvedModel
 from ..builders import modelserver as build
 from ..builders.common import Mounts, Parent
 from ..builders.inputs import model_from_upstream, model_source
 from ..conditions import FALSE, TRUE, Desired
-from ..controller import Body, Controller, Key, KindInfo
 from ..naming import SPEC_HASH_ANNOTATION
-from ..observe import FAILED, MODEL_READY, Computed, parse_time, server_accrual, server_status, summarize_deployment
-from .common import Refused, apply_owned, invalid_spec, not_ours
+from ..observe import FAILED, MODEL_READY, ChildState, parse_time, server_accrual, server_status, summarize_deployment
+from ..settings import OperatorSettings
+from . import Body, Plan, References, foreign, invalid_spec, waiting_for_old_child
 
 KIND = "ModelServer"
 PLURAL = "modelservers"
@@ -30,7 +30,7 @@ def refs(body: Body) -> list[tuple[str, str]]:
 
 
 def resolve_model(
-    ctl: Controller, namespace: str, spec: ModelServerSpec
+    spec: ModelServerSpec, references: References
 ) -> tuple[ResolvedModel | None, Mounts, dict[str, Any] | None, Desired | None]:
     """(model, mounts, pinned artifact, ModelReady condition or None when the model is given directly)."""
     ref = spec.model.fine_tune_ref
@@ -40,7 +40,7 @@ def resolve_model(
         source = spec.model.source
         uri = source.uri or (f"builtin://{source.builtin.value}" if source.builtin else f"pvc://{source.pvc.claim_name}/{source.pvc.sub_path}" if source.pvc else "")
         return model, mounts, {"uri": uri}, None
-    upstream = ctl.parent("FineTune", namespace, ref.name)
+    upstream = references.get(("FineTune", ref.name))
     if upstream is None:
         return None, Mounts(), None, Desired(MODEL_READY, FALSE, "NotFound", f"FineTune {ref.name!r} does not exist; re-checked periodically")
     status: dict[str, Any] = upstream.get("status") or {}
@@ -57,61 +57,44 @@ def resolve_model(
     return ResolvedModel(location=resolved.location), resolved.mounts, pinned, Desired(MODEL_READY, TRUE, "Pinned", f"serving the model of FineTune {ref.name!r}")
 
 
-def reconcile(ctl: Controller, key: Key, body: Body) -> None:
-    _, namespace, name = key
+def reconcile(body: Body, child: ChildState | None, references: References, settings: OperatorSettings, now: datetime) -> Plan:
     meta = body["metadata"]
-    now = datetime.now(timezone.utc)
     try:
         spec = ModelServerSpec.model_validate(body.get("spec") or {})
     except ValidationError as exc:
-        ctl.write_status(key, body, invalid_spec(exc))
-        return
+        return Plan(invalid_spec(exc))
+    if foreign(body, child):
+        assert child is not None
+        return waiting_for_old_child(body, "Deployment", child)
     status: dict[str, Any] = body.get("status") or {}
-    child = ctl.child(key)
-    if child is not None and child.owner_uid != meta["uid"]:
-        ctl.write_status(key, body, Computed(fields={"phase": "Pending"}, conditions=[not_ours(body, "Deployment", child)]), now=now)
-        return
-    parent = Parent(name, namespace, PLURAL, meta.get("generation"))
-    model, mounts, pinned, dependency = resolve_model(ctl, namespace, spec)
+    parent = Parent(meta["name"], meta["namespace"], PLURAL, meta.get("generation"))
+    model, mounts, pinned, dependency = resolve_model(spec, references)
+    children = []
     if child is not None and dependency is not None and dependency.status != TRUE:
         # Already serving: an upstream that went away later does not take the server down.
         dependency, pinned = None, status.get("model")
     elif model is not None:
         try:
-            config_map, deployment, service = build.build(parent, spec, ctl.settings, model, mounts)
+            config_map, deployment, service = build.build(parent, spec, settings, model, mounts)
         except build.UnsupportedModel as exc:
-            ctl.write_status(key, body, invalid_spec(exc))
-            return
+            return Plan(invalid_spec(exc))
         if child is None or child.spec_hash != deployment["metadata"]["annotations"][SPEC_HASH_ANNOTATION]:
             # Replicas, resources, image, placement...: a server applies spec edits by rolling out,
             # and server-side apply removes what the spec no longer asks for.
-            ctl.ensure_workload_rbac(namespace)
-            try:
-                ensured = apply_owned(ctl, body, [config_map, service, deployment], summarize_deployment, child)
-            except Refused as refused:
-                ctl.write_status(key, body, refused.computed(), now=now)
-                raise
-            if ensured.foreign is not None:
-                ctl.write_status(key, body, Computed(fields={"phase": "Pending"}, conditions=[ensured.foreign]), now=now)
-                return
-            child = ensured.child
+            children = [config_map, service, deployment]
+            if child is None:
+                child = summarize_deployment(deployment)  # reported as the Deployment just made
     computed = server_status(
         current=status,
         child=child,
         dependency=dependency,
         url=build.url(parent),
-        served_model_name=build.served_model_name(name, spec),
+        served_model_name=build.served_model_name(meta["name"], spec),
         pinned=pinned,
         replicas=spec.replicas,
     )
     last = parse_time(status.get("accruedUntil"))
-    if last is None or (now - last).total_seconds() >= ctl.settings.cost_interval_seconds:
+    if last is None or (now - last).total_seconds() >= settings.cost_interval_seconds:
         pods = child.pods if child is not None else 0
-        computed.fields.update(server_accrual(status, pods=pods, gpus_per_pod=spec.gpus_per_replica, pod_rate_usd=build.replica_rate(spec, ctl.settings), now=now))
-    ctl.write_status(key, body, computed, now=now)
-
-
-def register(ctl: Controller) -> KindInfo:
-    info = KindInfo(KIND, PLURAL, reconcile, refs)
-    ctl.register(info)
-    return info
+        computed.fields.update(server_accrual(status, pods=pods, gpus_per_pod=spec.gpus_per_replica, pod_rate_usd=build.replica_rate(spec, settings), now=now))
+    return Plan(computed, children, apply=True)

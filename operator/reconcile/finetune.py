@@ -1,22 +1,22 @@
-"""FineTune: wait for and pin the dataset, create ConfigMap + PyTorchJob, report training and cost."""
+"""FineTune: wait for and pin the dataset's result, plan ConfigMap + PyTorchJob, account training."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
 
-from ..api.results import RESULT_KEY, WorkloadResult
 from ..api.finetune import FineTuneSpec
 from ..api.instructdataset import InstructDatasetSpec
+from ..api.results import RESULT_KEY, WorkloadResult
 from ..builders import finetune as build
 from ..builders.common import Parent
 from ..builders.inputs import Input, dataset_direct, dataset_from_upstream
 from ..conditions import FALSE, TRUE, Desired
-from ..controller import Body, Controller, Key, KindInfo, cost_clock
-from ..observe import DATASET_READY, FAILED, PENDING, RUNNING, Computed, finetune_status, summarize_pytorchjob, terminal
-from .common import Refused, ensure_owned, invalid_spec, not_ours
+from ..observe import DATASET_READY, FAILED, PENDING, RUNNING, ChildState, finetune_status, summarize_pytorchjob, terminal
+from ..settings import OperatorSettings
+from . import Body, Plan, References, cost_clock, foreign, invalid_spec, waiting_for_old_child
 
 KIND = "FineTune"
 PLURAL = "finetunes"
@@ -27,14 +27,14 @@ def refs(body: Body) -> list[tuple[str, str]]:
     return [("InstructDataset", ref["name"])] if ref and ref.get("name") else []
 
 
-def resolve_dataset(ctl: Controller, namespace: str, spec: FineTuneSpec) -> tuple[Input | None, Desired]:
+def resolve_dataset(spec: FineTuneSpec, references: References) -> tuple[Input | None, Desired]:
     """The dataset to train on, or the DatasetReady condition saying why not yet."""
     source = spec.dataset
     ref = source.instruct_dataset_ref
     if ref is None:
         given = dataset_direct(source)
         return given, Desired(DATASET_READY, TRUE, "Given", f"dataset at {given.location}")
-    upstream = ctl.parent("InstructDataset", namespace, ref.name)
+    upstream = references.get(("InstructDataset", ref.name))
     if upstream is None:
         return None, Desired(DATASET_READY, FALSE, "NotFound", f"InstructDataset {ref.name!r} does not exist; re-checked periodically")
     status: dict[str, Any] = upstream.get("status") or {}
@@ -55,37 +55,26 @@ def resolve_dataset(ctl: Controller, namespace: str, spec: FineTuneSpec) -> tupl
     return resolved, Desired(DATASET_READY, TRUE, "Pinned", f"InstructDataset {ref.name!r} pinned" + (f" at sha256 {digest}" if digest else ""))
 
 
-def reconcile(ctl: Controller, key: Key, body: Body) -> None:
-    _, namespace, name = key
+def reconcile(body: Body, child: ChildState | None, references: References, settings: OperatorSettings, now: datetime) -> Plan:
     meta = body["metadata"]
     try:
         spec = FineTuneSpec.model_validate(body.get("spec") or {})
     except ValidationError as exc:
-        ctl.write_status(key, body, invalid_spec(exc))
-        return
-    now = datetime.now(timezone.utc)
+        return Plan(invalid_spec(exc))
+    if foreign(body, child):
+        assert child is not None
+        return waiting_for_old_child(body, "PyTorchJob", child)
     status: dict[str, Any] = body.get("status") or {}
-    child = ctl.child(key)
-    if child is not None and child.owner_uid != meta["uid"]:
-        ctl.write_status(key, body, Computed(fields={"phase": PENDING}, conditions=[not_ours(body, "PyTorchJob", child)]), now=now)
-        return
     dependency: Desired | None = None
     pinned = status.get("dataset")
+    children = []
     if child is None and not terminal(status):
-        dataset, dependency = resolve_dataset(ctl, namespace, spec)
+        dataset, dependency = resolve_dataset(spec, references)
         if dataset is not None:
-            ctl.ensure_workload_rbac(namespace)
-            parent = Parent(name, namespace, PLURAL, meta.get("generation"))
-            config_map, job = build.build(parent, spec, ctl.settings, dataset)
-            try:
-                ensured = ensure_owned(ctl, body, [config_map, job], summarize_pytorchjob)
-            except Refused as refused:
-                ctl.write_status(key, body, refused.computed(), now=now)
-                raise
-            if ensured.foreign is not None:
-                ctl.write_status(key, body, Computed(fields={"phase": PENDING}, conditions=[ensured.foreign]), now=now)
-                return
-            child = ensured.child
+            parent = Parent(meta["name"], meta["namespace"], PLURAL, meta.get("generation"))
+            children = list(build.build(parent, spec, settings, dataset))
+            # Reported as the job just made (the applier creates it before the status is written).
+            child = summarize_pytorchjob(children[-1])
             # Pinned once, when training is set up: a later re-generation of the dataset does not
             # change what this FineTune consumed.
             if pinned is None and dataset.pinned is not None:
@@ -97,20 +86,15 @@ def reconcile(ctl: Controller, key: Key, body: Body) -> None:
         dependency=dependency,
         pinned=pinned,
         gpus=build.total_gpus(spec),
-        gpu_hour_usd=build.gpu_price(spec, ctl.settings),
+        gpu_hour_usd=build.gpu_price(spec, settings),
         budget_usd=spec.budget_usd,
-        budget_is_deadline=build.budget_is_the_deadline(spec, ctl.settings),
-        now=cost_clock(now, ctl.settings.cost_interval_seconds),
+        budget_is_deadline=build.budget_is_the_deadline(spec, settings),
+        now=cost_clock(now, settings.cost_interval_seconds),
     )
+    patch = None
     if (child is not None and computed.fields.get("phase") == FAILED and child.phase in (PENDING, RUNNING)
             and child.reason != "Suspended"):
         # Out of budget before the deadline fired (a price edit, a restart): stop the pods, keep the job.
-        stub = {"apiVersion": build.PYTORCHJOB_API_VERSION, "kind": "PyTorchJob", "metadata": {"name": child.name, "namespace": namespace}}
-        ctl.cluster.merge_patch(stub, {"spec": {"runPolicy": {"suspend": True}}})
-    ctl.write_status(key, body, computed, now=now)
-
-
-def register(ctl: Controller) -> KindInfo:
-    info = KindInfo(KIND, PLURAL, reconcile, refs)
-    ctl.register(info)
-    return info
+        stub = {"apiVersion": build.PYTORCHJOB_API_VERSION, "kind": "PyTorchJob", "metadata": {"name": child.name, "namespace": meta["namespace"]}}
+        patch = (stub, {"spec": {"runPolicy": {"suspend": True}}})
+    return Plan(computed, children, patch=patch)

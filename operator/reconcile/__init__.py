@@ -1,0 +1,63 @@
+"""One pure reconcile per kind: (resource, observed child, references, settings, now) -> Plan.
+
+No I/O: everything a decision needs comes in as arguments, and what to do goes out as a Plan
+(the children wanted now, the status, any stop). The cluster applier (handlers/) turns a Plan into
+requests; the table tests in tests/unit/operator/reconcile/ read it directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from ..conditions import FALSE, Desired
+from ..observe import FAILED, PENDING, READY, ChildState, Computed
+
+Body = dict[str, Any]
+Manifest = dict[str, Any]
+# Resources this one refers to, by (kind, name) in its namespace; absent when they do not exist.
+References = dict[tuple[str, str], Body]
+
+
+@dataclass
+class Plan:
+    """What a reconcile decided."""
+
+    status: Computed
+    # Children to create (batch kinds) or apply (servers), the primary one last; empty: none now.
+    children: list[Manifest] = field(default_factory=list)
+    # Server-side apply (a server's children follow its spec) rather than create-once.
+    apply: bool = False
+    # A child to stop (merge patch), e.g. a PyTorchJob suspended when its budget ran out.
+    patch: tuple[Manifest, Manifest] | None = None
+
+
+def invalid_spec(error: Exception, reason: str = "InvalidSpec") -> Computed:
+    """A spec the operator cannot act on: Failed with the reason, never retried until it changes."""
+    message = str(error).replace("\n", " ")[:1000]
+    return Computed(fields={"phase": FAILED, "message": message}, conditions=[Desired(READY, FALSE, reason, message)])
+
+
+def not_ours(owner: Body, kind: str, child: ChildState) -> Desired:
+    return Desired(
+        READY, FALSE, "WaitingForOldChild",
+        f"a {kind} named {child.name!r} exists but belongs to another {owner['kind']} (uid {child.owner_uid}), "
+        "probably a deleted one whose children are being garbage-collected; waiting for it to go",
+    )
+
+
+def waiting_for_old_child(owner: Body, kind: str, child: ChildState) -> Plan:
+    return Plan(Computed(fields={"phase": PENDING}, conditions=[not_ours(owner, kind, child)]))
+
+
+def foreign(owner: Body, child: ChildState | None) -> bool:
+    """A child of our name that another UID owns (a deleted namesake's, awaiting garbage collection)."""
+    return child is not None and child.owner_uid != owner["metadata"]["uid"]
+
+
+def cost_clock(now: datetime, interval: float) -> datetime:
+    """`now` rounded down to the cost interval: within one interval, cost figures stay identical, so
+    recomputing the status does not write (and re-trigger) on every event."""
+    seconds = now.timestamp()
+    return datetime.fromtimestamp(seconds - seconds % interval, tz=timezone.utc)
