@@ -2,7 +2,8 @@
 
 Work always happens in a local folder. For a remote location that folder is a staging copy: the
 checkpoint is fetched from the store on start and everything is pushed back when the run ends (and
-the checkpoint now and then while it runs), so a rescheduled pod resumes from the store.
+the checkpoint now and then while it runs), so a rescheduled pod resumes from the store. Copies go
+through `alpaca_jobs.storage`: each file lands whole, and the manifest is published last.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from alpaca_jobs import storage
 
-from .manifest import CHECKPOINT_FILE
+from .manifest import CHECKPOINT_FILE, MANIFEST_FILE
 
 log = logging.getLogger(__name__)
 
@@ -26,38 +27,31 @@ class OutputFolder:
         self.location = location
         self.remote = storage.is_remote(location)
         if self.remote:
-            root = staging_root or Path(os.environ.get("ALPACA_CACHE_DIR", Path.home() / ".cache" / "alpaca-operator"))
+            root = staging_root or storage.cache_root()
             self.path = root / "staging" / hashlib.sha256(location.encode()).hexdigest()[:16]
+            self.store: storage.Store | None = storage.Store(location)
         else:
             self.path = storage.local_path(location)
+            self.store = None
         self.path.mkdir(parents=True, exist_ok=True)
 
     def fetch_checkpoint(self) -> None:
-        if not self.remote:
+        """The store's journal replaces the local one: the store is what survives a lost pod."""
+        if self.store is None or not self.store.exists(CHECKPOINT_FILE):
             return
-        import fsspec
-
-        fs, root = fsspec.core.url_to_fs(self.location)
-        remote = f"{root.rstrip('/')}/{CHECKPOINT_FILE}"
-        if fs.exists(remote):
-            local = self.path / CHECKPOINT_FILE
-            local.parent.mkdir(parents=True, exist_ok=True)
-            fs.get(remote, str(local))
+        local = self.path / CHECKPOINT_FILE
+        local.unlink(missing_ok=True)
+        self.store.fetch(CHECKPOINT_FILE, local)
 
     def push(self, *relative: str) -> None:
-        """Copy the named files (all when none are named) to the remote location."""
-        if not self.remote:
+        """Copy the named files (all when none are named, the manifest last) to the remote location."""
+        if self.store is None:
             return
-        import fsspec
-
-        fs, root = fsspec.core.url_to_fs(self.location)
-        names = relative or tuple(
-            str(p.relative_to(self.path)) for p in sorted(self.path.rglob("*")) if p.is_file()
-        )
-        for name in names:
-            target = f"{root.rstrip('/')}/{name}"
-            fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
-            fs.put(str(self.path / name), target)
+        if not relative:
+            self.store.publish_folder(self.path, last=(MANIFEST_FILE,))
+            return
+        for name in relative:
+            self.store.upload(self.path / name, name)
 
     def write_text(self, name: str, text: str) -> Path:
         """Atomically: readers see the old file or the new one, never half of one."""
