@@ -17,7 +17,7 @@ from torch import nn
 from alpaca_jobs.models import ModelFiles, load_causal_lm, load_tokenizer
 from alpaca_operator.api.finetune import LoRA
 
-from .distributed import Topology, broadcast_object, shard
+from .distributed import Topology, broadcast_object, decoder_layers, shard
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -46,6 +46,7 @@ def build(
     lora: LoRA | None,
     gradient_checkpointing: bool,
     bf16: bool,
+    compile_layers: bool = False,
 ) -> Built:
     """The model ready to train, with at most one full copy of the weights per node.
 
@@ -62,7 +63,7 @@ def build(
         check_max_length(model.config, max_seq_length)
         ensure_pad_token(model, tokenizer)
         config = model.config
-        model = _prepare(model, lora, gradient_checkpointing)
+        model = _prepare(model, lora, gradient_checkpointing, compile_layers)
         return Built(model.to(device), tokenizer, config)
 
     from transformers import AutoModelForCausalLM
@@ -90,7 +91,7 @@ def build(
     if source is not None:
         source = _prepare(source, lora, gradient_checkpointing=False)
     config = model.config
-    model = _prepare(model, lora, gradient_checkpointing)
+    model = _prepare(model, lora, gradient_checkpointing, compile_layers)
     try:
         shard(model, bf16=bf16)
     except ValueError as exc:
@@ -117,10 +118,17 @@ def tokenizer_grew_pad(tokenizer: PreTrainedTokenizerBase) -> None:
         tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
 
 
-def _prepare(model: PreTrainedModel, lora: LoRA | None, gradient_checkpointing: bool) -> Any:
+def _prepare(model: PreTrainedModel, lora: LoRA | None, gradient_checkpointing: bool, compile_layers: bool = False) -> Any:
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return apply_lora(model, lora) if lora is not None else model
+    prepared = apply_lora(model, lora) if lora is not None else model
+    if compile_layers:
+        # Per decoder layer and before sharding, as torchtitan does: FSDP's hooks stay outside the
+        # compiled code, and one compiled graph serves every layer. Row lengths vary with packing,
+        # so shapes are dynamic from the start (one recompile otherwise, at the first change).
+        for layer in decoder_layers(prepared):
+            layer.compile(dynamic=True)
+    return prepared
 
 
 def _receive_weights(model: nn.Module, source: nn.Module | None) -> None:
