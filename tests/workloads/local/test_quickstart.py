@@ -10,34 +10,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import openai
 import pytest
-import yaml
-
-ROOT = Path(__file__).resolve().parents[3]
-QUICKSTART = ROOT / "examples" / "quickstart"
+from support.quickstart import write_shrunk_quickstart
 
 pytestmark = pytest.mark.slow
-
-
-def _shrunk_quickstart(folder: Path) -> None:
-    """The quickstart with the same kinds and fields, sized for a test on 2 cores."""
-    changes: dict[str, dict[str, Any]] = {
-        "10-dataset.yaml": {
-            "generation": {"numExamples": 3, "instructionsPerRequest": 6, "maxTokens": 320},
-            "teacher": {"maxConcurrency": 4},
-        },
-        "20-finetune.yaml": {
-            "hyperparameters": {"maxSteps": 2, "maxSeqLength": 128, "globalBatchSize": 4, "microBatchSize": 2},
-        },
-    }
-    for source in sorted(QUICKSTART.glob("*.yaml")):
-        document = yaml.safe_load(source.read_text())
-        for field, values in changes.get(source.name, {}).items():
-            document["spec"][field] = document["spec"].get(field, {}) | values
-        (folder / source.name).write_text(yaml.safe_dump(document))
 
 
 def _alpaca_run(*args: str, log: Path) -> subprocess.Popen[bytes]:
@@ -61,8 +39,7 @@ def _wait_for(text: str, log: Path, process: subprocess.Popen[bytes], timeout_s:
 
 def test_quickstart_runs_end_to_end_then_skips_what_is_unchanged(tmp_path: Path) -> None:
     manifests, state = tmp_path / "manifests", tmp_path / "state"
-    manifests.mkdir()
-    _shrunk_quickstart(manifests)
+    write_shrunk_quickstart(manifests)
 
     first_log = tmp_path / "first.log"
     process = _alpaca_run(str(manifests), "--state-dir", str(state), log=first_log)
