@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field
 
@@ -63,6 +63,18 @@ class Batching(ApiModel):
     max_new_tokens: int = Field(default=512, ge=1, le=131072, description="Upper bound on max_tokens per request.")
 
 
+class NetworkPolicy(ApiModel):
+    """A NetworkPolicy in front of the server: only these peers reach its API port."""
+
+    from_: Annotated[list[dict[str, Any]], Field(max_length=32)] = Field(
+        default_factory=list,
+        alias="from",
+        description="NetworkPolicyPeers (podSelector, namespaceSelector, ipBlock) allowed to connect; "
+        "empty: only pods in this namespace.",
+        json_schema_extra={"items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+    )
+
+
 class ModelServerSpec(ApiModel):
     """Serve a model with an OpenAI-compatible API (/v1) and a chat page (/)."""
 
@@ -103,6 +115,9 @@ class ModelServerSpec(ApiModel):
     resources: ComputeResources | None = Field(default=None, description="CPU and memory per pod.")
     placement: Placement | None = Field(default=None, description="Node selector, tolerations and affinity.")
     image: ShortStr | None = Field(default=None, description="Overrides the operator's serve (or vLLM) image.")
+    network_policy: NetworkPolicy | None = Field(
+        default=None, description="When set, a NetworkPolicy lets only the given peers reach the server.",
+    )
 
 
 class ModelServerStatus(StatusBase):

@@ -173,3 +173,20 @@ def build(
         },
     }
     return cm, stamp(deployment, parent, {"deployment": deployment["spec"]}), service
+
+
+def network_policy(parent: Parent, spec: ModelServerSpec) -> Manifest | None:
+    """Ingress to the server's pods on its API port, from the spec's peers (default: this namespace's pods)."""
+    if spec.network_policy is None:
+        return None
+    peers = [dict(peer) for peer in spec.network_policy.from_] or [{"podSelector": {}}]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": service_name(parent.name), "namespace": parent.namespace, "labels": labels(parent.name, SERVE)},
+        "spec": {
+            "podSelector": {"matchLabels": selector(parent.name, SERVE)},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": peers, "ports": [{"protocol": "TCP", "port": PORT}]}],
+        },
+    }

@@ -81,7 +81,8 @@ def reconcile(body: Body, child: ChildState | None, references: References, sett
         if child is None or child.spec_hash != deployment["metadata"]["annotations"][SPEC_HASH_ANNOTATION]:
             # Replicas, resources, image, placement...: a server applies spec edits by rolling out,
             # and server-side apply removes what the spec no longer asks for.
-            children = [config_map, service, deployment]
+            policy = build.network_policy(parent, spec)
+            children = [config_map, service, *([policy] if policy else []), deployment]
             if child is None:
                 child = summarize_deployment(deployment)  # reported as the Deployment just made
     computed = server_status(

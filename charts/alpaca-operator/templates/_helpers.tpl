@@ -112,6 +112,10 @@ The rules the operator needs in each namespace it works in: exactly what it call
 - apiGroups: [""]
   resources: [services]
   verbs: [create, patch]
+# A ModelServer with spec.networkPolicy: its NetworkPolicy, applied the same way.
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [create, patch]
 # The workload identity of each namespace: a ServiceAccount with a Role that may patch status only.
 - apiGroups: [""]
   resources: [serviceaccounts]

@@ -41,6 +41,8 @@ NOT_EXERCISED: dict[Permission, str] = {
     ("alpaca.dev", "finetunes/status", "get"): "held only to grant it to the workload Role",
     ("alpaca.dev", "modelservers/status", "get"): "held only to grant it to the workload Role",
     ("batch", "jobs", "get"): "a restarted operator reads back a Job that already exists",
+    ("networking.k8s.io", "networkpolicies", "create"): "a ModelServer with spec.networkPolicy (applied: audited as patch)",
+    ("networking.k8s.io", "networkpolicies", "patch"): "a ModelServer with spec.networkPolicy",
     ("", "services", "create"): "server-side apply creates a missing Service: checked inside the PATCH, audited as patch",
     ("apps", "deployments", "create"): "server-side apply creates a missing Deployment: checked inside the PATCH, audited as patch",
     ("kubeflow.org", "pytorchjobs", "get"): "a restarted operator reads back a PyTorchJob that already exists",

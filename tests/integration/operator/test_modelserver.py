@@ -78,3 +78,15 @@ def test_keys_removed_from_the_spec_are_removed_from_the_deployment(start_operat
     assert updated.metadata.labels["team"] == "search"
     managers = {(f.manager, f.operation) for f in updated.metadata.managed_fields}
     assert ("alpaca-operator", "Apply") in managers
+
+
+def test_an_optional_network_policy_guards_the_server(start_operator, custom, api_client, namespace: str) -> None:
+    start_operator()
+    create(custom, namespace, "modelservers", "ModelServer", "guarded", {
+        **SPEC, "networkPolicy": {"from": [{"namespaceSelector": {"matchLabels": {"team": "research"}}}]},
+    })
+    policy = wait_for(lambda: kubernetes.client.NetworkingV1Api(api_client).read_namespaced_network_policy("guarded-serve", namespace), what="the NetworkPolicy")
+    deployment = kubernetes.client.AppsV1Api(api_client).read_namespaced_deployment("guarded-serve", namespace)
+    assert policy.spec.pod_selector.match_labels == deployment.spec.selector.match_labels
+    assert policy.spec.ingress[0].to_dict()["_from"][0]["namespace_selector"]["match_labels"] == {"team": "research"}
+    assert policy.metadata.owner_references[0].kind == "ModelServer"

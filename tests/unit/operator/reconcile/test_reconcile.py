@@ -139,3 +139,17 @@ def test_a_reconcile_does_no_io(module: str) -> None:
             imported.update(alias.name for alias in node.names)
     assert not {m for m in imported if m.split(".")[-1] in {"kube", "controller", "handlers", "kopf", "kubernetes", "requests"}
                 or m.startswith(("kubernetes", "kopf"))}, imported
+
+
+def test_an_optional_network_policy_admits_only_the_given_peers() -> None:
+    plain = modelserver.reconcile(body("ModelServer", SERVE), None, {}, SETTINGS, NOW)
+    assert "NetworkPolicy" not in kinds(plain)
+    default = modelserver.reconcile(body("ModelServer", {**SERVE, "networkPolicy": {}}), None, {}, SETTINGS, NOW)
+    (policy,) = [c for c in default.children if c["kind"] == "NetworkPolicy"]
+    deployment = default.children[-1]
+    assert policy["spec"]["podSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    assert policy["spec"]["ingress"] == [{"from": [{"podSelector": {}}], "ports": [{"protocol": "TCP", "port": 8000}]}]
+    peers = [{"namespaceSelector": {"matchLabels": {"team": "research"}}}]
+    chosen = modelserver.reconcile(body("ModelServer", {**SERVE, "networkPolicy": {"from": peers}}), None, {}, SETTINGS, NOW)
+    (policy,) = [c for c in chosen.children if c["kind"] == "NetworkPolicy"]
+    assert policy["spec"]["ingress"][0]["from"] == peers
