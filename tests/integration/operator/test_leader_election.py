@@ -13,7 +13,7 @@ import json
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -201,3 +201,32 @@ def _lease_time(value: Any) -> datetime:
 def _accrued_after(status: dict[str, Any], moment: datetime, seconds: float) -> bool:
     until = status.get("accruedUntil")
     return bool(until) and _seconds(_lease_time(until), moment) > seconds
+
+
+def test_a_replica_that_loses_the_lease_stops_writing_at_once(control_plane, crds, custom, api_client, namespace: str) -> None:
+    """Another holder appears in the Lease (a partition healed, a replica that raced us): this one
+    stops writing on its next look, creates nothing while the other holds it, and resumes only after
+    taking the lease back once the other's lease expired."""
+    settings = OperatorSettings.model_validate({**FAST, "leaderElection": LEASE})
+    coordination = kubernetes.client.CoordinationV1Api(api_client)
+    op = OperatorThread(wire(settings, kubeconfig=control_plane.kubeconfig, namespaces=[namespace], lease_namespace=namespace, identity="op-a")).start()
+    try:
+        wait_for(lambda: op.wiring.cluster.may_write(), what="op-a leading")
+        lease = coordination.read_namespaced_lease("alpaca-operator", namespace)
+        lease.spec.holder_identity = "op-elsewhere"
+        lease.spec.renew_time = datetime.now(timezone.utc)
+        lease.spec.lease_transitions = (lease.spec.lease_transitions or 0) + 1
+        coordination.replace_namespaced_lease("alpaca-operator", namespace, lease)
+        wait_for(lambda: not op.wiring.cluster.may_write(), timeout=2 * LEASE["retryPeriodSeconds"] + REQUEST_TIMEOUT, what="op-a stopping")
+        create(custom, namespace, "instructdatasets", "InstructDataset", "data", {
+            "teacher": {"baseURL": "https://api.example.com/v1", "model": "m"}, "output": {"uri": "s3://b/d"},
+        })
+        batch = kubernetes.client.BatchV1Api(api_client)
+        job = wait_for(lambda: batch.read_namespaced_job("data-generate", namespace), timeout=3 * LEASE["leaseDurationSeconds"] + REQUEST_TIMEOUT,
+                       what="the Job, once op-a holds the lease again")
+        back = coordination.read_namespaced_lease("alpaca-operator", namespace)
+        assert back.spec.holder_identity == "op-a"
+        # Nothing was created while the other held the lease: the Job is younger than op-a's return.
+        assert job.metadata.creation_timestamp >= back.spec.acquire_time.replace(microsecond=0)
+    finally:
+        op.stop()
