@@ -11,7 +11,7 @@ from kubernetes.client.exceptions import ApiException
 
 from ..conditions import FALSE, Desired
 from ..controller import Body, Controller
-from ..observe import FAILED, READY, ChildState, Computed
+from ..observe import FAILED, READY, ChildState, Computed, owner_uid
 from ..reconcile import invalid_spec, not_ours  # noqa: F401 - shared with the appliers
 
 BLOCKED = "Blocked"
@@ -74,11 +74,15 @@ def ensure_owned(
             if exc.status in (400, 403, 422):
                 raise Refused(manifest, exc) from None
             raise
+        existing = None if created else ctl.cluster.get(manifest)
+        if existing is not None and owner_uid(existing.get("metadata") or {}) != uid:
+            # A namesake's leftover (its config, say): the primary must not start with it.
+            leftover = ChildState(name=manifest["metadata"]["name"], phase="", reason="", owner_uid=owner_uid(existing.get("metadata") or {}))
+            return Ensured(None, not_ours(owner, manifest["kind"], leftover))
         if manifest is manifests[-1]:
-            existing = None if created else ctl.cluster.get(manifest)
             last = summarize(existing if existing is not None else manifest)
     assert last is not None
-    return Ensured(last) if last.owner_uid == uid else Ensured(None, not_ours(owner, manifests[-1]["kind"], last))
+    return Ensured(last)
 
 
 def apply_owned(

@@ -30,7 +30,7 @@ def _jobs(custom, namespace: str) -> list[dict]:
     return custom.list_namespaced_custom_object("kubeflow.org", "v1", namespace, "pytorchjobs")["items"]
 
 
-def test_a_deleted_and_recreated_finetune_waits_for_the_old_job_and_never_reports_it(start_operator, custom, namespace: str) -> None:
+def test_a_deleted_and_recreated_finetune_waits_for_the_old_job_and_never_reports_it(start_operator, custom, api_client, namespace: str) -> None:
     start_operator()
     old = create(custom, namespace, "finetunes", "FineTune", "tuned", FT)
     wait_for(lambda: _pytorchjob(custom, namespace), what="the first PyTorchJob")
@@ -49,8 +49,13 @@ def test_a_deleted_and_recreated_finetune_waits_for_the_old_job_and_never_report
     (leftover,) = _jobs(custom, namespace)
     assert leftover["metadata"]["ownerReferences"][0]["uid"] == old["metadata"]["uid"], "never adopted"
 
-    # The garbage collector's part: the old job goes. Then a job of the new resource's own.
+    # The garbage collector's part, one dependent at a time: the old job goes first; its config is
+    # still there, and a new job must not start with the old config.
     custom.delete_namespaced_custom_object("kubeflow.org", "v1", namespace, "pytorchjobs", "tuned-train")
+    still = wait_for(lambda: (c := condition(status_of(custom, namespace, "finetunes", "tuned"), "Ready")) and "ConfigMap" in c["message"] and c,
+                     what="waiting for the old config")
+    assert still["reason"] == "WaitingForOldChild" and _jobs(custom, namespace) == []
+    kubernetes.client.CoreV1Api(api_client).delete_namespaced_config_map("tuned-train-config", namespace)
     fresh = wait_for(lambda: (j := _pytorchjob(custom, namespace)) and j["metadata"]["ownerReferences"][0]["uid"] == new["metadata"]["uid"] and j,
                      what="the new resource's PyTorchJob")
     assert "status" not in fresh or not fresh["status"].get("conditions")
