@@ -169,3 +169,11 @@ def test_helm_install_dry_run_against_the_cluster(helm: str, control_plane: Any,
     # The chart's kubeVersion is checked against the live server, and NOTES render.
     assert "alpaca-operator 0.1.0 is installed" in out
     assert "never upgrades or deletes" in out
+
+
+def test_teacher_hosts_and_lease_timing_reach_the_operator(render: Callable[..., Documents], tmp_path: Path) -> None:
+    documents = render("--set", "teacherHosts.allowed={api.openai.com,*.example.com}", "--set", "leaderElection.leaseDurationSeconds=30")
+    settings = settings_of(documents, tmp_path)
+    assert settings.teacher_hosts.allowed == ["api.openai.com", "*.example.com"]
+    assert settings.teacher_hosts.allow_link_local is False
+    assert settings.leader_election.lease_duration_seconds == 30
