@@ -75,7 +75,10 @@ def build(
     if topology.is_main:
         try:
             with _reading(files):
-                source = load_causal_lm(files, dtype=torch.float32, attn_implementation=attn_implementation)
+                # In the dtype the weights are stored in (bf16 for most checkpoints): half the
+                # memory of fp32, and each shard is upcast as it is copied into the fp32 model.
+                stored = torch.float32 if files.gguf_file else "auto"
+                source = load_causal_lm(files, dtype=stored, attn_implementation=attn_implementation)
             check_max_length(source.config, max_seq_length)
             ensure_pad_token(source, tokenizer)  # the new row's value (a mean) comes from the real weights
             outcome = source.config
@@ -173,7 +176,7 @@ def ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase)
     with torch.no_grad():
         for embeddings in {id(e): e for e in (model.get_input_embeddings(), model.get_output_embeddings()) if e is not None}.values():
             weight = embeddings.weight
-            weight[old:] = weight[:old].mean(dim=0, keepdim=True)
+            weight[old:] = weight[:old].float().mean(dim=0, keepdim=True).to(weight.dtype)
     model.config.pad_token_id = tokenizer.pad_token_id
     return True
 
