@@ -237,6 +237,19 @@ def kept(current: dict[str, Any]) -> Computed:
     return Computed(fields={"phase": current.get("phase")})
 
 
+def lost(current: dict[str, Any], kind: str, artifact_field: str) -> Computed:
+    """A batch resource whose child is gone before its outcome was seen (deleted by hand, or by a
+    TTL while the operator was away). It is never run again by accident: the result the workload
+    wrote, if any, says it succeeded; otherwise it failed, and recreating the resource runs it anew."""
+    name = current.get("jobName")
+    if current.get("result"):
+        message = f"the {kind} {name!r} is gone; its workload had reported its result"
+        fields = {"phase": SUCCEEDED, "message": message, artifact_field: current["result"].get("artifact")}
+        return Computed(fields=fields, conditions=[Desired(READY, TRUE, "Completed", message)])
+    message = f"the {kind} {name!r} disappeared before it finished; recreate the resource to run it again"
+    return Computed(fields={"phase": FAILED, "message": message}, conditions=[Desired(READY, FALSE, f"{kind}Lost", message)])
+
+
 def running_since(child: ChildState) -> datetime | None:
     """When the child's pods began holding GPUs, while they hold them (None when they do not)."""
     if child.phase in (RUNNING, SUCCEEDED, FAILED):

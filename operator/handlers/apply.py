@@ -21,7 +21,9 @@ from .common import Refused, apply_owned, ensure_owned
 Summarize = Callable[[dict[str, Any]], ChildState]
 
 
-def applier(kind: ModuleType, summarize: Summarize) -> Callable[[Controller, Key, Body], None]:
+def applier(kind: ModuleType, summarize: Summarize, primary: tuple[str, str]) -> Callable[[Controller, Key, Body], None]:
+    """`primary`: (apiVersion, kind) of the child whose name status.jobName records (batch kinds)."""
+
     def reconcile(ctl: Controller, key: Key, body: Body) -> None:
         _, namespace, _ = key
         now = datetime.now(timezone.utc)
@@ -31,6 +33,11 @@ def applier(kind: ModuleType, summarize: Summarize) -> Callable[[Controller, Key
             if (found := ctl.parent(ref_kind, namespace, name)) is not None
         }
         child = ctl.child(key)
+        recorded = (body.get("status") or {}).get("jobName")
+        if child is None and recorded:
+            # The cache may simply not have seen it yet: ask before a reconcile calls it lost.
+            found = ctl.cluster.get({"apiVersion": primary[0], "kind": primary[1], "metadata": {"name": recorded, "namespace": namespace}})
+            child = summarize(found) if found is not None else None
         plan: Plan = kind.reconcile(body, child, references, ctl.settings, now)
         status = plan.status
         if plan.children:

@@ -14,7 +14,7 @@ from ..builders import finetune as build
 from ..builders.common import Parent
 from ..builders.inputs import Input, dataset_direct, dataset_from_upstream
 from ..conditions import FALSE, TRUE, Desired
-from ..observe import DATASET_READY, FAILED, PENDING, RUNNING, ChildState, finetune_status, summarize_pytorchjob, terminal
+from ..observe import DATASET_READY, FAILED, PENDING, RUNNING, ChildState, finetune_status, lost, summarize_pytorchjob, terminal
 from ..settings import OperatorSettings
 from . import Body, Plan, References, cost_clock, foreign, invalid_spec, waiting_for_old_child
 
@@ -65,6 +65,8 @@ def reconcile(body: Body, child: ChildState | None, references: References, sett
         assert child is not None
         return waiting_for_old_child(body, "PyTorchJob", child)
     status: dict[str, Any] = body.get("status") or {}
+    if child is None and status.get("jobName") and not terminal(status):
+        return Plan(lost(status, "PyTorchJob", "model"))
     dependency: Desired | None = None
     pinned = status.get("dataset")
     children = []

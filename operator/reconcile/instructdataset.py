@@ -15,7 +15,7 @@ from ..builders.common import Parent
 from ..builders.inputs import TeacherServer
 from ..builders.modelserver import replica_rate
 from ..conditions import FALSE, TRUE, Desired
-from ..observe import TEACHER_READY, ChildState, dataset_status, kept, summarize_job, terminal
+from ..observe import TEACHER_READY, ChildState, dataset_status, kept, lost, summarize_job, terminal
 from ..settings import OperatorSettings
 from ..teacher_hosts import refusal
 from . import Body, Plan, References, cost_clock, foreign, invalid_spec, waiting_for_old_child
@@ -76,6 +76,8 @@ def reconcile(body: Body, child: ChildState | None, references: References, sett
     status: dict[str, Any] = body.get("status") or {}
     if child is None and terminal(status):
         return Plan(kept(status))
+    if child is None and status.get("jobName"):
+        return Plan(lost(status, "Job", "dataset"))
     server, dependency = teacher_server(spec, references, settings) if child is None else (None, None)
     teacher_url = status.get("teacherURL")
     pricing = None

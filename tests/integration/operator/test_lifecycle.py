@@ -107,3 +107,28 @@ def test_a_refused_child_is_a_condition_with_the_servers_reason_and_recovers(sta
     wait_for(lambda: kubernetes.client.BatchV1Api(api_client).read_namespaced_job("data-generate", namespace), timeout=30, what="the Job once allowed")
     recovered = wait_for(lambda: (s := status_of(custom, namespace, "instructdatasets", "data")).get("phase") == "Pending" and s, what="Pending")
     assert condition(recovered, "Ready")["reason"] == "JobCreated"
+
+
+def test_a_job_that_finished_and_went_while_the_operator_was_away_is_not_run_again(start_operator, custom, namespace: str) -> None:
+    first = start_operator()
+    for name in ("reported", "silent"):
+        create(custom, namespace, "finetunes", "FineTune", name, FT)
+        wait_for(lambda name=name: _pytorchjob(custom, namespace, f"{name}-train"), what=f"the {name} job")
+        custom.patch_namespaced_custom_object_status("kubeflow.org", "v1", namespace, "pytorchjobs", f"{name}-train", {"status": {
+            "startTime": now_minus(60), "conditions": [{"type": "Running", "status": "True"}]}})
+        wait_for(lambda name=name: status_of(custom, namespace, "finetunes", name).get("phase") == "Running", what=f"{name} Running")
+    first.stop()
+
+    # While it is away: both finish and their TTL removes them; only one workload wrote its result.
+    for name in ("reported", "silent"):
+        _succeed(custom, namespace, now_minus(60), now_minus(0), name=f"{name}-train")
+        custom.delete_namespaced_custom_object("kubeflow.org", "v1", namespace, "pytorchjobs", f"{name}-train")
+    custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, "finetunes", "reported", {"status": {"result": {
+        "artifact": {"uri": "s3://bucket/models/tuned", "sha256": "b" * 64}, "sizeBytes": 1, "finishedAt": now_minus(0)}}})
+
+    start_operator()
+    reported = wait_for(lambda: (s := status_of(custom, namespace, "finetunes", "reported")).get("phase") == "Succeeded" and s, what="reported Succeeded")
+    silent = wait_for(lambda: (s := status_of(custom, namespace, "finetunes", "silent")).get("phase") == "Failed" and s, what="silent Failed")
+    assert reported["model"]["sha256"] == "b" * 64
+    assert condition(silent, "Ready")["reason"] == "PyTorchJobLost"
+    assert _jobs(custom, namespace) == [], "a finished run was started again"

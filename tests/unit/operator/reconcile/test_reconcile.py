@@ -153,3 +153,14 @@ def test_an_optional_network_policy_admits_only_the_given_peers() -> None:
     chosen = modelserver.reconcile(body("ModelServer", {**SERVE, "networkPolicy": {"from": peers}}), None, {}, SETTINGS, NOW)
     (policy,) = [c for c in chosen.children if c["kind"] == "NetworkPolicy"]
     assert policy["spec"]["ingress"][0]["from"] == peers
+
+
+@pytest.mark.parametrize(("result", "phase", "reason"), [(RESULT, "Succeeded", "Completed"), (None, "Failed", "PyTorchJobLost")])
+def test_a_job_gone_before_its_outcome_was_seen_is_never_run_again(result, phase, reason) -> None:
+    status = {"phase": "Running", "jobName": "x-train", **({"result": result} if result else {})}
+    plan = finetune.reconcile(body("FineTune", {**TUNE, "dataset": {"uri": "s3://b/d.jsonl"}}), None, {}, SETTINGS, NOW)
+    assert kinds(plan) == ["ConfigMap", "PyTorchJob"], "without a job ever made, it is made"
+    plan = finetune.reconcile(body("FineTune", {**TUNE, "dataset": {"uri": "s3://b/d.jsonl"}}, status), None, {}, SETTINGS, NOW)
+    assert plan.children == [] and plan.status.fields["phase"] == phase and ready(plan)[1] == reason
+    gone = instructdataset.reconcile(body("InstructDataset", DATA_SPEC, {**status, "jobName": "x-generate"}), None, {}, SETTINGS, NOW)
+    assert gone.children == [] and gone.status.fields["phase"] == phase
