@@ -52,3 +52,27 @@ def test_smollm2_from_the_package_fine_tunes(tmp_path: Path, dataset_file: Path)
     from transformers import AutoConfig
 
     assert AutoConfig.from_pretrained(out).model_type == "llama"
+
+
+def test_lora_under_torchrun_gets_every_frozen_weight_from_rank_0(tmp_path: Path, dataset_file: Path, tiny_model: Path) -> None:
+    """Two ranks build the adapted model on the meta device; only rank 0 reads the weights."""
+    import subprocess
+
+    from conftest import PYTHON, REPO, child_env
+    from test_train_run import free_port
+
+    out = tmp_path / "out"
+    port = str(free_port())
+    env = child_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, PET_MASTER_ADDR="127.0.0.1", PET_MASTER_PORT=port,
+                    PET_NNODES="1", PET_NPROC_PER_NODE="2", PET_NODE_RANK="0")
+    args = train_args(dataset_file, tiny_model, out, "--method", "lora", "--learning-rate", "1e-2", "--max-steps", "4")
+    subprocess.run([PYTHON, "-m", "torch.distributed.run", "-m", "alpaca_operator.cli", *args],
+                   check=True, env=env, cwd=REPO, timeout=300)
+    metrics = read_metrics(out)
+    assert json.loads((out / "manifest.json").read_text())["worldSize"] == 2
+    assert metrics[-1]["loss"] < metrics[0]["loss"]
+    base, tuned = load_weights(tiny_model), load_weights(out)
+    assert not torch.equal(base["model.layers.0.self_attn.q_proj.weight"], tuned["model.layers.0.self_attn.q_proj.weight"])
+    for name in ("model.layers.1.mlp.up_proj.weight", "model.norm.weight", "model.embed_tokens.weight"):
+        rows = base[name].shape[0]
+        torch.testing.assert_close(base[name], tuned[name][:rows], rtol=0, atol=0)
