@@ -4,8 +4,9 @@ kopf watches the three kinds and the children (with its reconnects, inactivity t
 liveness); its thin event handlers only update the caches here and queue the parent. Every replica
 keeps its caches warm, but only the one holding the Lease (operator/leader.py) works the queue: a
 follower's workers drop what they take, its resync queues nothing, and any write that still slips
-through is refused unsent by the cluster client's gate. A worker runs the kind's reconcile: resolve references, create what is missing (409 = already
-there), compute the whole status and write it only when it changed. A resync re-queues every
+through is refused unsent by the cluster client's gate. A worker runs the kind's reconcile (the
+pure decision in operator/reconcile/, carried out by handlers/apply.py), retried with a doubling
+backoff when it fails; the status is written here, once, only when it changed. A resync re-queues every
 resource periodically, which re-checks waits and accrues cost while work runs. This replaces
 per-resource kopf timers, which would put a finalizer on every resource and block its deletion
 whenever the operator is down.
@@ -24,7 +25,6 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from .builders.rbac import workload_rbac
 from .kube import Cluster, NotLeader
 from .observe import SPEC_APPLIED, ChildState, Computed, diff
 from .settings import OperatorSettings
@@ -62,7 +62,6 @@ class Controller:
         self._refs: dict[Key, list[Key]] = {}
         self._failures: dict[Key, int] = {}
         self._retry_at: dict[Key, float] = {}
-        self._rbac_ready: set[str] = set()
         self._lock = threading.RLock()
         self.queue = WorkQueue()
         self._stop = threading.Event()
@@ -208,29 +207,7 @@ class Controller:
         self._retry_at[key] = time.monotonic() + delay
         self.queue.add_after(key, delay)
 
-    # -- helpers the reconcilers share ---------------------------------------------------
-
-    def ensure_workload_rbac(self, namespace: str) -> None:
-        """The workloads' ServiceAccount, Role and RoleBinding, once per namespace and process."""
-        if namespace in self._rbac_ready:
-            return
-        for manifest in workload_rbac(namespace, self.settings.workload_service_account):
-            self.cluster.create(manifest)
-        self._rbac_ready.add(namespace)
-
-    def create_owned(self, owner: Body, manifests: list[Body]) -> list[bool]:
-        """Create children owned by `owner` (controller reference: garbage-collected with it)."""
-        meta = owner["metadata"]
-        created = []
-        for manifest in manifests:
-            manifest["metadata"]["ownerReferences"] = [
-                {
-                    "apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": meta["name"],
-                    "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True,
-                }
-            ]
-            created.append(self.cluster.create(manifest))
-        return created
+    # -- status ------------------------------------------------------------------------------
 
     def write_status(self, key: Key, body: Body, computed: Computed, *, now: datetime | None = None) -> dict[str, Any]:
         """Write what changed in the status, in one request, and post an Event per condition transition.

@@ -16,6 +16,7 @@ from ..observe import ChildState, summarize_deployment, summarize_job, summarize
 from ..controller import Controller, KindInfo
 from ..reconcile import finetune, instructdataset, modelserver
 from .apply import applier
+from .common import WorkloadIdentity
 
 # (group, version, plural) of each child kind, its component label, its parent kind, its summary.
 CHILDREN: tuple[tuple[str, str, str, str, str, Callable[[dict[str, Any]], ChildState]], ...] = (
@@ -27,13 +28,14 @@ CHILDREN: tuple[tuple[str, str, str, str, str, Callable[[dict[str, Any]], ChildS
 
 def register(registry: kopf.OperatorRegistry, ctl: Controller) -> None:
     """Register the reconcilers with the controller and the watches with kopf."""
+    identity = WorkloadIdentity()
     summaries = {parent_kind: summarize for *_, parent_kind, summarize in CHILDREN}
     primaries = {
         parent_kind: (f"{group}/{version}" if group else version, {"jobs": "Job", "pytorchjobs": "PyTorchJob", "deployments": "Deployment"}[plural])
         for group, version, plural, _, parent_kind, _ in CHILDREN
     }
     for module in (instructdataset, finetune, modelserver):
-        info = KindInfo(module.KIND, module.PLURAL, applier(module, summaries[module.KIND], primaries[module.KIND]), module.refs)
+        info = KindInfo(module.KIND, module.PLURAL, applier(module, summaries[module.KIND], primaries[module.KIND], identity), module.refs)
         ctl.register(info)
         _watch_parent(registry, ctl, info.plural, info.kind)
     for group, version, plural, component, parent_kind, summarize in CHILDREN:

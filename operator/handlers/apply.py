@@ -16,12 +16,14 @@ from typing import Any
 from ..controller import Body, Controller, Key
 from ..observe import ChildState, Computed
 from ..reconcile import Plan
-from .common import Refused, apply_owned, ensure_owned
+from .common import Refused, WorkloadIdentity, apply_owned, ensure_owned
 
 Summarize = Callable[[dict[str, Any]], ChildState]
 
 
-def applier(kind: ModuleType, summarize: Summarize, primary: tuple[str, str]) -> Callable[[Controller, Key, Body], None]:
+def applier(
+    kind: ModuleType, summarize: Summarize, primary: tuple[str, str], identity: WorkloadIdentity
+) -> Callable[[Controller, Key, Body], None]:
     """`primary`: (apiVersion, kind) of the child whose name status.jobName records (batch kinds)."""
 
     def reconcile(ctl: Controller, key: Key, body: Body) -> None:
@@ -41,7 +43,7 @@ def applier(kind: ModuleType, summarize: Summarize, primary: tuple[str, str]) ->
         plan: Plan = kind.reconcile(body, child, references, ctl.settings, now)
         status = plan.status
         if plan.children:
-            ctl.ensure_workload_rbac(namespace)
+            identity.ensure(ctl, namespace)
             try:
                 if plan.apply:
                     ensured = apply_owned(ctl, body, plan.children, summarize, child)

@@ -9,6 +9,7 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
+from ..builders.rbac import workload_rbac
 from ..conditions import FALSE, Desired
 from ..controller import Body, Controller
 from ..observe import FAILED, READY, ChildState, Computed, owner_uid
@@ -48,6 +49,30 @@ def _server_reason(error: ApiException) -> tuple[str, str]:
     return reason, str(status.get("message") or error.reason or "")
 
 
+def controller_reference(owner: Body) -> dict[str, Any]:
+    """Owned by the parent's UID: garbage-collected with it, and ours only while that UID lives."""
+    meta = owner["metadata"]
+    return {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": meta["name"], "uid": meta["uid"],
+            "controller": True, "blockOwnerDeletion": True}
+
+
+class WorkloadIdentity:
+    """The workloads' ServiceAccount, Role and RoleBinding, made once per namespace and process.
+
+    Shared by every resource in the namespace, so none of them owns it (builders/rbac.py).
+    """
+
+    def __init__(self) -> None:
+        self._ready: set[str] = set()
+
+    def ensure(self, ctl: Controller, namespace: str) -> None:
+        if namespace in self._ready:
+            return
+        for manifest in workload_rbac(namespace, ctl.settings.workload_service_account):
+            ctl.cluster.create(manifest)
+        self._ready.add(namespace)
+
+
 @dataclass(frozen=True)
 class Ensured:
     """The primary child after creation: ours, or one of the same name that belongs to someone else."""
@@ -68,8 +93,9 @@ def ensure_owned(
     uid = owner["metadata"]["uid"]
     last: ChildState | None = None
     for manifest in manifests:
+        manifest["metadata"]["ownerReferences"] = [controller_reference(owner)]
         try:
-            created = ctl.create_owned(owner, [manifest])[0]
+            created = ctl.cluster.create(manifest)
         except ApiException as exc:
             if exc.status in (400, 403, 422):
                 raise Refused(manifest, exc) from None
@@ -100,12 +126,9 @@ def apply_owned(
         current = summarize(existing) if existing is not None else None
     if current is not None and current.owner_uid != owner["metadata"]["uid"]:
         return Ensured(None, not_ours(owner, primary["kind"], current))
-    meta = owner["metadata"]
-    reference = {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": meta["name"], "uid": meta["uid"],
-                 "controller": True, "blockOwnerDeletion": True}
     applied: dict[str, Any] = {}
     for manifest in manifests:
-        manifest["metadata"]["ownerReferences"] = [reference]
+        manifest["metadata"]["ownerReferences"] = [controller_reference(owner)]
         try:
             applied = ctl.cluster.apply(manifest)
         except ApiException as exc:
