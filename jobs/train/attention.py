@@ -96,6 +96,11 @@ def packed_sdpa(
     if query.shape[0] != 1:
         raise ValueError("packed attention expects one row per micro-batch")
     longest = kwargs.get("max_length_q")
+    if query.is_cuda and query.dtype == torch.float32 and torch.is_autocast_enabled("cuda"):
+        # Under autocast, RoPE's fp32 cos/sin leave q and k in fp32; SDPA would cast them to the
+        # autocast dtype anyway, so the varlen kernel takes them cast the same way.
+        low = torch.get_autocast_dtype("cuda")
+        query, key, value = query.to(low), key.to(low), value.to(low)
     if dropout == 0.0 and isinstance(longest, int) and torch_varlen_usable(query):
         return _varlen_gpu(query, key, value, bounds, longest, scaling), None
     edges = bounds.tolist()

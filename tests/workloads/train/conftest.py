@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,7 +93,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory, dataset_rows: list[dict
 
 
 REPO = Path(__file__).resolve().parents[3]
-PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else "python"
+PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
 
 # One recipe shared by the runs that are compared with each other.
 RECIPE = ["--max-steps", "8", "--global-batch-size", "16", "--micro-batch-size", "2", "--max-seq-length", "96",
