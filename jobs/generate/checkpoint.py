@@ -1,7 +1,10 @@
 """The checkpoint: an append-only journal of the teacher's answers, written before they are used.
 
-Every answered (or given-up) request becomes one JSON line, handed to the operating system before its
-tasks are filtered: a killed process loses nothing that it used. The dataset is a pure function of the
+Every request is journaled twice: once as `sent` before it goes out, with the most it can cost
+(its prompt's token bound and max_tokens), and once when it is answered (or given up), before its
+tasks are filtered. A killed process loses nothing that it used, and a request that was in flight
+when it died (sent, never answered) is known: the teacher may have billed it, so it counts as spent
+at its worst case. The dataset is a pure function of the
 journal and the configuration, so a restarted run replays the journal to get back exactly what it had
 kept, and never asks again for what was already answered. A kill in the middle of a write leaves at
 most a torn last line, which is dropped (that request was not yet used, so nothing depends on it).
@@ -19,8 +22,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
-Outcome = Literal["answered", "failed"]
-VERSION = 1
+Outcome = Literal["sent", "answered", "failed"]
+VERSION = 2
+# Version 1 journals (no `sent` records) read the same way: nothing of theirs is in flight.
+_READABLE = {1, VERSION}
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,7 @@ class Record:
     outcome: Outcome
     content: str | None = None
     finish_reason: str | None = None
+    # Billed usage of an answer; for `sent`, the most the request can bill (prompt bound, max_tokens).
     prompt_tokens: int = 0
     completion_tokens: int = 0
     problem: str | None = None  # why an answered request was unusable, or why a request failed
@@ -42,7 +48,7 @@ class Record:
     def from_json(cls, line: str) -> Record:
         data: dict[str, Any] = json.loads(line)
         version = data.pop("v", None)
-        if version != VERSION:
+        if version not in _READABLE:
             raise ValueError(f"unknown checkpoint record version {version!r}")
         return cls(**data)
 

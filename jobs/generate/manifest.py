@@ -43,6 +43,15 @@ class Manifest(StatusModel):
     prompt_tokens: int = Field(ge=0)
     completion_tokens: int = Field(ge=0)
     cost_usd: float = Field(ge=0, alias="costUSD", description="Tokens times prices, in US dollars.")
+    unrecorded_requests: int = Field(
+        default=0, ge=0, description="Requests in flight when an earlier process was killed (answers never recorded)."
+    )
+    unrecorded_prompt_tokens: int = Field(default=0, ge=0, description="Their prompt tokens, at most.")
+    unrecorded_completion_tokens: int = Field(default=0, ge=0, description="Their completion tokens, at most (maxTokens each).")
+    unrecorded_cost_usd: float = Field(
+        default=0, ge=0, alias="unrecordedCostUSD",
+        description="The most they can have cost; the budget counts it on top of costUSD.",
+    )
     budget_usd: float | None = Field(default=None, alias="budgetUSD")
     pricing: TokenPricing = Field(default_factory=TokenPricing)
     seed_tasks: int = Field(ge=0, description="Seed tasks the run started from.")
@@ -60,4 +69,6 @@ class Manifest(StatusModel):
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
             cost_usd=self.cost_usd,
+            unrecorded_requests=self.unrecorded_requests,
+            unrecorded_cost_usd=self.unrecorded_cost_usd,
         )

@@ -1,9 +1,12 @@
 """A generation run: concurrent requests, journal first, then filters; stop on target, budget or trouble.
 
-The loop keeps up to `maxConcurrency` requests in flight. Each answer is journaled and only
-then parsed and filtered, in the order answers arrive; that order is the journal's, so replaying the
-journal rebuilds the same dataset. Requests already in flight when the run decides to stop are still
-awaited and journaled: they are paid for, and a later run with a larger target uses them.
+The loop keeps up to `maxConcurrency` requests in flight. Each request is journaled before it is
+sent, with the most it can cost; each answer is journaled and only then parsed and filtered, in the
+order answers arrive; that order is the journal's, so replaying the journal rebuilds the same
+dataset. Requests already in flight when the run decides to stop are still awaited and journaled:
+they are paid for, and a later run with a larger target uses them. Requests in flight when a
+process is killed are charged at their worst case when the next one starts, and the budget
+reserves the worst case of every request in flight, so no sequence of kills spends past it.
 """
 
 from __future__ import annotations
@@ -33,8 +36,9 @@ from .teacher import Answer, GaveUp, Teacher, TeacherRejected
 
 log = logging.getLogger(__name__)
 
-# A prompt token is about four characters of English; three keeps the first cost estimate on the safe side.
-_CHARS_PER_TOKEN_LOW = 3
+# Byte-level BPE (OpenAI's, Llama's, SmolLM's tokenizers) never makes more tokens than UTF-8 bytes;
+# the chat template adds a few tokens of its own around the message.
+_TEMPLATE_TOKENS = 64
 _CHECKPOINT_PUSH_INTERVAL_S = 60.0
 
 
@@ -137,23 +141,19 @@ class Run:
             return StopReason.STALLED
         return None
 
-    def _expected_cost(self, prompt: str) -> float:
-        """Cost of one more request: the mean so far, or at first a generous bound."""
-        if self.state.requests:
-            return self.state.cost_usd / self.state.requests
-        pricing = self.config.pricing
-        prompt_tokens = len(prompt) / _CHARS_PER_TOKEN_LOW
-        completion_tokens = self.spec.generation.max_tokens
-        return (
-            prompt_tokens * pricing.input_usd_per_million_tokens
-            + completion_tokens * pricing.output_usd_per_million_tokens
-        ) / 1e6
+    def _worst_case(self, prompt: str) -> tuple[int, int]:
+        """The most tokens a request can bill: its prompt's bound and max_tokens."""
+        return len(prompt.encode("utf-8")) + _TEMPLATE_TOKENS, self.spec.generation.max_tokens
 
-    def _affordable(self, in_flight: int, prompt: str) -> bool:
+    def _affordable(self, bound: tuple[int, int]) -> bool:
+        """Whether the budget still holds if every request in flight, and this one, bills its worst case."""
         budget = self.spec.budget_usd
         if budget is None:
             return True
-        return self.state.cost_usd + (in_flight + 1) * self._expected_cost(prompt) <= budget
+        state = self.state
+        reserved = [*state.in_flight.values(), bound]
+        worst = state.usd(sum(p for p, _ in reserved), sum(c for _, c in reserved))
+        return state.spent_usd + worst <= budget
 
     def _enough_in_flight(self, in_flight: int) -> bool:
         """Whether the requests in flight are likely to fill the target already (no point paying more)."""
@@ -216,7 +216,12 @@ class Run:
         for record in replayed:
             self.state.apply(record)
         if replayed:
-            log.info("resumed from %d journaled requests: %d examples kept", len(replayed), len(self.state.kept))
+            log.info("resumed from %d journaled requests: %d examples kept", self.state.last_request + 1, len(self.state.kept))
+        if lost := self.state.settle_in_flight():
+            log.warning(
+                "%d requests were in flight when the last process stopped: counted as spent at their worst case ($%.4f)",
+                lost, self.state.unrecorded_cost_usd,
+            )
         # A new process gives the teacher a fresh chance: an outage or a dry spell that stopped the
         # last run must not stop this one before it asks anything.
         self.state.consecutive_failures = 0
@@ -242,8 +247,13 @@ class Run:
                 if stop is None:
                     while len(in_flight) < self.concurrency and not self._enough_in_flight(len(in_flight)):
                         prompt, first_slot = self._prompt(next_request)
-                        if not self._affordable(len(in_flight), prompt):
+                        bound = self._worst_case(prompt)
+                        if not self._affordable(bound):
                             break
+                        # On record before it leaves: if this process dies, the next one charges it.
+                        sent = Record(next_request, first_slot, "sent", prompt_tokens=bound[0], completion_tokens=bound[1])
+                        self.journal.append(sent)
+                        self.state.apply(sent)
                         task = asyncio.create_task(self._ask(teacher, next_request, prompt, first_slot))
                         in_flight[task] = next_request
                         next_request += 1
@@ -268,6 +278,8 @@ class Run:
             for task in in_flight:
                 task.cancel()
             await asyncio.gather(*in_flight, return_exceptions=True)
+            # Cancelled after they left: the teacher may have billed them.
+            self.state.settle_in_flight()
         finally:
             if self._sync is not None:
                 await asyncio.gather(self._sync, return_exceptions=True)
@@ -285,7 +297,7 @@ class Run:
             message = {
                 StopReason.COMPLETED: f"kept {len(state.kept)} examples",
                 StopReason.BUDGET_EXHAUSTED: (
-                    f"budget of ${budget} reached after ${state.cost_usd:.4f}: kept the {len(state.kept)} "
+                    f"budget of ${budget} reached after ${state.spent_usd:.4f}: kept the {len(state.kept)} "
                     f"examples paid for, of {state.target} asked"
                 ),
                 StopReason.TEACHER_UNAVAILABLE: (
@@ -313,6 +325,10 @@ class Run:
             prompt_tokens=state.prompt_tokens,
             completion_tokens=state.completion_tokens,
             cost_usd=round(state.cost_usd, 9),
+            unrecorded_requests=state.unrecorded_requests,
+            unrecorded_prompt_tokens=state.unrecorded_prompt_tokens,
+            unrecorded_completion_tokens=state.unrecorded_completion_tokens,
+            unrecorded_cost_usd=round(state.unrecorded_cost_usd, 9),
             budget_usd=budget,
             pricing=self.config.pricing,
             seed_tasks=len(state.seeds),

@@ -38,21 +38,60 @@ class GenerationState:
         self.last_request = -1
         self.consecutive_failures = 0
         self.answers_without_keep = 0
+        # Sent and not yet answered: request -> (prompt token bound, completion token bound).
+        self.in_flight: dict[int, tuple[int, int]] = {}
+        # Requests an earlier process sent and died before recording (their worst-case tokens).
+        self.unrecorded_requests = 0
+        self.unrecorded_prompt_tokens = 0
+        self.unrecorded_completion_tokens = 0
 
     @property
     def done(self) -> bool:
         return len(self.kept) >= self.target
 
+    def usd(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """Tokens at the run's prices, in US dollars."""
+        return (
+            prompt_tokens * self.pricing.input_usd_per_million_tokens
+            + completion_tokens * self.pricing.output_usd_per_million_tokens
+        ) / 1e6
+
     @property
     def cost_usd(self) -> float:
-        return (
-            self.prompt_tokens * self.pricing.input_usd_per_million_tokens
-            + self.completion_tokens * self.pricing.output_usd_per_million_tokens
-        ) / 1e6
+        """What the recorded answers billed."""
+        return self.usd(self.prompt_tokens, self.completion_tokens)
+
+    @property
+    def unrecorded_cost_usd(self) -> float:
+        """The most the requests lost in flight to a kill can have billed."""
+        return self.usd(self.unrecorded_prompt_tokens, self.unrecorded_completion_tokens)
+
+    @property
+    def spent_usd(self) -> float:
+        """What the budget is charged: recorded cost plus the worst case of what was never recorded."""
+        return self.cost_usd + self.unrecorded_cost_usd
+
+    def settle_in_flight(self) -> int:
+        """Count what an earlier process left in flight as spent at its worst case; returns how many.
+
+        Called once a new process has replayed the journal and before it sends anything, so every
+        request still in flight belonged to a process that is gone: its answer will never come.
+        """
+        lost = len(self.in_flight)
+        for prompt_bound, completion_bound in self.in_flight.values():
+            self.unrecorded_requests += 1
+            self.unrecorded_prompt_tokens += prompt_bound
+            self.unrecorded_completion_tokens += completion_bound
+        self.in_flight.clear()
+        return lost
 
     def apply(self, record: Record) -> int:
         """Account for one journal record; returns how many examples it added."""
         self.last_request = max(self.last_request, record.request)
+        if record.outcome == "sent":
+            self.in_flight[record.request] = (record.prompt_tokens, record.completion_tokens)
+            return 0
+        self.in_flight.pop(record.request, None)
         self.retries.update(record.retries)
         if record.outcome == "failed":
             self.failed_requests[record.problem or "unknown"] += 1
@@ -105,4 +144,6 @@ class GenerationState:
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
             cost_usd=round(self.cost_usd, 9),
+            unrecorded_requests=self.unrecorded_requests,
+            unrecorded_cost_usd=round(self.unrecorded_cost_usd, 9),
         )

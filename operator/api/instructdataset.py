@@ -212,6 +212,14 @@ class GenerationProgress(StatusModel):
     prompt_tokens: int = Field(default=0, ge=0, description="Prompt tokens billed.")
     completion_tokens: int = Field(default=0, ge=0, description="Completion tokens billed.")
     cost_usd: USD = Field(default=0.0, alias="costUSD", description="Teacher cost so far in US dollars.")
+    unrecorded_requests: int = Field(
+        default=0, ge=0,
+        description="Requests in flight when an earlier pod of the job was killed: the teacher may have billed them, their answers were never recorded.",
+    )
+    unrecorded_cost_usd: USD = Field(
+        default=0.0, alias="unrecordedCostUSD",
+        description="The most those requests can have cost (prompt bound + maxTokens at the prices): counted against the budget, apart from costUSD.",
+    )
 
 
 class InstructDatasetStatus(StatusBase):

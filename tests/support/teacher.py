@@ -53,6 +53,9 @@ class Stats:
     by_status: Counter[int] = field(default_factory=Counter)
     prompts: list[str] = field(default_factory=list)
     endpoints: Counter[str] = field(default_factory=Counter)  # "chat" / "completions" requests
+    # The usage of every answer sent back, whether or not the client lived to read it.
+    billed_prompt_tokens: int = 0
+    billed_completion_tokens: int = 0
 
 
 class TeacherServer:
@@ -169,9 +172,11 @@ class TeacherServer:
                 self.stats.received += 1
                 number = self.stats.received
             fault = self._next_fault()
+            # Answered (and billed) on arrival, sent back after the delay: a client that dies
+            # while waiting has still been charged, as by a paid API.
+            response = self._answer(number, body, fault, chat=chat)
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)
-            response = self._answer(number, body, fault, chat=chat)
             with self._lock:
                 self.stats.by_status[response.status_code] += 1
                 if response.status_code == 200 and fault not in (BAD_JSON, NO_CHOICES):
@@ -208,6 +213,15 @@ class TeacherServer:
             if fault == CUT:
                 text = text[: len(text) - 25]
                 finish_reason = "length"
+        # A "token" here is a word; like any API, the answer stops at max_tokens.
+        limit = body.get("max_tokens")
+        if limit is not None and len(text.split()) > limit:
+            # Cut after the limit-th word, keeping the text's own lines.
+            text = text[: list(re.finditer(r"\S+", text))[limit - 1].end()]
+            finish_reason = "length"
+        with self._lock:
+            self.stats.billed_prompt_tokens += len(prompt.split())
+            self.stats.billed_completion_tokens += len(text.split())
         if chat:
             choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}
         else:

@@ -99,7 +99,12 @@ def test_generates_counts_every_drop_and_survives_every_kind_of_bad_answer(teach
     # Every 200 the teacher sent is a billed request; the two 5xx/429 were retried, not counted.
     assert manifest.requests == teacher.stats.by_status[200]
     assert teacher.stats.by_status[429] == teacher.stats.by_status[500] == 1
-    assert len(Journal(tmp_path / CHECKPOINT_FILE).load()) == manifest.requests
+    records = Journal(tmp_path / CHECKPOINT_FILE).load()
+    # Each request on record twice: sent (with its worst case), then answered.
+    sent = [r.request for r in records if r.outcome == "sent"]
+    assert sorted(sent) == sorted(r.request for r in records if r.outcome != "sent")
+    assert len(sent) == manifest.requests + sum(manifest.failed_requests.values()) - manifest.failed_requests.get("malformed_response", 0) - manifest.failed_requests.get("empty_completion", 0)
+    assert manifest.unrecorded_requests == 0 and manifest.unrecorded_cost_usd == 0
     assert manifest.cost_usd == pytest.approx((manifest.prompt_tokens + 4 * manifest.completion_tokens) / 1e6)
     # Alpaca's prompt: three seed tasks shown, the teacher continues at slot 4 of 20.
     seeds = {s.instruction for s in load_seed_tasks()}
@@ -251,11 +256,56 @@ def test_killed_at_any_moment_it_resumes_without_losing_or_repaying(tmp_path: Pa
     assert manifest.stop_reason is StopReason.COMPLETED and manifest.kept == target
     # Nothing kept before the kill was lost: the resumed dataset starts with exactly it.
     assert [Task(**row) for row in rows[: len(kept_before)]] == kept_before
-    # Every answer in the journal was paid once; only those in flight at the kill were asked again.
-    records = Journal(journal).load()
+    # Every answer in the journal was paid once; those in flight at the kill were charged, not asked again.
+    records = [r for r in Journal(journal).load() if r.outcome != "sent"]
     assert manifest.requests == len(records) == len({r.request for r in records})
-    assert answered_before - len(Journal(journal_at_kill).load()) <= concurrency
-    assert server.stats.answered - manifest.requests <= concurrency
+    answered_at_kill = [r for r in Journal(journal_at_kill).load() if r.outcome != "sent"]
+    assert answered_before - len(answered_at_kill) <= concurrency
+    assert server.stats.answered - manifest.requests <= manifest.unrecorded_requests <= concurrency
+
+
+def test_kills_never_hide_spend_and_never_let_it_pass_the_budget(tmp_path: Path) -> None:
+    """A teacher that bills every answer it sends, killed runs resumed until the budget stops them:
+    what the teacher billed is at most what the manifest counts (recorded answers plus the worst
+    case of those lost in flight), and that never passes the budget."""
+    budget, concurrency = 0.2, 4
+    with TeacherServer(delay_s=0.2, bait_every=5) as server:
+        server.inject(*[RATE_LIMIT] * 3)
+        out = tmp_path / "out"
+        config = _config(server, str(out), target=10_000, concurrency=concurrency, budgetUSD=budget)
+        config.spec.generation.max_tokens = 900
+        (tmp_path / "config.json").write_text(config.model_dump_json(by_alias=True))
+        command = [sys.executable, "-m", "alpaca_operator.cli", "generate", "--config", str(tmp_path / "config.json"), "--no-progress"]
+        env = {**os.environ, "PYTHONSAFEPATH": "1"}
+        journal = out / CHECKPOINT_FILE
+        for kill in range(4):
+            before = journal.read_bytes().count(b"\n") if journal.exists() else 0
+            process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + 60
+            # Kill while requests are out: after a few more journal lines, never at the same point.
+            while not (journal.exists() and journal.read_bytes().count(b"\n") >= before + 3 + kill):
+                assert process.poll() is None, "the run ended before it could be killed"
+                assert time.monotonic() < deadline, "the run never got going"
+                time.sleep(0.01)
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+        at_kills = Journal(journal).load()
+        # Sent and never answered: what the four killed processes had in flight.
+        lost_at_kills = len({r.request for r in at_kills if r.outcome == "sent"} - {r.request for r in at_kills if r.outcome != "sent"})
+        final = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert final.returncode == 0, final.stderr
+
+    manifest = _manifest(out)
+    _check_outputs(out, manifest)
+    assert manifest.stop_reason is StopReason.BUDGET_EXHAUSTED, manifest
+    assert manifest.kept > 0
+    assert manifest.unrecorded_requests == lost_at_kills > 0
+    billed = (server.stats.billed_prompt_tokens * 1.0 + server.stats.billed_completion_tokens * 4.0) / 1e6
+    recorded = (manifest.prompt_tokens * 1.0 + manifest.completion_tokens * 4.0) / 1e6
+    assert manifest.cost_usd == pytest.approx(recorded)
+    assert billed > recorded, "some answers were billed but lost with the killed processes"
+    assert billed <= manifest.cost_usd + manifest.unrecorded_cost_usd + 1e-12
+    assert manifest.cost_usd + manifest.unrecorded_cost_usd <= budget + 1e-12
 
 
 class _RecordingStatusApi:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from alpaca_jobs.generate.checkpoint import Record
+from alpaca_jobs.generate.checkpoint import Journal, Record
 from alpaca_jobs.generate.filters import BLACKLISTED, TOO_SIMILAR
 from alpaca_jobs.generate.parse import MALFORMED, TRUNCATED
 from alpaca_jobs.generate.prompt import Task
@@ -101,3 +101,37 @@ def test_missing_or_empty_seed_files(tmp_path: Path) -> None:
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(SeedTasksError, match="no seed tasks"):
         load_seed_tasks(tmp_path / "empty.jsonl")
+
+
+def test_requests_left_in_flight_by_a_dead_process_are_charged_once_at_their_worst_case() -> None:
+    pricing = TokenPricing(input_usd_per_million_tokens=2, output_usd_per_million_tokens=10)
+    journal = [
+        Record(0, 4, "sent", prompt_tokens=400, completion_tokens=300),
+        Record(1, 4, "sent", prompt_tokens=400, completion_tokens=300),
+        _answer(0, "Describe the water cycle in three short sentences."),
+        # The process died here: request 1 was out and never came back.
+        Record(2, 4, "sent", prompt_tokens=500, completion_tokens=300),
+        _answer(2, "List three ways to save energy at home."),
+    ]
+    state = GenerationState(SEEDS, _spec(100), pricing)
+    for record in journal:
+        state.apply(record)
+    assert state.settle_in_flight() == 1 and state.settle_in_flight() == 0
+    assert (state.unrecorded_requests, state.unrecorded_prompt_tokens, state.unrecorded_completion_tokens) == (1, 400, 300)
+    assert state.cost_usd == pytest.approx((200 * 2 + 100 * 10) / 1e6)
+    assert state.spent_usd == pytest.approx(state.cost_usd + (400 * 2 + 300 * 10) / 1e6)
+    assert state.requests == 2 and len(state.kept) == 2
+    # Replaying the same journal again gives the same charge: nothing is counted twice.
+    again = GenerationState(SEEDS, _spec(100), pricing)
+    for record in journal:
+        again.apply(record)
+    again.settle_in_flight()
+    assert again.progress() == state.progress()
+
+
+def test_journals_written_before_sent_records_existed_still_resume(tmp_path: Path) -> None:
+    old = json.dumps({"v": 1, "request": 0, "first_slot": 4, "outcome": "answered", "content": "x",
+                      "finish_reason": "stop", "prompt_tokens": 1, "completion_tokens": 2, "problem": None, "retries": {}})
+    (tmp_path / "responses.jsonl").write_text(old + "\n")
+    (record,) = Journal(tmp_path / "responses.jsonl").load()
+    assert record.outcome == "answered" and record.completion_tokens == 2
