@@ -36,6 +36,7 @@ import argparse  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
 import socket  # noqa: E402
+import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -145,11 +146,13 @@ def build(size: str, vocab: int, attn: str, device: torch.device, compile_layers
 
 
 def timed_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, steps: list[list[collate.MicroBatch]],
-                ours: bool, device: torch.device) -> float:
-    sync(device)
-    began = time.perf_counter()
+                ours: bool, device: torch.device) -> list[float]:
+    """Seconds of each optimizer step."""
     world = dist.get_world_size()
+    seconds = []
     for micro_batches in steps:
+        sync(device)
+        began = time.perf_counter()
         for i, b in enumerate(micro_batches):
             b = b.to(device)
             if ours:
@@ -161,8 +164,9 @@ def timed_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, steps:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    sync(device)
-    return time.perf_counter() - began
+        sync(device)
+        seconds.append(time.perf_counter() - began)
+    return seconds
 
 
 def main() -> int:
@@ -233,7 +237,8 @@ def run(args: argparse.Namespace, sides: list[str], device_type: torch.device, n
             fused = device.type == "cuda"
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=fused)
             timed_steps(model, optimizer, batches[side][:warm], side == "ours", device)
-            seconds = timed_steps(model, optimizer, batches[side][warm:], side == "ours", device)
+            each = timed_steps(model, optimizer, batches[side][warm:], side == "ours", device)
+            seconds = sum(each)
         except torch.OutOfMemoryError as exc:
             print(f"{side}: out of GPU memory with the {args.size} shape ({exc}); try a smaller --size", file=sys.stderr)
             results[side] = {"error": "out of memory"}
@@ -249,6 +254,11 @@ def run(args: argparse.Namespace, sides: list[str], device_type: torch.device, n
             "mfu_of_measured_matmul": total / seconds / (measured * 1e12 * world),
             "real_tokens_per_second": tokens / seconds,
             "step_seconds": seconds / args.steps,
+            # Robust to a step that recompiles (a new shape under --compile) or hits a slow moment.
+            "median_step_mfu": statistics.median(
+                (useful_flops(s, hidden, layers, args.vocab, dense) / t) / (peak * 1e12 * world)
+                for s, t in zip(per_step[warm:], each, strict=True)),
+            "each_step_seconds": [round(t, 3) for t in each],
             "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
             "attention": attn_of[side][1],
             "micro_batch": pack_micro if side == "ours" else args.micro_batch,
@@ -263,7 +273,8 @@ def run(args: argparse.Namespace, sides: list[str], device_type: torch.device, n
             if "error" in r:
                 print(f"  {side:8s}: {r['error']}")
                 continue
-            print(f"  {side:8s}: MFU {r['mfu']:.1%} ({r['mfu_of_measured_matmul']:.1%} of the measured matmul rate), "
+            print(f"  {side:8s}: MFU {r['mfu']:.1%} (median step {r['median_step_mfu']:.1%}; "
+                  f"{r['mfu_of_measured_matmul']:.1%} of the measured matmul rate), "
                   f"{r['real_tokens_per_second']:,.0f} real tokens/s, {r['step_seconds']:.2f} s per step, "
                   f"peak {r['peak_memory_gib'] or 0:.1f} GiB, attention {r['attention']}")
         ok = {s: r for s, r in results.items() if "error" not in r}
