@@ -11,14 +11,12 @@
 #   base:   the debootstrap package list and this script's base recipe
 #   images: the base, the Dockerfile, the lock file of its extra and the project's sources
 # so an unchanged image is neither rebuilt nor re-imported. buildah keeps its layers (and the
-# pip cache mount) between runs; OCI archives of finished images are cached under
-#   ${XDG_CACHE_HOME:-$HOME/.cache}/alpaca-operator/images/
+# pip cache mount) between runs, and the node's image store outlives the cluster.
 # Prints one line per image: NAME REFERENCE (e.g. `operator localhost/alpaca/operator:3f2a...`).
 set -euo pipefail
 shopt -s inherit_errexit
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cache_dir="${XDG_CACHE_HOME:-${HOME}/.cache}/alpaca-operator/images"
 containerd_sock="${ALPACA_CONTAINERD_SOCK:-/run/alpaca-containerd/containerd.sock}"
 # overlay is much faster than vfs for the multi-GB torch layers; vfs works everywhere.
 storage_driver="${ALPACA_BUILDAH_DRIVER:-overlay}"
@@ -41,7 +39,6 @@ done
 for tool in buildah debootstrap; do
     command -v "${tool}" >/dev/null || die "missing ${tool}: apt-get install buildah debootstrap"
 done
-mkdir -p "${cache_dir}"
 
 # The Debian mirror this machine's apt already uses (deb822 or one-line sources).
 debian_mirror() {
@@ -82,29 +79,42 @@ build_base() {
     printf '%s\n' "${ref}"
 }
 
-# The build context: only what the Dockerfiles copy (never .venv, .git or caches).
+# The build context: only what the Dockerfiles copy (never .venv, .git or caches), as committed
+# (HEAD): an image is then the build of a commit, whatever else the working tree holds right now.
+# ALPACA_IMAGES_FROM=worktree builds the working tree instead, for trying a change unpublished.
 make_context() {
     local context="$1" path
-    for path in pyproject.toml README.md operator jobs seeds requirements images; do
-        cp -a "${repo_root}/${path}" "${context}/"
-    done
-    find "${context}" -name __pycache__ -prune -exec rm -rf {} + 2>/dev/null || true
-    find "${context}" -name '*.egg-info' -prune -exec rm -rf {} + 2>/dev/null || true
+    local paths=(pyproject.toml README.md operator jobs seeds requirements images)
+    if [[ "${ALPACA_IMAGES_FROM:-head}" == worktree ]]; then
+        for path in "${paths[@]}"; do
+            cp -a "${repo_root}/${path}" "${context}/"
+        done
+        find "${context}" -name __pycache__ -prune -exec rm -rf {} + 2>/dev/null || true
+        find "${context}" -name '*.egg-info' -prune -exec rm -rf {} + 2>/dev/null || true
+    else
+        git -C "${repo_root}" archive --format=tar HEAD -- "${paths[@]}" | tar -x -C "${context}"
+    fi
 }
 
 context_hash() {
     (cd "$1" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-12
 }
 
+# Into the node's containerd (namespace k8s.io), unless it holds the image already: its image
+# store is a cache that outlives the cluster (hack/cluster.sh), so this costs once per image.
 load_into_node() {
-    local ref="$1" archive="$2"
+    local ref="$1"
     [[ -S "${containerd_sock}" ]] || return 0
     if ctr --address "${containerd_sock}" -n k8s.io images ls -q | grep -qxF "${ref}"; then
         return 0
     fi
-    local start=${SECONDS}
+    local start=${SECONDS} archive
+    archive="$(mktemp /var/tmp/alpaca-image.XXXXXX)"
+    # Uncompressed: it is read once, right here, and gzip of the torch layer costs minutes.
+    bh push --quiet --disable-compression "${ref}" "oci-archive:${archive}:${ref}"
     ctr --address "${containerd_sock}" -n k8s.io images import "${archive}" >/dev/null
-    log "loaded ${ref} into the node in $((SECONDS - start))s"
+    log "loaded ${ref} into the node in $((SECONDS - start))s ($(du -h "${archive}" | cut -f1))"
+    rm -f "${archive}"
 }
 
 # This machine's trust store and pip settings (a TLS-inspecting proxy's CA, a package index)
@@ -126,20 +136,15 @@ sources_key="$(context_hash "${context}")"
 for name in "${images[@]}"; do
     key="$(printf '%s\n%s\n%s\n' "${base_ref}" "${sources_key}" "${name}" | sha256sum | cut -c1-12)"
     ref="localhost/alpaca/${name}:${key}"
-    archive="${cache_dir}/${name}-${key}.tar"
-    if [[ ! -f "${archive}" ]]; then
+    if ! image_exists "${ref}"; then
         start=${SECONDS}
-        if ! image_exists "${ref}"; then
-            log "building ${ref}"
-            bh bud --quiet --layers --build-arg "BASE=${base_ref}" "${build_mounts[@]}" \
-                -f "${context}/images/${name}/Dockerfile" -t "${ref}" "${context}" >&2
-        fi
-        # Older archives of this image are stale: one per image is enough.
-        rm -f "${cache_dir}/${name}"-*.tar
-        bh push --quiet "${ref}" "oci-archive:${archive}.tmp:${ref}"
-        mv -f "${archive}.tmp" "${archive}"
-        log "built ${name} in $((SECONDS - start))s ($(du -h "${archive}" | cut -f1))"
+        log "building ${ref}"
+        # --network host: RUN steps use the machine's network as it is; buildah's default would
+        # make a bridge with addresses of its own choosing (10.88.0.0/16 for netavark).
+        bh bud --quiet --layers --network host --build-arg "BASE=${base_ref}" "${build_mounts[@]}" \
+            -f "${context}/images/${name}/Dockerfile" -t "${ref}" "${context}" >&2
+        log "built ${name} in $((SECONDS - start))s"
     fi
-    load_into_node "${ref}" "${archive}"
+    load_into_node "${ref}"
     printf '%s %s\n' "${name}" "${ref}"
 done
