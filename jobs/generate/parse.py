@@ -1,8 +1,9 @@
 """Reading the teacher's completion back into tasks.
 
 The teacher continues a numbered list; each item is `N. Instruction: ...`, `N. Input:` and
-`N. Output:`, items separated by `###`. Anything else in an item makes it malformed, which is
-counted, never raised.
+`N. Output:`, items separated by `###`. Anything else in an item makes it malformed, and an item
+numbered past the list's last slot (a teacher that ignored the stop sequence) is not one that was
+asked for; both are counted, never raised.
 """
 
 from __future__ import annotations
@@ -13,12 +14,23 @@ from dataclasses import dataclass
 from .prompt import NO_INPUT, SEPARATOR, Task
 
 _FIELD_RE = re.compile(r"^[ \t]*\d+[ \t]*\.[ \t]*(Instruction|Input|Output)[ \t]*:", re.MULTILINE)
+_NUMBER_RE = re.compile(r"^\s*(\d+)[ \t]*\.")
 _STARTS_WITH_ITEM_RE = re.compile(r"^\s*\d+[ \t]*\.[ \t]*Instruction[ \t]*:")
 _EXPECTED = ["Instruction", "Input", "Output"]
 _NO_INPUT_MARKERS = {NO_INPUT.lower(), "<no input>", "no input", ""}
 
 MALFORMED = "malformed"
 TRUNCATED = "truncated"
+PAST_LAST_SLOT = "past_last_slot"
+
+
+def stop_sequence(total_slots: int) -> str:
+    """Where the list is full: the header of the item after the last slot (as Alpaca stopped at 20).
+
+    The whole header, not just the number, so that a numbered list inside an output does not end
+    the completion early.
+    """
+    return f"\n{total_slots + 1}. Instruction"
 
 
 @dataclass(frozen=True)
@@ -27,6 +39,11 @@ class Parsed:
 
     task: Task | None
     problem: str | None = None
+
+
+def _number(block: str) -> int:
+    match = _NUMBER_RE.match(block)
+    return int(match.group(1)) if match else 0
 
 
 def _parse_item(block: str) -> Parsed:
@@ -44,8 +61,8 @@ def _parse_item(block: str) -> Parsed:
     return Parsed(Task(instruction=instruction, input=text_input, output=output))
 
 
-def parse_completion(text: str, first_slot: int, *, truncated: bool) -> list[Parsed]:
-    """The items of a completion that continues the list at `first_slot`.
+def parse_completion(text: str, first_slot: int, *, truncated: bool, last_slot: int | None = None) -> list[Parsed]:
+    """The items of a completion that continues the list at `first_slot`, up to `last_slot`.
 
     The prompt ends inside item `first_slot` (after `Instruction:`), so a completion that does not
     repeat that header is prefixed with it. When the completion was cut by the token limit, its last
@@ -54,7 +71,10 @@ def parse_completion(text: str, first_slot: int, *, truncated: bool) -> list[Par
     if not _STARTS_WITH_ITEM_RE.match(text):
         text = f"{first_slot}. Instruction:{text}"
     blocks = [block for block in text.split(SEPARATOR) if block.strip()]
-    items = [_parse_item(block) for block in blocks]
+    items = [
+        Parsed(None, PAST_LAST_SLOT) if last_slot is not None and _number(block) > last_slot else _parse_item(block)
+        for block in blocks
+    ]
     if truncated and items:
         items[-1] = Parsed(None, TRUNCATED)
     return items

@@ -21,6 +21,7 @@ from .rouge import RougeLFilter, tokenize
 class GenerationState:
     def __init__(self, seeds: Sequence[Task], spec: InstructDatasetSpec, pricing: TokenPricing) -> None:
         self.target = spec.generation.num_examples
+        self.last_slot = spec.generation.instructions_per_request
         self.pricing = pricing
         self.seeds = list(seeds)
         self._filters = InstructionFilters(spec.filters)
@@ -111,7 +112,9 @@ class GenerationState:
 
     def _take(self, record: Record) -> int:
         assert record.content is not None
-        items = parse_completion(record.content, record.first_slot, truncated=record.finish_reason == "length")
+        items = parse_completion(
+            record.content, record.first_slot, truncated=record.finish_reason == "length", last_slot=self.last_slot
+        )
         added = 0
         for item in items:
             # Past the target, tasks are not even looked at: the counts describe the dataset.

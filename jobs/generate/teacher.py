@@ -20,6 +20,7 @@ import openai
 
 from alpaca_operator.api.instructdataset import Generation, TeacherAPI
 
+from .parse import stop_sequence
 from .retry import RetryPolicy, parse_retry_after
 
 RATE_LIMITED = "rate_limited"
@@ -138,6 +139,8 @@ class Teacher:
             "top_p": self._generation.top_p,
             "max_tokens": self._generation.max_tokens,
             "n": 1,
+            # The list is full at its last slot: no tokens paid for items nobody asked for.
+            "stop": [stop_sequence(self._generation.instructions_per_request)],
         }
         if self._api is TeacherAPI.COMPLETIONS:
             return await self._client.completions.create(prompt=prompt, **sampling)

@@ -53,6 +53,7 @@ class Stats:
     by_status: Counter[int] = field(default_factory=Counter)
     prompts: list[str] = field(default_factory=list)
     endpoints: Counter[str] = field(default_factory=Counter)  # "chat" / "completions" requests
+    stops: Counter[str] = field(default_factory=Counter)  # the stop sequences requests carried
     # The usage of every answer sent back, whether or not the client lived to read it.
     billed_prompt_tokens: int = 0
     billed_completion_tokens: int = 0
@@ -200,6 +201,7 @@ class TeacherServer:
         prompt = body["messages"][-1]["content"] if chat else body["prompt"]
         with self._lock:
             self.stats.endpoints[("chat" if chat else "completions")] += 1
+            self.stats.stops.update(body.get("stop") or [])
         if self.keep_prompts:
             with self._lock:
                 self.stats.prompts.append(prompt)

@@ -106,7 +106,8 @@ def test_generates_counts_every_drop_and_survives_every_kind_of_bad_answer(teach
     assert len(sent) == manifest.requests + sum(manifest.failed_requests.values()) - manifest.failed_requests.get("malformed_response", 0) - manifest.failed_requests.get("empty_completion", 0)
     assert manifest.unrecorded_requests == 0 and manifest.unrecorded_cost_usd == 0
     assert manifest.cost_usd == pytest.approx((manifest.prompt_tokens + 4 * manifest.completion_tokens) / 1e6)
-    # Alpaca's prompt: three seed tasks shown, the teacher continues at slot 4 of 20.
+    # Alpaca's prompt: three seed tasks shown, the teacher continues at slot 4 of 20 and stops there.
+    assert teacher.stats.stops == {"\n21. Instruction": sum(teacher.stats.endpoints.values())}
     seeds = {s.instruction for s in load_seed_tasks()}
     for prompt in teacher.stats.prompts:
         assert prompt.endswith("###\n4. Instruction:") and "Tasks 1 to 20:" in prompt
@@ -132,6 +133,21 @@ def test_completions_api_continues_the_prompt_as_plain_text(teacher: TeacherServ
     _check_outputs(tmp_path, manifest)
     assert teacher.stats.endpoints == {"completions": manifest.requests}
     assert all(prompt.endswith("###\n4. Instruction:") for prompt in teacher.stats.prompts)
+
+
+def test_items_past_the_last_slot_are_dropped_when_a_teacher_ignores_the_stop(tmp_path: Path) -> None:
+    plain = TeacherServer()
+
+    def overrun(number: int, prompt: str) -> str:
+        # Continue the list three items past its last slot, as a teacher without stop support would.
+        return plain.completion_text(number, prompt.replace("Tasks 1 to 20:", "Tasks 1 to 23:"))
+
+    with TeacherServer(reply=overrun) as server:
+        manifest = generate(_config(server, str(tmp_path), target=30, concurrency=2), options=QUIET)
+    assert manifest.stop_reason is StopReason.COMPLETED
+    # Every answer but the last one (read only until the target was met) overran by three.
+    assert manifest.filtered["past_last_slot"] >= 3 * (manifest.requests - 1)
+    _check_outputs(tmp_path, manifest)
 
 
 def test_near_duplicates_of_seeds_are_dropped_by_rouge(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from alpaca_jobs.generate.parse import MALFORMED, TRUNCATED, parse_completion
+from alpaca_jobs.generate.parse import MALFORMED, PAST_LAST_SLOT, TRUNCATED, parse_completion, stop_sequence
 from alpaca_jobs.generate.prompt import (
     NO_INPUT,
     Task,
@@ -102,3 +102,17 @@ def test_malformed_items_are_reported_not_raised(block: str) -> None:
 def test_blank_blocks_between_separators_are_not_items() -> None:
     text = _item(3, "List two prime numbers.") + "###\n\n###\n"
     assert len(parse_completion(text, first_slot=3, truncated=False)) == 1
+
+
+def test_items_numbered_past_the_last_slot_were_not_asked_for() -> None:
+    text = "###\n".join(_item(n, f"Name a country whose name starts with the letter {c}.") for n, c in zip(range(18, 23), "ABCDE"))
+    items = parse_completion(text, first_slot=18, truncated=False, last_slot=20)
+    assert [i.problem for i in items] == [None, None, None, PAST_LAST_SLOT, PAST_LAST_SLOT]
+    # Without a cap (older callers), every well-formed item is read.
+    assert all(i.task for i in parse_completion(text, first_slot=18, truncated=False))
+
+
+def test_the_stop_sequence_ends_the_list_at_its_last_slot_and_nowhere_else() -> None:
+    steps = "Boil water.\n2. Add tea.\n21. Wait three minutes."  # a numbered list inside an output
+    completion = _item(19, "Define a haiku.") + "###\n" + _item(20, "Explain how to brew tea.", output=steps) + "###\n" + _item(21, "Extra.")
+    assert completion.find(stop_sequence(20)) == completion.index("###\n21. Instruction") + len("###")
