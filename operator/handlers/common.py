@@ -13,7 +13,7 @@ from ..builders.rbac import workload_rbac
 from ..conditions import FALSE, Desired
 from ..controller import Body, Controller
 from ..observe import FAILED, READY, ChildState, Computed, owner_uid
-from ..reconcile import invalid_spec, not_ours  # noqa: F401 - shared with the appliers
+from ..reconcile import not_ours
 
 BLOCKED = "Blocked"
 # Refusals that a spec edit must fix; the others (quota, policy, webhooks down) may pass on their own.
