@@ -1,4 +1,8 @@
-"""Reading Alpaca-format JSONL and turning each row into token ids with response-only labels."""
+"""Reading Alpaca-format data and turning each row into token ids with response-only labels.
+
+Two layouts are read: JSON Lines (one object a line, what `alpaca generate` writes) and one JSON
+array of objects (how the released Alpaca data, alpaca_data.json, is published).
+"""
 
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ class Record:
     instruction: str
     input: str
     output: str
-    line: int
+    line: int  # where the row is: its line in a JSONL file, its index in a JSON array
 
 
 @dataclass(frozen=True)
@@ -48,26 +52,45 @@ class Example:
 
 
 def read_records(path: Path) -> list[Record]:
-    """Every row of an Alpaca JSONL file, checked; blank lines are skipped."""
+    """Every row of an Alpaca JSONL file or JSON array, checked; blank JSONL lines are skipped."""
     if not path.is_file():
         raise DatasetError(f"{path}: dataset file not found")
-    records: list[Record] = []
-    with path.open(encoding="utf-8") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            records.append(_parse_row(path, number, raw))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    records = _read_array(path, text) if text.lstrip().startswith("[") else _read_lines(path, text)
     if not records:
         raise DatasetError(f"{path}: dataset is empty (no JSON rows)")
     return records
 
 
-def _parse_row(path: Path, number: int, raw: str) -> Record:
-    where = f"{path}:{number}"
+def _read_lines(path: Path, text: str) -> list[Record]:
+    records = []
+    # Only "\n" ends a row: str.splitlines() would also split inside strings at U+2028 and friends.
+    for number, raw in enumerate(text.split("\n"), start=1):
+        if not raw.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            row = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        records.append(_check_row(where, number, row))
+    return records
+
+
+def _read_array(path: Path, text: str) -> list[Record]:
     try:
-        row = json.loads(raw)
+        rows = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise DatasetError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        raise DatasetError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(rows, list):
+        raise DatasetError(f"{path}: expected a JSON array of objects or JSON Lines, got {type(rows).__name__}")
+    return [_check_row(f"{path}[{index}]", index, row) for index, row in enumerate(rows)]
+
+
+def _check_row(where: str, number: int, row: Any) -> Record:
     if not isinstance(row, dict):
         raise DatasetError(f"{where}: expected a JSON object with instruction/input/output, got {type(row).__name__}")
     for field in ("instruction", "output"):

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,32 @@ def test_reads_rows_and_skips_blank_lines(tmp_path: Path) -> None:
     rows = [{"instruction": "Say hi.", "input": "", "output": "hi"}, {"instruction": "Echo.", "input": "x", "output": "x"}]
     path = write(tmp_path / "d.jsonl", [json.dumps(rows[0]), "", json.dumps(rows[1])])
     assert read_records(path) == [Record("Say hi.", "", "hi", 1), Record("Echo.", "x", "x", 3)]
+
+
+def test_reads_the_released_alpaca_layout_a_json_array(tmp_path: Path) -> None:
+    # alpaca_data.json is one indented array; an output may hold a line separator (U+2028).
+    rows = [{"instruction": "Say hi.", "input": "", "output": "hi\u2028there"}, {"instruction": "Echo.", "input": "x", "output": "x"}]
+    path = tmp_path / "alpaca_data.json"
+    path.write_text(json.dumps(rows, indent=4, ensure_ascii=False))
+    assert read_records(path) == [Record("Say hi.", "", "hi\u2028there", 0), Record("Echo.", "x", "x", 1)]
+    lines = tmp_path / "d.jsonl"
+    lines.write_text("\n".join(json.dumps(row, ensure_ascii=False) for row in rows) + "\n")
+    assert [r.output for r in read_records(lines)] == ["hi\u2028there", "x"]
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ('[{"instruction": "Ok.", "output": "ok"}, {"instruction": "", "output": "x"}]', "[1]: field 'instruction' must be a non-empty string"),
+        ('[{"instruction": "Ok.", "output": "ok"}, ["not", "an", "object"]]', "[1]: expected a JSON object"),
+        ('[{"instruction": "Ok.",\n "output": }]', ":2: not valid JSON"),
+    ],
+)
+def test_a_bad_row_of_an_array_is_named_by_its_index(tmp_path: Path, document: str, message: str) -> None:
+    path = tmp_path / "data.json"
+    path.write_text(document)
+    with pytest.raises(DatasetError, match=re.escape(f"{path}{message}")):
+        read_records(path)
 
 
 def test_missing_input_field_means_no_input(tmp_path: Path) -> None:
