@@ -35,8 +35,14 @@ class ObjectStore:
 
 
 @contextmanager
-def object_store(bucket: str = "alpaca") -> Iterator[ObjectStore]:
+def object_store() -> Iterator[ObjectStore]:
+    """A server with one empty bucket. moto keeps its buckets per process, whatever the server, so
+    each store gets a bucket of its own name."""
+    import uuid
+
     from moto.server import ThreadedMotoServer
+
+    bucket = f"alpaca-{uuid.uuid4().hex[:12]}"
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
