@@ -22,7 +22,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
-Outcome = Literal["sent", "answered", "failed"]
+# sent: on its way (worst case in the token fields); answered / failed: its end; submitted: a Batch
+# API batch created (content = its id); withdrawn: planned for a batch that was never submitted.
+Outcome = Literal["sent", "answered", "failed", "submitted", "withdrawn"]
 VERSION = 2
 # Version 1 journals (no `sent` records) read the same way: nothing of theirs is in flight.
 _READABLE = {1, VERSION}
@@ -40,6 +42,7 @@ class Record:
     completion_tokens: int = 0
     problem: str | None = None  # why an answered request was unusable, or why a request failed
     retries: dict[str, int] = field(default_factory=dict)
+    batch: str | None = None  # the key of the Batch API batch the request went in
 
     def to_json(self) -> str:
         return json.dumps({"v": VERSION, **asdict(self)}, ensure_ascii=False, separators=(",", ":"))

@@ -12,6 +12,7 @@ reserves the worst case of every request in flight, so no sequence of kills spen
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import time
@@ -25,6 +26,7 @@ from alpaca_jobs import storage
 from alpaca_jobs.report import StatusReporter
 from alpaca_jobs.results import add_to_manifest, dataset_result, report
 
+from .batches import BatchClient
 from .checkpoint import Journal, Record
 from .manifest import CHECKPOINT_FILE, DATASET_FILE, MANIFEST_FILE, Manifest, StopReason
 from .output import OutputFolder
@@ -145,13 +147,13 @@ class Run:
         """The most tokens a request can bill: its prompt's bound and max_tokens."""
         return len(prompt.encode("utf-8")) + _TEMPLATE_TOKENS, self.spec.generation.max_tokens
 
-    def _affordable(self, bound: tuple[int, int]) -> bool:
-        """Whether the budget still holds if every request in flight, and this one, bills its worst case."""
+    def _affordable(self, bounds: list[tuple[int, int]]) -> bool:
+        """Whether the budget still holds if every request in flight, and these, bill their worst case."""
         budget = self.spec.budget_usd
         if budget is None:
             return True
         state = self.state
-        reserved = [*state.in_flight.values(), bound]
+        reserved = [*state.in_flight.values(), *bounds]
         worst = state.usd(sum(p for p, _ in reserved), sum(c for _, c in reserved))
         return state.spent_usd + worst <= budget
 
@@ -210,6 +212,115 @@ class Run:
             self._last_push = time.monotonic()
             self.output.push(CHECKPOINT_FILE)
 
+    def _send(self, request: int, first_slot: int, bound: tuple[int, int], batch: str | None = None) -> None:
+        """On record before it leaves: if this process dies, the next one charges (or collects) it."""
+        sent = Record(request, first_slot, "sent", prompt_tokens=bound[0], completion_tokens=bound[1], batch=batch)
+        self.journal.append(sent)
+        self.state.apply(sent)
+
+    async def _run_at_once(self, teacher: Teacher, progress: _Progress) -> StopReason:
+        """Up to maxConcurrency requests in flight, each answer recorded as it arrives."""
+        in_flight: dict[asyncio.Task[Record], int] = {}
+        next_request = self.state.last_request + 1
+        stop: StopReason | None = None
+        try:
+            while True:
+                if stop is None:
+                    stop = self._stop_reason()
+                if stop is None:
+                    while len(in_flight) < self.concurrency and not self._enough_in_flight(len(in_flight)):
+                        prompt, first_slot = self._prompt(next_request)
+                        bound = self._worst_case(prompt)
+                        if not self._affordable([bound]):
+                            break
+                        self._send(next_request, first_slot, bound)
+                        task = asyncio.create_task(self._ask(teacher, next_request, prompt, first_slot))
+                        in_flight[task] = next_request
+                        next_request += 1
+                    if not in_flight:
+                        # Nothing running and nothing may start: only the budget says no.
+                        stop = StopReason.BUDGET_EXHAUSTED
+                if not in_flight:
+                    assert stop is not None
+                    return stop
+                done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                rejected: BaseException | None = None
+                for task in sorted(done, key=in_flight.__getitem__):
+                    del in_flight[task]
+                    if isinstance(error := task.exception(), TeacherRejected):
+                        rejected = error  # record the other answers first: they are paid for
+                        continue
+                    self._record(task.result(), progress)
+                self._sync_in_background()
+                if rejected is not None:
+                    raise rejected
+        except TeacherRejected:
+            for task in in_flight:
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
+            raise
+
+    def _batch_key(self, first_request: int) -> str:
+        """Unique to this resource's output and the batch's first request, the same after a restart."""
+        where = hashlib.sha256(f"{self.config.name}\n{self.config.output}".encode()).hexdigest()[:12]
+        return f"{self.config.name[:40]}-{where}-{first_request}"
+
+    async def _run_batches(self, batches: BatchClient, progress: _Progress) -> StopReason:
+        """Batch API files of requestsPerBatch, one at a time: submit, wait, record every answer."""
+        # What an earlier process left: batches submitted (or maybe submitted) and not yet collected.
+        for key, requests in self.state.pending_batches().items():
+            batch_id = self.state.submitted.get(key) or await batches.find(key)
+            if batch_id is None:
+                # Planned, never submitted: nothing was sent, nothing is owed.
+                for request in requests:
+                    self._record(Record(request, self.state.slot_of[request], "withdrawn", batch=key), progress)
+                continue
+            if key not in self.state.submitted:
+                self._record(Record(requests[0], 0, "submitted", content=batch_id, batch=key), progress)
+            log.info("collecting batch %s, submitted before a restart", batch_id)
+            await self._collect(batches, key, batch_id, progress)
+        next_request = self.state.last_request + 1
+        assert self.spec.teacher.batch is not None
+        size = self.spec.teacher.batch.requests_per_batch
+        while (stop := self._stop_reason()) is None:
+            plan: dict[int, tuple[str, int, tuple[int, int]]] = {}
+            while len(plan) < size and not self._enough_in_flight(len(plan)):
+                request = next_request + len(plan)
+                prompt, first_slot = self._prompt(request)
+                bound = self._worst_case(prompt)
+                if not self._affordable([*(b for _, _, b in plan.values()), bound]):
+                    break
+                plan[request] = (prompt, first_slot, bound)
+            if not plan:
+                return StopReason.BUDGET_EXHAUSTED
+            key = self._batch_key(next_request)
+            for request, (_, first_slot, bound) in plan.items():
+                self._send(request, first_slot, bound, batch=key)
+            self.journal.sync()  # the plan is on disk before the batch exists anywhere
+            batch_id = await batches.submit(key, {request: prompt for request, (prompt, _, _) in plan.items()})
+            self._record(Record(next_request, 0, "submitted", content=batch_id, batch=key), progress)
+            self.journal.sync()
+            await self._collect(batches, key, batch_id, progress)
+            next_request += len(plan)
+        return stop
+
+    async def _collect(self, batches: BatchClient, key: str, batch_id: str, progress: _Progress) -> None:
+        """Wait for a batch and record what came back for each of its requests, in request order."""
+        status, answers = await batches.results(batch_id)
+        for request in self.state.pending_batches().get(key, []):
+            slot = self.state.slot_of[request]
+            answer = answers.get(request, f"batch_{status}")
+            if isinstance(answer, str):
+                record = Record(request, slot, "failed", problem=answer, batch=key)
+            else:
+                record = Record(
+                    request, slot, "answered", content=answer.content, finish_reason=answer.finish_reason,
+                    prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens,
+                    problem=answer.problem, batch=key,
+                )
+            self._record(record, progress)
+        self.journal.sync()
+
     async def execute(self) -> Manifest:
         self.output.fetch_checkpoint()
         replayed = self.journal.load()
@@ -238,46 +349,13 @@ class Run:
             retry=self.retry,
             api=self.spec.teacher.api,
         )
-        in_flight: dict[asyncio.Task[Record], int] = {}
-        next_request = self.state.last_request + 1
         try:
-            while True:
-                if stop is None:
-                    stop = self._stop_reason()
-                if stop is None:
-                    while len(in_flight) < self.concurrency and not self._enough_in_flight(len(in_flight)):
-                        prompt, first_slot = self._prompt(next_request)
-                        bound = self._worst_case(prompt)
-                        if not self._affordable(bound):
-                            break
-                        # On record before it leaves: if this process dies, the next one charges it.
-                        sent = Record(next_request, first_slot, "sent", prompt_tokens=bound[0], completion_tokens=bound[1])
-                        self.journal.append(sent)
-                        self.state.apply(sent)
-                        task = asyncio.create_task(self._ask(teacher, next_request, prompt, first_slot))
-                        in_flight[task] = next_request
-                        next_request += 1
-                    if not in_flight:
-                        # Nothing running and nothing may start: only the budget says no.
-                        stop = StopReason.BUDGET_EXHAUSTED
-                if not in_flight:
-                    break
-                done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-                rejected: BaseException | None = None
-                for task in sorted(done, key=in_flight.__getitem__):
-                    del in_flight[task]
-                    if isinstance(error := task.exception(), TeacherRejected):
-                        rejected = error  # record the other answers first: they are paid for
-                        continue
-                    self._record(task.result(), progress)
-                self._sync_in_background()
-                if rejected is not None:
-                    raise rejected
+            if self.spec.teacher.batch is not None:
+                stop = await self._run_batches(BatchClient(teacher, self.spec.teacher.batch.poll_interval_seconds), progress)
+            else:
+                stop = await self._run_at_once(teacher, progress)
         except TeacherRejected as exc:
             stop, message = StopReason.TEACHER_REJECTED, str(exc)
-            for task in in_flight:
-                task.cancel()
-            await asyncio.gather(*in_flight, return_exceptions=True)
             # Cancelled after they left: the teacher may have billed them.
             self.state.settle_in_flight()
         finally:

@@ -41,6 +41,12 @@ class GenerationState:
         self.answers_without_keep = 0
         # Sent and not yet answered: request -> (prompt token bound, completion token bound).
         self.in_flight: dict[int, tuple[int, int]] = {}
+        # Batch API: the batch key of each request in flight in one, and the submitted batches' ids.
+        self.batch_of: dict[int, str] = {}
+        self.slot_of: dict[int, int] = {}  # their first open slot, which parsing their answers needs
+        self.submitted: dict[str, str] = {}
+        self.batch_prompt_tokens = 0  # the part of the totals billed at batch prices
+        self.batch_completion_tokens = 0
         # Requests an earlier process sent and died before recording (their worst-case tokens).
         self.unrecorded_requests = 0
         self.unrecorded_prompt_tokens = 0
@@ -59,8 +65,12 @@ class GenerationState:
 
     @property
     def cost_usd(self) -> float:
-        """What the recorded answers billed."""
-        return self.usd(self.prompt_tokens, self.completion_tokens)
+        """What the recorded answers billed (batch answers at the batch prices)."""
+        batch = self.pricing.batch()
+        return self.usd(self.prompt_tokens - self.batch_prompt_tokens, self.completion_tokens - self.batch_completion_tokens) + (
+            self.batch_prompt_tokens * batch.input_usd_per_million_tokens
+            + self.batch_completion_tokens * batch.output_usd_per_million_tokens
+        ) / 1e6
 
     @property
     def unrecorded_cost_usd(self) -> float:
@@ -77,22 +87,41 @@ class GenerationState:
 
         Called once a new process has replayed the journal and before it sends anything, so every
         request still in flight belonged to a process that is gone: its answer will never come.
+        Requests in a Batch API batch are not lost: the batch goes on without us and is collected.
         """
-        lost = len(self.in_flight)
-        for prompt_bound, completion_bound in self.in_flight.values():
+        lost = [request for request in self.in_flight if request not in self.batch_of]
+        for request in lost:
+            prompt_bound, completion_bound = self.in_flight.pop(request)
             self.unrecorded_requests += 1
             self.unrecorded_prompt_tokens += prompt_bound
             self.unrecorded_completion_tokens += completion_bound
-        self.in_flight.clear()
-        return lost
+        return len(lost)
+
+    def pending_batches(self) -> dict[str, list[int]]:
+        """Batch key -> its requests still unanswered, in request order."""
+        pending: dict[str, list[int]] = {}
+        for request in sorted(self.batch_of):
+            pending.setdefault(self.batch_of[request], []).append(request)
+        return pending
 
     def apply(self, record: Record) -> int:
         """Account for one journal record; returns how many examples it added."""
         self.last_request = max(self.last_request, record.request)
         if record.outcome == "sent":
             self.in_flight[record.request] = (record.prompt_tokens, record.completion_tokens)
+            if record.batch is not None:
+                self.batch_of[record.request] = record.batch
+                self.slot_of[record.request] = record.first_slot
+            return 0
+        if record.outcome == "submitted":
+            assert record.batch is not None and record.content is not None
+            self.submitted[record.batch] = record.content
             return 0
         self.in_flight.pop(record.request, None)
+        self.batch_of.pop(record.request, None)
+        self.slot_of.pop(record.request, None)
+        if record.outcome == "withdrawn":
+            return 0  # never sent: nothing to count
         self.retries.update(record.retries)
         if record.outcome == "failed":
             self.failed_requests[record.problem or "unknown"] += 1
@@ -102,6 +131,9 @@ class GenerationState:
         self.requests += 1
         self.prompt_tokens += record.prompt_tokens
         self.completion_tokens += record.completion_tokens
+        if record.batch is not None:
+            self.batch_prompt_tokens += record.prompt_tokens
+            self.batch_completion_tokens += record.completion_tokens
         added = 0
         if record.problem is not None or record.content is None:
             self.failed_requests[record.problem or "malformed_response"] += 1

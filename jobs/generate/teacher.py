@@ -132,8 +132,18 @@ class Teacher:
     async def close(self) -> None:
         await self._client.close()
 
-    async def _create(self, prompt: str) -> Any:
-        sampling = {
+    @property
+    def client(self) -> openai.AsyncOpenAI:
+        return self._client
+
+    @property
+    def endpoint(self) -> str:
+        """The API path a request goes to (what a Batch API file names for each line)."""
+        return "/v1/completions" if self._api is TeacherAPI.COMPLETIONS else "/v1/chat/completions"
+
+    def request_body(self, prompt: str) -> dict[str, Any]:
+        """The JSON body of one request, the same whether it is sent at once or in a batch file."""
+        body: dict[str, Any] = {
             "model": self.model,
             "temperature": self._generation.temperature,
             "top_p": self._generation.top_p,
@@ -143,8 +153,14 @@ class Teacher:
             "stop": [stop_sequence(self._generation.instructions_per_request)],
         }
         if self._api is TeacherAPI.COMPLETIONS:
-            return await self._client.completions.create(prompt=prompt, **sampling)
-        return await self._client.chat.completions.create(messages=[{"role": "user", "content": prompt}], **sampling)
+            return {**body, "prompt": prompt}
+        return {**body, "messages": [{"role": "user", "content": prompt}]}
+
+    async def _create(self, prompt: str) -> Any:
+        body = self.request_body(prompt)
+        if self._api is TeacherAPI.COMPLETIONS:
+            return await self._client.completions.create(**body)
+        return await self._client.chat.completions.create(**body)
 
     async def complete(self, prompt: str) -> Answer:
         retries: Counter[str] = Counter()

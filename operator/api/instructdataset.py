@@ -39,11 +39,36 @@ class TokenPricing(ApiModel):
     output_usd_per_million_tokens: USD = Field(
         default=0.0, alias="outputUSDPerMillionTokens", description="Price of a million completion tokens."
     )
+    batch_input_usd_per_million_tokens: USD | None = Field(
+        default=None, alias="batchInputUSDPerMillionTokens",
+        description="Price of a million prompt tokens sent through the Batch API (teacher.batch); unset: the regular price.",
+    )
+    batch_output_usd_per_million_tokens: USD | None = Field(
+        default=None, alias="batchOutputUSDPerMillionTokens",
+        description="Price of a million completion tokens through the Batch API; unset: the regular price.",
+    )
+
+    def batch(self) -> TokenPricing:
+        """The prices that apply to requests sent through the Batch API."""
+        return TokenPricing(
+            input_usd_per_million_tokens=self.input_usd_per_million_tokens
+            if self.batch_input_usd_per_million_tokens is None else self.batch_input_usd_per_million_tokens,
+            output_usd_per_million_tokens=self.output_usd_per_million_tokens
+            if self.batch_output_usd_per_million_tokens is None else self.batch_output_usd_per_million_tokens,
+        )
 
 
 class TeacherAPI(str, Enum):
     CHAT = "chat"
     COMPLETIONS = "completions"
+
+
+class TeacherBatch(ApiModel):
+    """Requests sent as files through the Batch API (/v1/files + /v1/batches): half the price at
+    OpenAI, answers within the completion window instead of at once."""
+
+    requests_per_batch: int = Field(default=500, ge=1, le=50_000, description="Requests in one batch file.")
+    poll_interval_seconds: float = Field(default=30.0, ge=0.1, le=3600, description="How often a batch's status is read.")
 
 
 class Teacher(ApiModel):
@@ -58,6 +83,7 @@ class Teacher(ApiModel):
                     "apiKeySecretRef is not used with modelServerRef (in-cluster servers need no key)",
                 ),
                 cel("!has(self.baseURL) || has(self.model)", "model is required with baseURL"),
+                cel("!has(self.batch) || has(self.baseURL)", "batch needs an API teacher (baseURL); in-cluster servers answer at once"),
             ]
         }
     )
@@ -89,6 +115,10 @@ class Teacher(ApiModel):
     request_timeout_seconds: float = Field(default=300.0, gt=0, le=3600, description="Timeout of one request.")
     max_retries: int = Field(
         default=8, ge=0, le=50, description="Retries of a request on 429, 5xx and timeouts (exponential backoff)."
+    )
+    batch: TeacherBatch | None = Field(
+        default=None,
+        description="Send requests through the Batch API in files of requestsPerBatch, priced at the pricing's batch prices; resumable (a batch is never submitted twice).",
     )
 
 

@@ -117,6 +117,11 @@ INVALID: tuple[Invalid, ...] = (
         "budgetUSD cannot be enforced with teacher.modelServerRef",
     ),
     Invalid(
+        "cel-batch-with-in-cluster-teacher", "InstructDataset",
+        _set("spec.teacher", {"modelServerRef": {"name": "chat"}, "batch": {"requestsPerBatch": 100}}),
+        "batch needs an API teacher",
+    ),
+    Invalid(
         "cel-storage-both", "InstructDataset", _set("spec.output.uri", "s3://bucket/data"),
         "exactly one of pvc or uri",
     ),

@@ -9,6 +9,9 @@ answers. It counts what it received and what it answered, so tests can prove wha
 from __future__ import annotations
 
 import asyncio
+import email.parser
+import email.policy
+import json
 import re
 import threading
 import time
@@ -57,6 +60,10 @@ class Stats:
     # The usage of every answer sent back, whether or not the client lived to read it.
     billed_prompt_tokens: int = 0
     billed_completion_tokens: int = 0
+    # The Batch API: batches created (by their metadata's key) and what their answers billed.
+    batches_created: Counter[str] = field(default_factory=Counter)
+    batch_billed_prompt_tokens: int = 0
+    batch_billed_completion_tokens: int = 0
 
 
 class TeacherServer:
@@ -71,6 +78,7 @@ class TeacherServer:
         retry_after_s: float = 0.05,
         reply: Callable[[int, str], str] | None = None,
         keep_prompts: bool = False,
+        batch_delay_s: float = 0.2,
     ) -> None:
         self.delay_s = delay_s
         self.seed = seed
@@ -80,7 +88,10 @@ class TeacherServer:
         self.retry_after_s = retry_after_s
         self.reply = reply
         self.keep_prompts = keep_prompts
+        self.batch_delay_s = batch_delay_s  # how long a batch takes to run, once created
         self.stats = Stats()
+        self._files: dict[str, bytes] = {}
+        self._batches: dict[str, dict[str, Any]] = {}
         self._faults: deque[str] = deque()
         self._lock = threading.Lock()
         self._server: uvicorn.Server | None = None
@@ -167,6 +178,8 @@ class TeacherServer:
         async def completions(request: Request) -> Response:
             return await handle(request, chat=False)
 
+        self._add_batch_api(app)
+
         async def handle(request: Request, *, chat: bool) -> Response:
             body = await request.json()
             with self._lock:
@@ -186,7 +199,70 @@ class TeacherServer:
 
         return app
 
-    def _answer(self, number: int, body: dict[str, Any], fault: str | None, *, chat: bool = True) -> Response:
+    # -- the Batch API (/v1/files, /v1/batches), as OpenAI's behaves for a client --------------------
+
+    def _add_batch_api(self, app: FastAPI) -> None:
+        @app.post("/v1/files")
+        async def upload(request: Request) -> dict[str, Any]:
+            parts = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+                b"Content-Type: " + request.headers["content-type"].encode() + b"\r\n\r\n" + await request.body()
+            )
+            content = next(p.get_payload(decode=True) for p in parts.iter_parts() if p.get_param("name", header="content-disposition") == "file")
+            with self._lock:
+                file_id = f"file-{len(self._files) + 1}"
+                self._files[file_id] = content
+            return {"id": file_id, "object": "file", "bytes": len(content), "created_at": int(time.time()),
+                    "filename": f"{file_id}.jsonl", "purpose": "batch", "status": "processed"}
+
+        @app.get("/v1/files/{file_id}/content")
+        async def download(file_id: str) -> Response:
+            return Response(self._files[file_id], media_type="application/octet-stream")
+
+        @app.post("/v1/batches")
+        async def create(request: Request) -> dict[str, Any]:
+            body = await request.json()
+            with self._lock:
+                batch_id = f"batch-{len(self._batches) + 1}"
+                batch = {
+                    "id": batch_id, "object": "batch", "endpoint": body["endpoint"], "input_file_id": body["input_file_id"],
+                    "completion_window": body["completion_window"], "status": "in_progress", "created_at": int(time.time()),
+                    "metadata": body.get("metadata") or {}, "output_file_id": None, "error_file_id": None,
+                    "request_counts": {"total": 0, "completed": 0, "failed": 0},
+                }
+                self._batches[batch_id] = batch
+                self.stats.batches_created[batch["metadata"].get("alpaca_batch_key", "")] += 1
+            asyncio.get_running_loop().create_task(self._run_batch(batch))
+            return batch
+
+        @app.get("/v1/batches/{batch_id}")
+        async def retrieve(batch_id: str) -> dict[str, Any]:
+            return self._batches[batch_id]
+
+        @app.get("/v1/batches")
+        async def listing(limit: int = 20) -> dict[str, Any]:
+            data = list(reversed(self._batches.values()))[:limit]
+            return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+                    "last_id": data[-1]["id"] if data else None, "has_more": False}
+
+    async def _run_batch(self, batch: dict[str, Any]) -> None:
+        await asyncio.sleep(self.batch_delay_s)
+        lines = [json.loads(raw) for raw in self._files[batch["input_file_id"]].decode().splitlines() if raw.strip()]
+        out = []
+        for line in lines:
+            with self._lock:
+                self.stats.received += 1
+                number = self.stats.received
+            response = self._answer(number, line["body"], self._next_fault(), chat=line["url"].endswith("/chat/completions"), batch=True)
+            out.append({"id": f"req-{number}", "custom_id": line["custom_id"], "error": None,
+                        "response": {"status_code": response.status_code, "request_id": f"r-{number}", "body": json.loads(response.body)}})
+        with self._lock:
+            file_id = f"file-{len(self._files) + 1}"
+            self._files[file_id] = "".join(json.dumps(o) + "\n" for o in out).encode()
+            ok = sum(1 for o in out if o["response"]["status_code"] == 200)
+            batch.update(status="completed", output_file_id=file_id, completed_at=int(time.time()),
+                         request_counts={"total": len(out), "completed": ok, "failed": len(out) - ok})
+
+    def _answer(self, number: int, body: dict[str, Any], fault: str | None, *, chat: bool = True, batch: bool = False) -> Response:
         retry_after = {"retry-after": f"{self.retry_after_s:g}"}
         if fault == RATE_LIMIT:
             return _error(429, "rate limit reached", "rate_limit_exceeded", retry_after)
@@ -222,8 +298,12 @@ class TeacherServer:
             text = text[: list(re.finditer(r"\S+", text))[limit - 1].end()]
             finish_reason = "length"
         with self._lock:
-            self.stats.billed_prompt_tokens += len(prompt.split())
-            self.stats.billed_completion_tokens += len(text.split())
+            if batch:
+                self.stats.batch_billed_prompt_tokens += len(prompt.split())
+                self.stats.batch_billed_completion_tokens += len(text.split())
+            else:
+                self.stats.billed_prompt_tokens += len(prompt.split())
+                self.stats.billed_completion_tokens += len(text.split())
         if chat:
             choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}
         else:

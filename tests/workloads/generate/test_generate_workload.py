@@ -34,7 +34,7 @@ from alpaca_jobs.generate.runner import RunOptions, generate
 from alpaca_jobs.generate.seeds import load_seed_tasks
 from alpaca_jobs.generate.state import GenerationState
 from alpaca_jobs.storage import sha256_file
-from alpaca_operator.api.instructdataset import TeacherAPI
+from alpaca_operator.api.instructdataset import TeacherAPI, TeacherBatch
 from alpaca_operator.api.workloads import GenerateConfig, StatusTarget
 from alpaca_operator.cli import main as alpaca_main
 
@@ -365,3 +365,89 @@ def test_an_unusable_output_folder_is_named(tmp_path: Path, capsys: pytest.Captu
     blocker.write_text("")
     code = alpaca_main(["generate", "--output", str(blocker / "out"), "--teacher-url", "http://127.0.0.1:9/v1", "--model", "m"])
     assert code == 2 and f"{blocker / 'out'}: Not a directory" in capsys.readouterr().err
+
+
+def _batch_config(server: TeacherServer, output: Path, target: int) -> GenerateConfig:
+    config = _config(server, str(output), target=target, concurrency=4)
+    config.spec.teacher.batch = TeacherBatch(requests_per_batch=3, poll_interval_seconds=0.1)
+    config.pricing.batch_input_usd_per_million_tokens = 0.5
+    config.pricing.batch_output_usd_per_million_tokens = 2.0
+    return config
+
+
+def test_the_batch_api_sends_files_of_requests_and_bills_at_the_batch_price(tmp_path: Path) -> None:
+    with TeacherServer(bait_every=5, batch_delay_s=0.05) as server:
+        manifest = generate(_batch_config(server, tmp_path, target=40), options=QUIET)
+    assert manifest.stop_reason is StopReason.COMPLETED and manifest.kept == 40
+    _check_outputs(tmp_path, manifest)
+    assert not server.stats.by_status, "nothing went to the real-time endpoints"
+    assert set(server.stats.batches_created.values()) == {1} and len(server.stats.batches_created) >= 2
+    records = Journal(tmp_path / CHECKPOINT_FILE).load()
+    assert {r.content for r in records if r.outcome == "submitted"} == {f"batch-{n}" for n in range(1, len(server.stats.batches_created) + 1)}
+    assert (manifest.prompt_tokens, manifest.completion_tokens) == (server.stats.batch_billed_prompt_tokens, server.stats.batch_billed_completion_tokens)
+    assert manifest.cost_usd == pytest.approx((manifest.prompt_tokens * 0.5 + manifest.completion_tokens * 2.0) / 1e6)
+
+
+def test_a_batch_is_never_submitted_twice_across_a_kill(tmp_path: Path) -> None:
+    with TeacherServer(bait_every=5, batch_delay_s=1.0) as server:
+        out = tmp_path / "out"
+        config = _batch_config(server, out, target=30)
+        (tmp_path / "config.json").write_text(config.model_dump_json(by_alias=True))
+        command = [sys.executable, "-m", "alpaca_operator.cli", "generate", "--config", str(tmp_path / "config.json"), "--no-progress"]
+        env = {**os.environ, "PYTHONSAFEPATH": "1"}
+        journal = out / CHECKPOINT_FILE
+        process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        # Killed while its first batch runs on the teacher's side.
+        while not (journal.exists() and b'"submitted"' in journal.read_bytes()):
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        assert sum(server.stats.batches_created.values()) == 1
+        resumed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert resumed.returncode == 0, resumed.stderr
+    manifest = _manifest(out)
+    assert manifest.stop_reason is StopReason.COMPLETED and manifest.kept == 30
+    assert set(server.stats.batches_created.values()) == {1}, server.stats.batches_created
+    assert manifest.unrecorded_requests == 0  # a batch goes on without us: collected, not lost
+    assert manifest.completion_tokens == server.stats.batch_billed_completion_tokens
+
+
+def test_a_batch_created_just_before_a_crash_is_found_by_its_key_not_submitted_again(tmp_path: Path) -> None:
+    with TeacherServer(bait_every=5, batch_delay_s=0.05) as server:
+        config = _batch_config(server, tmp_path, target=20)
+        generate(config, options=QUIET)
+        journal = tmp_path / CHECKPOINT_FILE
+        records = Journal(journal).load()
+        # Rewind to the moment after the last batch was created, before its id reached the journal.
+        last_key = [r.batch for r in records if r.outcome == "submitted"][-1]
+        cut = next(i for i, r in enumerate(records) if r.outcome == "submitted" and r.batch == last_key)
+        journal.write_text("".join(r.to_json() + "\n" for r in records[:cut]))
+        (tmp_path / "manifest.json").unlink()
+        created = sum(server.stats.batches_created.values())
+        manifest = generate(config, options=QUIET)
+    assert sum(server.stats.batches_created.values()) == created
+    assert manifest.stop_reason is StopReason.COMPLETED and manifest.kept == 20
+    resumed = Journal(journal).load()
+    assert [r.content for r in resumed if r.outcome == "submitted" and r.batch == last_key] == [f"batch-{created}"]
+
+
+def test_a_batch_planned_but_never_created_is_withdrawn_and_costs_nothing(tmp_path: Path) -> None:
+    with TeacherServer(bait_every=5, batch_delay_s=0.05) as first:
+        config = _batch_config(first, tmp_path, target=20)
+        generate(config, options=QUIET)
+    journal = tmp_path / CHECKPOINT_FILE
+    records = Journal(journal).load()
+    last_key = [r.batch for r in records if r.outcome == "submitted"][-1]
+    cut = next(i for i, r in enumerate(records) if r.outcome == "submitted" and r.batch == last_key)
+    journal.write_text("".join(r.to_json() + "\n" for r in records[:cut]))
+    planned = [r.request for r in records[:cut] if r.batch == last_key and r.outcome == "sent"]
+    assert planned
+    with TeacherServer(bait_every=5, batch_delay_s=0.05) as second:  # has never seen that batch
+        config.teacher_url = second.base_url
+        manifest = generate(config, options=QUIET)
+    assert manifest.stop_reason is StopReason.COMPLETED and manifest.unrecorded_requests == 0
+    resumed = Journal(journal).load()
+    assert sorted(r.request for r in resumed if r.outcome == "withdrawn") == planned
+    assert manifest.completion_tokens == sum(r.completion_tokens for r in resumed if r.outcome == "answered")
