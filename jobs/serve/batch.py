@@ -13,12 +13,84 @@ from typing import Any
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import Cache, DynamicLayer
 
 
 def cache_keyword(model: Any) -> str:
     """The keyword a model's forward takes its key/value cache by: newer transformers renamed
     `past_key_values` to `cache` and warn on the old name, older ones know only the old name."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+class GrowingLayer(DynamicLayer):
+    """A layer's keys and values kept in buffers with spare columns.
+
+    DynamicLayer appends a decoding step's column with torch.cat, copying the whole cache of every
+    layer at every step; here the column is written in place and the buffers grow by half when
+    full, so a step costs the same at the 500th token as at the 5th. `keys`/`values` are views of
+    the written part; assigning them (as merge/select do) adopts the tensor as the new buffer.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._length = 0
+        self._key_buffer: torch.Tensor | None = None
+        self._value_buffer: torch.Tensor | None = None
+        super().__init__(**kwargs)
+
+    @property  # type: ignore[override]
+    def keys(self) -> torch.Tensor | None:
+        return None if self._key_buffer is None else self._key_buffer[:, :, : self._length]
+
+    @keys.setter
+    def keys(self, tensor: torch.Tensor | None) -> None:
+        self._key_buffer = tensor if tensor is None or tensor.dim() == 4 else None
+        self._length = 0 if self._key_buffer is None else tensor.shape[2]  # type: ignore[union-attr]
+
+    @property  # type: ignore[override]
+    def values(self) -> torch.Tensor | None:
+        return None if self._value_buffer is None else self._value_buffer[:, :, : self._length]
+
+    @values.setter
+    def values(self, tensor: torch.Tensor | None) -> None:
+        self._value_buffer = tensor if tensor is None or tensor.dim() == 4 else None
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.device, self.is_initialized = key_states.device, True
+        new = key_states.shape[2]
+        end = self._length + new
+        if self._key_buffer is None or self._value_buffer is None:
+            self._key_buffer = self._grow(key_states[:, :, :0], end)
+            self._value_buffer = self._grow(value_states[:, :, :0], end)
+        elif end > self._key_buffer.shape[2]:
+            self._key_buffer = self._grow(self._key_buffer[:, :, : self._length], end)
+            self._value_buffer = self._grow(self._value_buffer[:, :, : self._length], end)
+        self._key_buffer[:, :, self._length : end] = key_states
+        self._value_buffer[:, :, self._length : end] = value_states
+        self._length = end
+        return self.keys, self.values  # type: ignore[return-value]
+
+    @staticmethod
+    def _grow(current: torch.Tensor, needed: int) -> torch.Tensor:
+        b, h, length, d = current.shape
+        buffer = current.new_empty((b, h, needed + max(32, needed // 2), d))
+        buffer[:, :, :length] = current
+        return buffer
+
+    def get_seq_length(self) -> int:
+        return self._length if self._key_buffer is not None else 0
+
+
+class GrowingCache(DynamicCache):
+    """A DynamicCache whose layers are GrowingLayers."""
+
+    def __init__(self) -> None:
+        Cache.__init__(self, layer_class_to_replicate=GrowingLayer)
+
+
+def new_cache() -> DynamicCache:
+    return GrowingCache()
 
 
 def _layers(cache: DynamicCache) -> list:

@@ -243,7 +243,7 @@ class Engine:
         for row, seq in enumerate(sequences):
             ids[row, width - len(seq.prompt) :] = torch.tensor(seq.prompt, dtype=torch.long)
             mask[row, width - len(seq.prompt) :] = 1
-        cache = DynamicCache()
+        cache = batch.new_cache()
         logits = self._forward(ids, mask, cache)
         if self.on_step:
             self.on_step(len(sequences), int(mask.sum()))

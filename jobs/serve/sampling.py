@@ -117,10 +117,22 @@ def sample_rows(
 ) -> list[Sampled | Exception]:
     """The next token of every row, or the error that row alone failed with. `logits` is (rows, vocab)."""
     logits = logits.float().cpu()
+    # The common case, plain greedy rows, is one batched argmax rather than a pass per row.
+    bad = (torch.isnan(logits) | torch.isposinf(logits)).any(dim=-1).tolist()
+    plain = [i for i, row in enumerate(rows) if _plain_greedy(row.params) and not bad[i]]
+    argmax = dict(zip(plain, logits[plain].argmax(dim=-1).tolist(), strict=True)) if plain else {}
     results: list[Sampled | Exception] = []
     for i, row in enumerate(rows):
+        if i in argmax:
+            results.append(Sampled(argmax[i]))
+            continue
         try:
             results.append(sample_row(logits[i], row, generated[i]))
         except Exception as error:  # one row's failure must not cost the others their tokens
             results.append(error)
     return results
+
+
+def _plain_greedy(params: SamplingParams) -> bool:
+    return (params.greedy and params.logprobs is None and not params.logit_bias
+            and not params.presence_penalty and not params.frequency_penalty)

@@ -1,5 +1,6 @@
 """Rows of different lengths sharing one left-padded cache decode as they would alone."""
 
+import pytest
 import torch
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
@@ -13,11 +14,24 @@ def tiny_model() -> LlamaForCausalLM:
     return LlamaForCausalLM(config).eval()
 
 
+CACHES = {"dynamic": DynamicCache, "growing": batch.new_cache}
+make_cache = batch.new_cache
+
+
+@pytest.fixture(params=sorted(CACHES), autouse=True)
+def cache_kind(request):
+    """Every test runs on transformers' DynamicCache and on the engine's GrowingCache."""
+    global make_cache
+    make_cache = CACHES[request.param]
+    yield request.param
+    make_cache = batch.new_cache
+
+
 def prefill(model, rows: list[list[int]]) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
     ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-    cache = DynamicCache()
+    cache = make_cache()
     out = model(input_ids=ids, attention_mask=mask, position_ids=batch.positions(mask, width),
                 **{batch.cache_keyword(model): cache})
     return cache, mask, out.logits[:, -1]
@@ -81,3 +95,24 @@ def test_cached_forward_uses_the_installed_transformers_api_without_warnings() -
         cache, mask, _ = prefill(model, [[5, 6, 7]])
         decode(model, cache, mask, [3])
     assert cache.get_seq_length() == 4
+
+
+@torch.no_grad()
+def test_growing_cache_decodes_long_answers_exactly_like_dynamic_cache() -> None:
+    model = tiny_model()
+    logits = {}
+    for kind, factory in CACHES.items():
+        global make_cache
+        make_cache = factory
+        cache, mask, _ = prefill(model, [[5, 6, 7], [9, 10, 11, 12, 13]])
+        steps = []
+        for step in range(100):  # past several regrowths of the buffers
+            mask, out = decode(model, cache, mask, [step % 90, (step * 7) % 90])
+            steps.append(out)
+            if step == 40:  # rows leave and come back mid-answer, as in the engine
+                mask = batch.select_rows(cache, mask, [1])
+                other, other_mask, _ = prefill(model, [[20, 21]])
+                cache, mask = batch.merge(cache, mask, other, other_mask)
+        logits[kind] = torch.stack(steps)
+        assert cache.get_seq_length() == mask.shape[1]
+    torch.testing.assert_close(logits["growing"], logits["dynamic"], atol=1e-5, rtol=1e-5)
