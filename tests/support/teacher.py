@@ -274,13 +274,47 @@ class TeacherServer:
             return Response(b"<html>upstream hiccup</html>", status_code=200, media_type="application/json")
         if fault == NO_CHOICES:
             return JSONResponse({"id": "x", "object": "chat.completion", "created": 0, "model": body.get("model")})
-        prompt = body["messages"][-1]["content"] if chat else body["prompt"]
+        # /v1/completions takes a list of prompts too (as Alpaca's generator sent them): a choice each.
+        prompts = [body["messages"][-1]["content"]] if chat else body["prompt"]
+        prompts = [prompts] if isinstance(prompts, str) else prompts
         with self._lock:
             self.stats.endpoints[("chat" if chat else "completions")] += 1
             self.stats.stops.update(body.get("stop") or [])
-        if self.keep_prompts:
-            with self._lock:
-                self.stats.prompts.append(prompt)
+            if self.keep_prompts:
+                self.stats.prompts.extend(prompts)
+        choices, prompt_tokens, completion_tokens = [], 0, 0
+        for index, prompt in enumerate(prompts):
+            text, finish_reason = self._text(number if len(prompts) == 1 else number * 1000 + index, prompt, fault, body.get("max_tokens"))
+            prompt_tokens += len(prompt.split())
+            completion_tokens += len(text.split())
+            if chat:
+                choices.append({"index": index, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason})
+            else:
+                choices.append({"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason})
+        with self._lock:
+            if batch:
+                self.stats.batch_billed_prompt_tokens += prompt_tokens
+                self.stats.batch_billed_completion_tokens += completion_tokens
+            else:
+                self.stats.billed_prompt_tokens += prompt_tokens
+                self.stats.billed_completion_tokens += completion_tokens
+        return JSONResponse(
+            {
+                "id": f"{'chatcmpl' if chat else 'cmpl'}-{number}",
+                "object": "chat.completion" if chat else "text_completion",
+                "created": int(time.time()),
+                "model": body.get("model", "teacher"),
+                "choices": choices,
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+            }
+        )
+
+    def _text(self, number: int, prompt: str, fault: str | None, max_tokens: int | None) -> tuple[str, str]:
+        """One completion's text and finish reason."""
         finish_reason = "stop"
         if fault == GARBLED:
             text = "I am sorry, but I would rather talk about the weather today."
@@ -292,36 +326,11 @@ class TeacherServer:
                 text = text[: len(text) - 25]
                 finish_reason = "length"
         # A "token" here is a word; like any API, the answer stops at max_tokens.
-        limit = body.get("max_tokens")
-        if limit is not None and len(text.split()) > limit:
-            # Cut after the limit-th word, keeping the text's own lines.
-            text = text[: list(re.finditer(r"\S+", text))[limit - 1].end()]
+        if max_tokens is not None and len(text.split()) > max_tokens:
+            # Cut after the max_tokens-th word, keeping the text's own lines.
+            text = text[: list(re.finditer(r"\S+", text))[max_tokens - 1].end()]
             finish_reason = "length"
-        with self._lock:
-            if batch:
-                self.stats.batch_billed_prompt_tokens += len(prompt.split())
-                self.stats.batch_billed_completion_tokens += len(text.split())
-            else:
-                self.stats.billed_prompt_tokens += len(prompt.split())
-                self.stats.billed_completion_tokens += len(text.split())
-        if chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}
-        else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
-        return JSONResponse(
-            {
-                "id": f"{'chatcmpl' if chat else 'cmpl'}-{number}",
-                "object": "chat.completion" if chat else "text_completion",
-                "created": int(time.time()),
-                "model": body.get("model", "teacher"),
-                "choices": [choice],
-                "usage": {
-                    "prompt_tokens": len(prompt.split()),
-                    "completion_tokens": len(text.split()),
-                    "total_tokens": len(prompt.split()) + len(text.split()),
-                },
-            }
-        )
+        return text, finish_reason
 
 
 def _error(status: int, message: str, code: str, headers: dict[str, str] | None = None) -> JSONResponse:
