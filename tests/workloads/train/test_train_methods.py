@@ -76,3 +76,28 @@ def test_lora_under_torchrun_gets_every_frozen_weight_from_rank_0(tmp_path: Path
     for name in ("model.layers.1.mlp.up_proj.weight", "model.norm.weight", "model.embed_tokens.weight"):
         rows = base[name].shape[0]
         torch.testing.assert_close(base[name], tuned[name][:rows], rtol=0, atol=0)
+
+
+def test_activation_checkpointing_under_torchrun_changes_memory_not_the_result(
+    tmp_path: Path, dataset_file: Path, tiny_model: Path, reference_run: Path
+) -> None:
+    """spec.hyperparameters.gradientCheckpointing with FSDP2: the same losses as the plain run."""
+    import subprocess
+
+    from conftest import PYTHON, RECIPE, REPO, child_env
+    from test_train_run import free_port
+
+    config = tmp_path / "train.json"
+    config.write_text(json.dumps({
+        "name": "ac", "dataset": str(dataset_file), "output": str(tmp_path / "out"),
+        "baseModel": {"location": str(tiny_model)},
+        "spec": {"dataset": {"uri": "file:///d"}, "output": {"uri": "file:///o"}, "gpus": {"perNode": 0},
+                 "hyperparameters": {"gradientCheckpointing": True}},
+    }))
+    port = str(free_port())
+    env = child_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, PET_MASTER_ADDR="127.0.0.1", PET_MASTER_PORT=port,
+                    PET_NNODES="1", PET_NPROC_PER_NODE="2", PET_NODE_RANK="0")
+    subprocess.run([PYTHON, "-m", "torch.distributed.run", "-m", "alpaca_operator.cli", "train", "--config", str(config),
+                    *RECIPE], check=True, env=env, cwd=REPO, timeout=300)
+    ours, plain = read_metrics(tmp_path / "out"), read_metrics(reference_run)
+    assert [m["loss"] for m in ours] == pytest.approx([m["loss"] for m in plain], rel=2e-4)
