@@ -100,6 +100,19 @@ context_hash() {
     (cd "$1" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-12
 }
 
+# Once unpacked, an image's compressed or not layer blobs are needed by nobody here (no push, no
+# re-pull): dropping them halves the disk the torch images take in the node, as containerd's
+# own discard_unpacked_layers does for pulled images.
+discard_layer_blobs() {
+    local ref="$1" manifest digest
+    manifest="$(ctr --address "${containerd_sock}" -n k8s.io images ls | awk -v r="${ref}" '$1 == r { print $3 }')"
+    [[ -n "${manifest}" ]] || return 0
+    for digest in $(ctr --address "${containerd_sock}" -n k8s.io content get "${manifest}" |
+        python3 -c 'import json, sys; print(" ".join(l["digest"] for l in json.load(sys.stdin).get("layers", [])))'); do
+        ctr --address "${containerd_sock}" -n k8s.io content rm "${digest}" >/dev/null 2>&1 || true
+    done
+}
+
 # Into the node's containerd (namespace k8s.io), unless it holds the image already: its image
 # store is a cache that outlives the cluster (hack/cluster.sh), so this costs once per image.
 load_into_node() {
@@ -115,6 +128,13 @@ load_into_node() {
     ctr --address "${containerd_sock}" -n k8s.io images import "${archive}" >/dev/null
     log "loaded ${ref} into the node in $((SECONDS - start))s ($(du -h "${archive}" | cut -f1))"
     rm -f "${archive}"
+    discard_layer_blobs "${ref}"
+    # Older builds of the same image: their unique layers go with them (containerd's GC), the
+    # layers shared with this one (the locked dependencies) stay.
+    local old
+    for old in $(ctr --address "${containerd_sock}" -n k8s.io images ls -q | grep -F "${ref%:*}:" | grep -vxF "${ref}"); do
+        ctr --address "${containerd_sock}" -n k8s.io images rm "${old}" >/dev/null
+    done
 }
 
 # This machine's trust store and pip settings (a TLS-inspecting proxy's CA, a package index)
@@ -141,9 +161,13 @@ for name in "${images[@]}"; do
         log "building ${ref}"
         # --network host: RUN steps use the machine's network as it is; buildah's default would
         # make a bridge with addresses of its own choosing (10.88.0.0/16 for netavark).
-        bh bud --quiet --layers --network host --build-arg "BASE=${base_ref}" "${build_mounts[@]}" \
+        bh bud --quiet --layers --force-rm --network host --build-arg "BASE=${base_ref}" "${build_mounts[@]}" \
             -f "${context}/images/${name}/Dockerfile" -t "${ref}" "${context}" >&2
         log "built ${name} in $((SECONDS - start))s"
+        # Older builds of this image: untagged, their layers shared with this one stay cached.
+        for old in $(bh images --format '{{.Name}}:{{.Tag}}' | grep -F "localhost/alpaca/${name}:" | grep -vxF "${ref}"); do
+            bh rmi "${old}" >/dev/null 2>&1 || true
+        done
     fi
     load_into_node "${ref}"
     printf '%s %s\n' "${name}" "${ref}"

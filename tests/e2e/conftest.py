@@ -71,13 +71,13 @@ def cluster() -> Iterator[Cluster]:
         _run_script("cluster.sh", "down", timeout=300)
 
 
-@pytest.fixture(scope="session")
-def images(cluster: Cluster) -> dict[str, str]:
-    """image name (operator, generate, train, serve) -> reference loaded into the node."""
-    out = _run_script("images.sh", timeout=7200)
-    refs = dict(line.split(" ", 1) for line in out.strip().splitlines())
-    cluster.images = refs
-    return refs
+def _build_images(cluster: Cluster, *names: str) -> dict[str, str]:
+    """image name -> reference loaded into the node, building (or reusing) only those named."""
+    missing = [name for name in names if name not in cluster.images]
+    if missing:
+        out = _run_script("images.sh", *missing, timeout=7200)
+        cluster.images.update(line.split(" ", 1) for line in out.strip().splitlines())
+    return {name: cluster.images[name] for name in names}
 
 
 def _split(ref: str) -> tuple[str, str]:
@@ -85,22 +85,37 @@ def _split(ref: str) -> tuple[str, str]:
     return repository, tag
 
 
+RELEASE = "alpaca-operator"
+
+
 @pytest.fixture(scope="session")
-def operator_release(cluster: Cluster, images: dict[str, str]) -> str:
-    """The chart installed in its own namespace with the images built here; returns the namespace."""
+def operator_release(cluster: Cluster) -> str:
+    """The chart installed as a platform team would, with the operator image built here (one
+    replica: the scale test adds the second); returns its namespace."""
     namespace = "alpaca-system"
+    repository, tag = _split(_build_images(cluster, "operator")["operator"])
+    cluster.helm(
+        "upgrade", "--install", RELEASE, str(CHART), "--namespace", namespace, "--create-namespace",
+        "--set", f"image.repository={repository}", "--set", f"image.tag={tag}",
+        "--set", "replicaCount=1", "--wait", "--timeout", "5m",
+    )
+    return namespace
+
+
+@pytest.fixture(scope="session")
+def chain_release(cluster: Cluster, operator_release: str) -> str:
+    """The release told the workload images built here (generate, train, serve: torch makes
+    these the long builds, so only the chain's tests wait for them)."""
     values: list[str] = []
-    repository, tag = _split(images["operator"])
-    values += ["--set", f"image.repository={repository}", "--set", f"image.tag={tag}"]
-    for name in ("generate", "train", "serve"):
-        repository, tag = _split(images[name])
+    for name, ref in _build_images(cluster, "generate", "train", "serve").items():
+        repository, tag = _split(ref)
         values += ["--set", f"workloads.images.{name}.repository={repository}"]
         values += ["--set", f"workloads.images.{name}.tag={tag}"]
     cluster.helm(
-        "upgrade", "--install", "alpaca-operator", str(CHART), "--namespace", namespace, "--create-namespace",
-        *values, "--set", "replicaCount=1", "--wait", "--timeout", "5m",
+        "upgrade", RELEASE, str(CHART), "--namespace", operator_release, "--reuse-values", *values,
+        "--wait", "--timeout", "5m",
     )
-    return namespace
+    return operator_release
 
 
 @pytest.fixture

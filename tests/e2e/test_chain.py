@@ -23,14 +23,15 @@ def test_operator_pod_runs_under_the_chart(cluster: Cluster, operator_release: s
         container = pod["spec"]["containers"][0]
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
         assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
-        assert pod["spec"]["serviceAccountName"] == "alpaca-alpaca-operator" or pod["spec"]["serviceAccountName"]
+        assert pod["spec"]["serviceAccountName"] == "alpaca-operator"
         # The kubelet ran it as the image's numeric user, not root.
         uid = cluster.kubectl("exec", "-n", operator_release, pod["metadata"]["name"], "--", "id", "-u").strip()
         assert uid == "10001"
     print(cluster.kubectl("get", "pods", "-n", operator_release, "-o", "wide"))
 
 
-def test_quickstart_chain(cluster: Cluster, operator_release: str, namespace: str, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_quickstart_chain(cluster: Cluster, chain_release: str, namespace: str, tmp_path: Path) -> None:
     apply_chain(cluster, namespace, tmp_path)
     wait_phase(cluster, namespace, "modelserver", "quickstart-chat", "Ready", CHAIN_TIMEOUT_S)
 

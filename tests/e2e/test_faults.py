@@ -14,7 +14,8 @@ import yaml
 from e2e_chain import CHAIN_TIMEOUT_S, PVC, apply_chain, chain_manifests, pods, resource, wait_phase
 from e2e_cluster import Cluster
 
-pytestmark = pytest.mark.e2e
+# Each builds the torch images and runs a chain: minutes to tens of minutes on two cores.
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 def _read_from_claim(cluster: Cluster, namespace: str, path: str) -> str:
     """A file on the `alpaca` claim, read by a pod (the claim lives on the node, not here)."""
@@ -63,7 +64,7 @@ def _teacher_requests(cluster: Cluster, namespace: str) -> int:
 
 
 def test_generation_pod_deleted_mid_run_resumes_from_the_journal(
-    cluster: Cluster, operator_release: str, namespace: str, tmp_path: Path
+    cluster: Cluster, chain_release: str, namespace: str, tmp_path: Path
 ) -> None:
     documents = [d for d in chain_manifests(tmp_path) if d["kind"] in ("ModelServer", "InstructDataset")]
     documents = [d for d in documents if d["metadata"]["name"] != "quickstart-chat"]
@@ -107,7 +108,7 @@ def test_generation_pod_deleted_mid_run_resumes_from_the_journal(
 
 
 def test_operator_pod_deleted_mid_chain_finishes_without_duplicates(
-    cluster: Cluster, operator_release: str, namespace: str, tmp_path: Path
+    cluster: Cluster, chain_release: str, namespace: str, tmp_path: Path
 ) -> None:
     apply_chain(cluster, namespace, tmp_path)
     cluster.wait_for(
@@ -117,13 +118,13 @@ def test_operator_pod_deleted_mid_chain_finishes_without_duplicates(
         CHAIN_TIMEOUT_S,
         3,
     )
-    lease = cluster.get("lease", "-n", operator_release)["items"]
+    lease = cluster.get("lease", "-n", chain_release)["items"]
     holder = lease[0]["spec"]["holderIdentity"]
     print(f"deleting the leader {holder}; lease {lease[0]['metadata']['name']}")
-    cluster.kubectl("delete", "pod", "-n", operator_release, holder, "--wait=false")
+    cluster.kubectl("delete", "pod", "-n", chain_release, holder, "--wait=false")
 
     wait_phase(cluster, namespace, "modelserver", "quickstart-chat", "Ready", CHAIN_TIMEOUT_S)
-    new_holder = cluster.get("lease", "-n", operator_release)["items"][0]["spec"]["holderIdentity"]
+    new_holder = cluster.get("lease", "-n", chain_release)["items"][0]["spec"]["holderIdentity"]
     print(f"new leader {new_holder}")
     print(cluster.kubectl("get", "alpaca", "-n", namespace, "-o", "wide"))
     assert new_holder != holder
@@ -138,7 +139,7 @@ def test_operator_pod_deleted_mid_chain_finishes_without_duplicates(
 
 
 def test_training_worker_deleted_mid_run_resumes_from_the_checkpoint(
-    cluster: Cluster, operator_release: str, namespace: str, tmp_path: Path
+    cluster: Cluster, chain_release: str, namespace: str, tmp_path: Path
 ) -> None:
     documents = chain_manifests(tmp_path)
     finetune = next(d for d in documents if d["kind"] == "FineTune")
@@ -186,9 +187,9 @@ def _operator_writes(cluster: Cluster, namespace: str) -> dict[str, int]:
 
 
 def test_second_operator_replica_mid_chain_never_writes(
-    cluster: Cluster, operator_release: str, namespace: str, tmp_path: Path
+    cluster: Cluster, chain_release: str, namespace: str, tmp_path: Path
 ) -> None:
-    deployment = cluster.get("deployments", "-n", operator_release, "-l", "app.kubernetes.io/name=alpaca-operator")
+    deployment = cluster.get("deployments", "-n", chain_release, "-l", "app.kubernetes.io/name=alpaca-operator")
     name = deployment["items"][0]["metadata"]["name"]
     apply_chain(cluster, namespace, tmp_path)
     cluster.wait_for(
@@ -198,17 +199,17 @@ def test_second_operator_replica_mid_chain_never_writes(
         CHAIN_TIMEOUT_S,
         3,
     )
-    cluster.kubectl("scale", "deployment", name, "-n", operator_release, "--replicas=2")
+    cluster.kubectl("scale", "deployment", name, "-n", chain_release, "--replicas=2")
     try:
-        cluster.kubectl("rollout", "status", f"deployment/{name}", "-n", operator_release, "--timeout=300s", timeout=320)
-        replicas = {p["metadata"]["name"]: p["status"]["podIP"] for p in pods(cluster, operator_release)}
+        cluster.kubectl("rollout", "status", f"deployment/{name}", "-n", chain_release, "--timeout=300s", timeout=320)
+        replicas = {p["metadata"]["name"]: p["status"]["podIP"] for p in pods(cluster, chain_release)}
         print("operator replicas:", replicas)
         assert len(replicas) == 2
         wait_phase(cluster, namespace, "modelserver", "quickstart-chat", "Ready", CHAIN_TIMEOUT_S)
-        holder = cluster.get("lease", "-n", operator_release)["items"][0]["spec"]["holderIdentity"]
+        holder = cluster.get("lease", "-n", chain_release)["items"][0]["spec"]["holderIdentity"]
         writers = _operator_writes(cluster, namespace)
         print(f"leader {holder}; writes to {namespace} by source address: {writers}")
         # Both replicas lived through the rest of the chain; every write came from the leader.
         assert set(writers) == {replicas[holder]}
     finally:
-        cluster.kubectl("scale", "deployment", name, "-n", operator_release, "--replicas=1")
+        cluster.kubectl("scale", "deployment", name, "-n", chain_release, "--replicas=1")
