@@ -414,17 +414,26 @@ def test_a_batch_is_never_submitted_twice_across_a_kill(tmp_path: Path) -> None:
     assert manifest.completion_tokens == server.stats.batch_billed_completion_tokens
 
 
+def _rewind_to_before_last_submission(folder: Path) -> tuple[str, list[int]]:
+    """The journal as a crash would leave it between planning the last batch and journaling its
+    id; returns that batch's key and its requests."""
+    journal = folder / CHECKPOINT_FILE
+    records = Journal(journal).load()
+    last_key = [r.batch for r in records if r.outcome == "submitted"][-1]
+    cut = next(i for i, r in enumerate(records) if r.outcome == "submitted" and r.batch == last_key)
+    journal.write_text("".join(r.to_json() + "\n" for r in records[:cut]))
+    (folder / "manifest.json").unlink()
+    planned = [r.request for r in records[:cut] if r.batch == last_key and r.outcome == "sent"]
+    assert last_key is not None and planned
+    return last_key, planned
+
+
 def test_a_batch_created_just_before_a_crash_is_found_by_its_key_not_submitted_again(tmp_path: Path) -> None:
     with TeacherServer(bait_every=5, batch_delay_s=0.05) as server:
         config = _batch_config(server, tmp_path, target=20)
         generate(config, options=QUIET)
         journal = tmp_path / CHECKPOINT_FILE
-        records = Journal(journal).load()
-        # Rewind to the moment after the last batch was created, before its id reached the journal.
-        last_key = [r.batch for r in records if r.outcome == "submitted"][-1]
-        cut = next(i for i, r in enumerate(records) if r.outcome == "submitted" and r.batch == last_key)
-        journal.write_text("".join(r.to_json() + "\n" for r in records[:cut]))
-        (tmp_path / "manifest.json").unlink()
+        last_key, _ = _rewind_to_before_last_submission(tmp_path)
         created = sum(server.stats.batches_created.values())
         manifest = generate(config, options=QUIET)
     assert sum(server.stats.batches_created.values()) == created
@@ -437,13 +446,8 @@ def test_a_batch_planned_but_never_created_is_withdrawn_and_costs_nothing(tmp_pa
     with TeacherServer(bait_every=5, batch_delay_s=0.05) as first:
         config = _batch_config(first, tmp_path, target=20)
         generate(config, options=QUIET)
+    _, planned = _rewind_to_before_last_submission(tmp_path)
     journal = tmp_path / CHECKPOINT_FILE
-    records = Journal(journal).load()
-    last_key = [r.batch for r in records if r.outcome == "submitted"][-1]
-    cut = next(i for i, r in enumerate(records) if r.outcome == "submitted" and r.batch == last_key)
-    journal.write_text("".join(r.to_json() + "\n" for r in records[:cut]))
-    planned = [r.request for r in records[:cut] if r.batch == last_key and r.outcome == "sent"]
-    assert planned
     with TeacherServer(bait_every=5, batch_delay_s=0.05) as second:  # has never seen that batch
         config.teacher_url = second.base_url
         manifest = generate(config, options=QUIET)
