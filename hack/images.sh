@@ -131,10 +131,26 @@ load_into_node() {
     discard_layer_blobs "${ref}"
     # Older builds of the same image: their unique layers go with them (containerd's GC), the
     # layers shared with this one (the locked dependencies) stay.
-    local old
+    local old config
     for old in $(ctr --address "${containerd_sock}" -n k8s.io images ls -q | grep -F "${ref%:*}:" | grep -vxF "${ref}"); do
-        ctr --address "${containerd_sock}" -n k8s.io images rm "${old}" >/dev/null
+        # The kubelet's runtime also names each image by its config digest: that name goes too.
+        config="$(image_config "${old}")"
+        # --sync: collect the unreferenced snapshots now, not at some later mutation.
+        ctr --address "${containerd_sock}" -n k8s.io images rm --sync "${old}" ${config:+"${config}"} >/dev/null 2>&1 || true
     done
+}
+
+image_config() {
+    local manifest
+    manifest="$(ctr --address "${containerd_sock}" -n k8s.io images ls | awk -v r="$1" '$1 == r { print $3 }')"
+    [[ -n "${manifest}" ]] || return 0
+    ctr --address "${containerd_sock}" -n k8s.io content get "${manifest}" |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["config"]["digest"])'
+}
+
+node_has() {
+    [[ -S "${containerd_sock}" ]] &&
+        ctr --address "${containerd_sock}" -n k8s.io images ls -q | grep -qxF "$1"
 }
 
 # This machine's trust store and pip settings (a TLS-inspecting proxy's CA, a package index)
@@ -156,6 +172,11 @@ sources_key="$(context_hash "${context}")"
 for name in "${images[@]}"; do
     key="$(printf '%s\n%s\n%s\n' "${base_ref}" "${sources_key}" "${name}" | sha256sum | cut -c1-12)"
     ref="localhost/alpaca/${name}:${key}"
+    # Built and loaded before (the node's image store outlives buildah's layers if need be).
+    if node_has "${ref}"; then
+        printf '%s %s\n' "${name}" "${ref}"
+        continue
+    fi
     if ! image_exists "${ref}"; then
         start=${SECONDS}
         log "building ${ref}"
