@@ -95,7 +95,7 @@ def test_packing_without_position_reset_would_leak_across_examples() -> None:
     batch = collate.packed(examples())
     leaky = collate.MicroBatch(batch.input_ids, batch.labels, torch.arange(batch.input_ids.shape[1])[None])
     alone, _, _ = one_by_one(model, examples())
-    assert float(loss_sum(model, leaky)[0]) != pytest.approx(alone, rel=1e-6)
+    assert float(loss_sum(model, leaky)[0].detach()) != pytest.approx(alone, rel=1e-6)
 
 
 def test_collate_layouts() -> None:
