@@ -12,7 +12,8 @@ import pytest
 from e2e_chain import CHAIN_TIMEOUT_S, SHA256, apply_chain, pods, resource, wait_phase
 from e2e_cluster import Cluster
 
-pytestmark = pytest.mark.e2e
+# Fixtures count against the first test that uses them: cold image builds take many minutes.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(5400)]
 
 
 def test_operator_pod_runs_under_the_chart(cluster: Cluster, operator_release: str) -> None:

@@ -6,7 +6,8 @@ import pytest
 
 from e2e_cluster import Cluster
 
-pytestmark = pytest.mark.e2e
+# The first test also waits for the cluster: a cold build of its binaries takes many minutes.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
 
 def _job(cluster: Cluster, name: str, script: str, **extra: object) -> str:
     volumes = extra.get("volumes", "")

@@ -15,7 +15,7 @@ from e2e_chain import CHAIN_TIMEOUT_S, PVC, apply_chain, chain_manifests, pods, 
 from e2e_cluster import Cluster
 
 # Each builds the torch images and runs a chain: minutes to tens of minutes on two cores.
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(5400)]
 
 def _read_from_claim(cluster: Cluster, namespace: str, path: str) -> str:
     """A file on the `alpaca` claim, read by a pod (the claim lives on the node, not here)."""
