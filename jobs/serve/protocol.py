@@ -40,6 +40,37 @@ class ContentPart(BaseModel):
     text: str
 
 
+class JsonSchemaSpec(BaseModel):
+    """OpenAI's `response_format.json_schema`: a named schema the answer must follow."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+    description: str | None = None
+    # `schema` is a BaseModel method name: the field takes it as its alias.
+    json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """`{"type": "text" | "json_object"}` or `{"type": "json_schema", "json_schema": {...}}`.
+
+    One model rather than a tagged union, so that an error's location is the field a client wrote.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaSpec | None = None
+
+    def spec(self) -> dict[str, Any]:
+        """The plain form the grammar compiler reads."""
+        if self.type != "json_schema" or self.json_schema is None:
+            return {"type": self.type}
+        return {"type": self.type, "json_schema": {"name": self.json_schema.name,
+                                                   "schema": self.json_schema.json_schema or {}}}
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -56,6 +87,8 @@ class _Request(BaseModel):
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
     user: str | None = None
+    # Chat at OpenAI; completions too, as vLLM accepts it there.
+    response_format: ResponseFormat | None = None
 
     @field_validator("temperature")
     @classmethod

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from .grammar import CompiledFormat, RowGrammar
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,8 @@ class SamplingParams:
     logit_bias: dict[int, float] = field(default_factory=dict)
     # None: no log-probabilities; 0: the chosen token's only; k: also the k most likely tokens.
     logprobs: int | None = None
+    # A response_format: every token is chosen among those its grammar allows.
+    grammar: CompiledFormat | None = None
 
     @property
     def greedy(self) -> bool:
@@ -39,16 +45,19 @@ class RowSampler:
 
     params: SamplingParams
     generator: torch.Generator | None = None
+    # This sequence's own grammar state, advanced by its tokens alone.
+    grammar: RowGrammar | None = None
 
     @classmethod
     def create(cls, params: SamplingParams) -> RowSampler:
+        grammar = params.grammar.matcher() if params.grammar is not None else None
         generator = None
         if params.seed is not None and not params.greedy:
             # A private generator per sequence: a seeded request gives the same text whatever
             # else shares its batch.
             generator = torch.Generator(device="cpu")
             generator.manual_seed(params.seed)
-        return cls(params, generator)
+        return cls(params, generator, grammar)
 
 
 def adjust_logits(logits: torch.Tensor, params: SamplingParams, generated: Sequence[int]) -> torch.Tensor:
@@ -93,13 +102,17 @@ def sample_row(logits: torch.Tensor, row: RowSampler, generated: Sequence[int]) 
         raise NonFiniteLogitsError("the model produced non-finite logits for this sequence")
     params = row.params
     adjusted = adjust_logits(logits, params, generated)
+    # The grammar masks after bias and penalties, so that no bias can bring back a forbidden token.
+    allowed = row.grammar.mask(adjusted) if row.grammar is not None else adjusted
     if params.greedy:
-        token = int(torch.argmax(adjusted))
+        token = int(torch.argmax(allowed))
     else:
         # Shifted so that the largest scaled logit is 0: tiny temperatures cannot overflow.
-        probs = torch.softmax((adjusted - adjusted.max()) / params.temperature, dim=-1)
+        probs = torch.softmax((allowed - allowed.max()) / params.temperature, dim=-1)
         probs = top_p_filter(probs, params.top_p)
         token = int(torch.multinomial(probs, 1, generator=row.generator))
+    if row.grammar is not None:
+        row.grammar.accept(token)
     if params.logprobs is None:
         return Sampled(token)
     # Log-probabilities of the model's distribution after bias and penalties, before temperature
@@ -134,5 +147,5 @@ def sample_rows(
 
 
 def _plain_greedy(params: SamplingParams) -> bool:
-    return (params.greedy and params.logprobs is None and not params.logit_bias
+    return (params.greedy and params.logprobs is None and params.grammar is None and not params.logit_bias
             and not params.presence_penalty and not params.frequency_penalty)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 
 from .engine import Engine, EngineStoppedError, Event, QueueFullError, RequestHandle
 from .errors import ApiError, bad_request
+from .grammar import CompiledFormat, GrammarCompiler, GrammarError
 from .logprobs import TokenTexts, chat_content, completion_logprobs
 from .metrics import Metrics
 from .prompts import PromptError, PromptFormat, PromptStyle, encode, render_chat
@@ -64,6 +66,8 @@ class OpenAIServing:
     def __init__(self, loaded: LoadedModel, engine: Engine, options: ServeOptions, metrics: Metrics) -> None:
         self.loaded, self.engine, self.options, self.metrics = loaded, engine, options, metrics
         self.token_texts = TokenTexts(loaded.tokenizer)
+        self._grammars: GrammarCompiler | None = None
+        self._grammars_lock = threading.Lock()
 
     # -- shared steps ---------------------------------------------------------------------
 
@@ -77,7 +81,24 @@ class OpenAIServing:
                 code="model_not_found",
             )
 
-    def _params(self, request: ChatCompletionRequest | CompletionRequest, prompt_tokens: int, param: str) -> SamplingParams:
+    def _compile_format(self, request: ChatCompletionRequest | CompletionRequest) -> CompiledFormat | None:
+        """The request's response_format as a grammar (None for plain text). Blocking: call off the loop."""
+        response_format = request.response_format
+        if response_format is None or response_format.type == "text":
+            return None
+        if response_format.type == "json_schema" and response_format.json_schema is None:
+            raise bad_request("response_format.json_schema: this field is required when type is json_schema",
+                              "response_format.json_schema")
+        with self._grammars_lock:
+            if self._grammars is None:
+                self._grammars = GrammarCompiler(self.loaded.tokenizer, self.engine.eos_ids)
+        try:
+            return self._grammars.compile(response_format.spec())
+        except GrammarError as error:
+            raise bad_request(str(error), error.param) from error
+
+    def _params(self, request: ChatCompletionRequest | CompletionRequest, prompt_tokens: int, param: str,
+                grammar: CompiledFormat | None = None) -> SamplingParams:
         context = self.loaded.context_length
         if prompt_tokens >= context:
             raise bad_request(f"{param}: the prompt is {prompt_tokens} tokens; the model's context is {context}", param)
@@ -106,6 +127,7 @@ class OpenAIServing:
             frequency_penalty=request.frequency_penalty,
             logit_bias=bias,
             logprobs=request.logprobs_wanted(),
+            grammar=grammar,
         )
 
     def _submit(self, prompts: list[list[int]], params: SamplingParams, n: int) -> RequestHandle:
@@ -158,7 +180,8 @@ class OpenAIServing:
         self._check_model(request.model)
         # Rendering and tokenizing a long prompt is CPU work: off the event loop.
         prompt = await asyncio.to_thread(self._chat_prompt, request)
-        params = self._params(request, len(prompt), "messages")
+        grammar = await asyncio.to_thread(self._compile_format, request)
+        params = self._params(request, len(prompt), "messages", grammar)
         handle = self._submit([prompt], params, request.n)
         response_id = f"chatcmpl-{request_id}"
         if request.stream:
@@ -228,7 +251,8 @@ class OpenAIServing:
         self._check_model(request.model)
         texts = request.prompts()
         prompts = await asyncio.to_thread(lambda: [encode(t, self.loaded.tokenizer, chat=False) for t in texts])
-        params = self._params(request, max(len(p) for p in prompts), "prompt")
+        grammar = await asyncio.to_thread(self._compile_format, request)
+        params = self._params(request, max(len(p) for p in prompts), "prompt", grammar)
         handle = self._submit(prompts, params, request.n)
         prompt_tokens = sum(len(p) for p in prompts) * request.n
         echoes = [texts[i // request.n] if request.echo else "" for i in range(handle.choices)]

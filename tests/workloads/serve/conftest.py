@@ -128,3 +128,9 @@ def serve_factory(tiny_loaded) -> Callable:
         return run_server(tiny_loaded, **options)
 
     return factory
+
+
+@pytest.fixture(scope="session")
+def server_runner() -> Callable:
+    """`run_server` for tests that serve a model of their own."""
+    return run_server
