@@ -50,7 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="how chat messages become a prompt; auto: Alpaca's for models tuned with it, else the chat template",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto")
+    parser.add_argument(
+        "--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+        help="auto: float32 on CPU (answers equal transformers' generate), bfloat16 on GPU; bfloat16 on a CPU with "
+             "bf16 instructions (AVX512-BF16, AMX) decodes about 1.2x (one client) to 1.8x (16) faster",
+    )
     parser.add_argument("--log-format", choices=["text", "json"], default="text")
     parser.add_argument("--log-level", default="info")
     parser.add_argument(
