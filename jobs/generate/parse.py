@@ -8,8 +8,10 @@ asked for; both are counted, never raised.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from .prompt import NO_INPUT, SEPARATOR, Task
 
@@ -78,3 +80,67 @@ def parse_completion(text: str, first_slot: int, *, truncated: bool, last_slot: 
     if truncated and items:
         items[-1] = Parsed(None, TRUNCATED)
     return items
+
+
+_TASKS_ARRAY_RE = re.compile(r'\{\s*"tasks"\s*:\s*\[')
+
+
+def _structured_item(value: Any) -> Parsed:
+    if not isinstance(value, dict) or set(value) != {"instruction", "input", "output"}:
+        return Parsed(None, MALFORMED)
+    if not all(isinstance(value[key], str) for key in value):
+        return Parsed(None, MALFORMED)
+    instruction = " ".join(value["instruction"].split())
+    text_input = value["input"].strip()
+    output = value["output"].strip()
+    if text_input.lower() in _NO_INPUT_MARKERS:
+        text_input = ""
+    if not instruction or not output:
+        return Parsed(None, MALFORMED)
+    return Parsed(Task(instruction=instruction, input=text_input, output=output))
+
+
+def _complete_items(text: str) -> tuple[list[Any], bool]:
+    """The whole items of a `{"tasks": [...` answer read one by one; and whether the array closed.
+
+    An answer cut by the token limit still holds the items written before the cut.
+    """
+    match = _TASKS_ARRAY_RE.search(text)
+    if match is None:
+        return [], False
+    decoder = json.JSONDecoder()
+    values: list[Any] = []
+    position = match.end()
+    while True:
+        while position < len(text) and text[position] in " \t\r\n,":
+            position += 1
+        if position >= len(text):
+            return values, False
+        if text[position] == "]":
+            return values, True
+        try:
+            value, position = decoder.raw_decode(text, position)
+        except json.JSONDecodeError:
+            return values, False
+        values.append(value)
+
+
+def parse_structured(text: str, open_slots: int, *, truncated: bool) -> list[Parsed]:
+    """The tasks of a structured answer, `{"tasks": [{instruction, input, output}, ...]}`.
+
+    Items past `open_slots` were not asked for. An answer cut short keeps its whole items and counts
+    the cut one as truncated; an answer that is not the asked-for JSON at all is one malformed item.
+    """
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError:
+        values, closed = _complete_items(text)
+        items = [_structured_item(value) for value in values]
+        if not closed:
+            items.append(Parsed(None, TRUNCATED if truncated else MALFORMED))
+    else:
+        tasks = document.get("tasks") if isinstance(document, dict) else None
+        if not isinstance(tasks, list):
+            return [Parsed(None, MALFORMED)]
+        items = [_structured_item(value) for value in tasks]
+    return [Parsed(None, PAST_LAST_SLOT) if index >= open_slots else item for index, item in enumerate(items)]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Sequence
+from typing import Any
 from dataclasses import dataclass
 
 NO_INPUT = "<noinput>"
@@ -85,3 +87,68 @@ def request_rng(random_seed: int, request: int) -> random.Random:
     """Each request's choices depend only on the run's seed and its number, so a resumed run asks
     the same questions a fresh one would."""
     return random.Random(f"{random_seed}/{request}")
+
+
+STRUCTURED_GUIDELINES = """\
+You are writing tasks for a collection that will teach an AI assistant to follow instructions. \
+Below are {shown} example tasks as JSON. Write {open} new tasks.
+
+Guidelines for the new tasks:
+1. Open the instructions with many different verbs; avoid using the same verb twice.
+2. Vary the phrasing: some tasks are questions, some are commands, some are polite requests.
+3. Mix the kinds of work: open-ended writing, brainstorming, classification, rewriting and editing, \
+pulling facts out of a text, reasoning, arithmetic, programming, recommendations, explanations and more.
+4. Each task must be doable by a language model that only reads and writes text. Leave out anything \
+that needs seeing, hearing, drawing or acting in the world.
+5. Write every task in English, each instruction in one or two sentences.
+6. Give a task an input only when it needs one, and then make it real and specific (the actual passage, \
+list, sentence or numbers); otherwise leave "input" empty.
+7. Make the output a correct, fitting answer to the instruction and input, in fewer than 100 words.
+
+Answer with a JSON object whose "tasks" array holds the new tasks, each with "instruction", "input" and "output".
+
+Example tasks:
+{examples}
+
+New tasks:
+"""
+
+# The answer's schema name, as OpenAI's response_format asks for one.
+STRUCTURED_SCHEMA_NAME = "instruction_tasks"
+
+
+def task_schema(open_slots: int) -> dict[str, Any]:
+    """The JSON schema of a structured answer: up to `open_slots` tasks under "tasks".
+
+    An object at the top (OpenAI's strict mode takes no bare arrays) and only keywords OpenAI's
+    strict mode supports, so the same request works against OpenAI, vLLM and alpaca serve.
+    """
+    task = {
+        "type": "object",
+        "properties": {"instruction": {"type": "string"}, "input": {"type": "string"}, "output": {"type": "string"}},
+        "required": ["instruction", "input", "output"],
+        "additionalProperties": False,
+    }
+    return {
+        "type": "object",
+        "properties": {"tasks": {"type": "array", "items": task, "minItems": 1, "maxItems": open_slots}},
+        "required": ["tasks"],
+        "additionalProperties": False,
+    }
+
+
+def open_slots(instructions_per_request: int, seed_tasks_per_prompt: int, generated_tasks_per_prompt: int) -> int:
+    """Tasks asked of one structured request: the slots left once a full set of examples is shown.
+
+    One number for the whole run, so that every request carries the same schema (a server compiles
+    it once) and a resumed run reads old answers with the limit they were asked under.
+    """
+    return instructions_per_request - seed_tasks_per_prompt - generated_tasks_per_prompt
+
+
+def build_structured_prompt(examples: Sequence[Task], wanted: int) -> str:
+    """Guidelines, the examples as JSON, and how many new tasks are wanted."""
+    if wanted < 1:
+        raise ValueError(f"a structured request must ask for at least one task, not {wanted}")
+    shown = json.dumps({"tasks": [task.as_record() for task in examples]}, ensure_ascii=False, indent=1)
+    return STRUCTURED_GUIDELINES.format(shown=len(examples), open=wanted, examples=shown)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from alpaca_operator.api.instructdataset import TeacherFormat
 from alpaca_operator.api.workloads import GenerateConfig
 from alpaca_jobs import storage
 from alpaca_jobs.report import StatusReporter
@@ -30,7 +31,7 @@ from .batches import BatchClient
 from .checkpoint import Journal, Record
 from .manifest import CHECKPOINT_FILE, DATASET_FILE, MANIFEST_FILE, Manifest, StopReason
 from .output import OutputFolder
-from .prompt import build_prompt, choose_examples, request_rng
+from .prompt import build_prompt, build_structured_prompt, choose_examples, open_slots, request_rng
 from .retry import RetryPolicy
 from .seeds import load_seed_tasks
 from .state import GenerationState
@@ -179,6 +180,10 @@ class Run:
             generation.generated_tasks_per_prompt,
             request_rng(generation.random_seed, request),
         )
+        if self.spec.teacher.format is TeacherFormat.STRUCTURED:
+            wanted = open_slots(generation.instructions_per_request, generation.seed_tasks_per_prompt,
+                                generation.generated_tasks_per_prompt)
+            return build_structured_prompt(examples, wanted), len(examples) + 1
         return build_prompt(examples, generation.instructions_per_request), len(examples) + 1
 
     async def _ask(self, teacher: Teacher, request: int, prompt: str, first_slot: int) -> Record:
@@ -348,6 +353,7 @@ class Run:
             timeout_s=self.spec.teacher.request_timeout_seconds,
             retry=self.retry,
             api=self.spec.teacher.api,
+            format=self.spec.teacher.format,
         )
         try:
             if self.spec.teacher.batch is not None:

@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from alpaca_operator.api.instructdataset import GenerationProgress, InstructDatasetSpec, TokenPricing
+from alpaca_operator.api.instructdataset import GenerationProgress, InstructDatasetSpec, TeacherFormat, TokenPricing
 
 from .checkpoint import Record
 from .filters import TOO_SIMILAR, InstructionFilters
-from .parse import parse_completion
-from .prompt import Task
+from .parse import parse_completion, parse_structured
+from .prompt import Task, open_slots
 from .rouge import RougeLFilter, tokenize
 
 
@@ -22,6 +22,13 @@ class GenerationState:
     def __init__(self, seeds: Sequence[Task], spec: InstructDatasetSpec, pricing: TokenPricing) -> None:
         self.target = spec.generation.num_examples
         self.last_slot = spec.generation.instructions_per_request
+        generation = spec.generation
+        # Structured answers are read as JSON, up to the tasks each request asked for.
+        self.structured_slots = (
+            open_slots(generation.instructions_per_request, generation.seed_tasks_per_prompt,
+                       generation.generated_tasks_per_prompt)
+            if spec.teacher.format is TeacherFormat.STRUCTURED else None
+        )
         self.pricing = pricing
         self.seeds = list(seeds)
         self._filters = InstructionFilters(spec.filters)
@@ -144,9 +151,11 @@ class GenerationState:
 
     def _take(self, record: Record) -> int:
         assert record.content is not None
-        items = parse_completion(
-            record.content, record.first_slot, truncated=record.finish_reason == "length", last_slot=self.last_slot
-        )
+        truncated = record.finish_reason == "length"
+        if self.structured_slots is not None:
+            items = parse_structured(record.content, self.structured_slots, truncated=truncated)
+        else:
+            items = parse_completion(record.content, record.first_slot, truncated=truncated, last_slot=self.last_slot)
         added = 0
         for item in items:
             # Past the target, tasks are not even looked at: the counts describe the dataset.

@@ -18,9 +18,10 @@ from typing import Any
 import httpx
 import openai
 
-from alpaca_operator.api.instructdataset import Generation, TeacherAPI
+from alpaca_operator.api.instructdataset import Generation, TeacherAPI, TeacherFormat
 
 from .parse import stop_sequence
+from .prompt import STRUCTURED_SCHEMA_NAME, open_slots, task_schema
 from .retry import RetryPolicy, parse_retry_after
 
 RATE_LIMITED = "rate_limited"
@@ -109,12 +110,14 @@ class Teacher:
         generation: Generation,
         timeout_s: float,
         api: TeacherAPI = TeacherAPI.CHAT,
+        format: TeacherFormat = TeacherFormat.NUMBERED,
         retry: RetryPolicy,
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.model = model
         self._api = api
+        self._format = format
         self._generation = generation
         self._retry = retry
         self._rng = rng or random.Random()
@@ -149,9 +152,19 @@ class Teacher:
             "top_p": self._generation.top_p,
             "max_tokens": self._generation.max_tokens,
             "n": 1,
-            # The list is full at its last slot: no tokens paid for items nobody asked for.
-            "stop": [stop_sequence(self._generation.instructions_per_request)],
         }
+        if self._format is TeacherFormat.STRUCTURED:
+            generation = self._generation
+            wanted = open_slots(generation.instructions_per_request, generation.seed_tasks_per_prompt,
+                                generation.generated_tasks_per_prompt)
+            # The schema bounds the answer (maxItems), as the stop sequence bounds a numbered list.
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": STRUCTURED_SCHEMA_NAME, "schema": task_schema(wanted), "strict": True},
+            }
+        else:
+            # The list is full at its last slot: no tokens paid for items nobody asked for.
+            body["stop"] = [stop_sequence(self._generation.instructions_per_request)]
         if self._api is TeacherAPI.COMPLETIONS:
             return {**body, "prompt": prompt}
         return {**body, "messages": [{"role": "user", "content": prompt}]}
@@ -159,7 +172,10 @@ class Teacher:
     async def _create(self, prompt: str) -> Any:
         body = self.request_body(prompt)
         if self._api is TeacherAPI.COMPLETIONS:
-            return await self._client.completions.create(**body)
+            # The legacy completions call has no response_format parameter; servers that take it
+            # there (vLLM, alpaca serve) read it from the body.
+            extra = {"response_format": body.pop("response_format")} if "response_format" in body else None
+            return await self._client.completions.create(**body, extra_body=extra)
         return await self._client.chat.completions.create(**body)
 
     async def complete(self, prompt: str) -> Answer:

@@ -63,6 +63,11 @@ class TeacherAPI(str, Enum):
     COMPLETIONS = "completions"
 
 
+class TeacherFormat(str, Enum):
+    NUMBERED = "numbered"
+    STRUCTURED = "structured"
+
+
 class TeacherBatch(ApiModel):
     """Requests sent as files through the Batch API (/v1/files + /v1/batches): half the price at
     OpenAI, answers within the completion window instead of at once."""
@@ -105,6 +110,14 @@ class Teacher(ApiModel):
         description=(
             "chat: the prompt is one user message to /v1/chat/completions. completions: the prompt is "
             "continued as plain text by /v1/completions, as Alpaca did; small teachers follow the format far better."
+        ),
+    )
+    format: TeacherFormat = Field(
+        default=TeacherFormat.NUMBERED,
+        description=(
+            "numbered: the teacher continues a numbered list of tasks as text, as Alpaca did. structured: the "
+            "teacher is asked for the open slots as a JSON array of {instruction, input, output} under a "
+            "json_schema response_format (OpenAI, vLLM and alpaca serve enforce it), so no answer is lost to format."
         ),
     )
     pricing: TokenPricing | None = Field(

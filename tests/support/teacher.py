@@ -57,6 +57,7 @@ class Stats:
     prompts: list[str] = field(default_factory=list)
     endpoints: Counter[str] = field(default_factory=Counter)  # "chat" / "completions" requests
     stops: Counter[str] = field(default_factory=Counter)  # the stop sequences requests carried
+    formats: Counter[str] = field(default_factory=Counter)  # response_format types requests carried
     # The usage of every answer sent back, whether or not the client lived to read it.
     billed_prompt_tokens: int = 0
     billed_completion_tokens: int = 0
@@ -148,8 +149,24 @@ class TeacherServer:
         first = int(slot_match.group(1)) if slot_match else 1
         total_match = _TOTAL_RE.search(prompt)
         total = int(total_match.group(1)) if total_match else 20
-        tasks = SyntheticTasks(seed=self.seed * 1_000_003 + number)
         items = []
+        for slot, instruction, task in self._tasks(number, first, total):
+            header = "" if slot == first and not self.repeat_first_header else f"{slot}. Instruction:"
+            items.append(
+                f"{header} {instruction}\n{slot}. Input:\n{task.input or '<noinput>'}\n{slot}. Output:\n{task.output}\n"
+            )
+        return "###\n".join(items)
+
+    def structured_text(self, number: int, count: int) -> str:
+        """The answer to a request whose response_format asks for `{"tasks": [...]}`: `count` tasks as JSON."""
+        tasks = [{"instruction": instruction, "input": task.input, "output": task.output}
+                 for _, instruction, task in self._tasks(number, 1, count)]
+        return json.dumps({"tasks": tasks})
+
+    def _tasks(self, number: int, first: int, total: int) -> list[tuple[int, str, Any]]:
+        """(slot, instruction, task) for the slots first..total, with the configured duplicates and bait."""
+        tasks = SyntheticTasks(seed=self.seed * 1_000_003 + number)
+        out = []
         for slot in range(first, total + 1):
             task = tasks.task()
             instruction = task.instruction
@@ -157,11 +174,8 @@ class TeacherServer:
                 instruction = self.duplicate
             elif self.bait_every and slot % self.bait_every == 0:
                 instruction = BAIT[(number + slot // self.bait_every) % len(BAIT)]
-            header = "" if slot == first and not self.repeat_first_header else f"{slot}. Instruction:"
-            items.append(
-                f"{header} {instruction}\n{slot}. Input:\n{task.input or '<noinput>'}\n{slot}. Output:\n{task.output}\n"
-            )
-        return "###\n".join(items)
+            out.append((slot, instruction, task))
+        return out
 
     def _build_app(self) -> FastAPI:
         app = FastAPI()
@@ -280,11 +294,13 @@ class TeacherServer:
         with self._lock:
             self.stats.endpoints[("chat" if chat else "completions")] += 1
             self.stats.stops.update(body.get("stop") or [])
+            self.stats.formats[(body.get("response_format") or {}).get("type", "text")] += 1
             if self.keep_prompts:
                 self.stats.prompts.extend(prompts)
         choices, prompt_tokens, completion_tokens = [], 0, 0
         for index, prompt in enumerate(prompts):
-            text, finish_reason = self._text(number if len(prompts) == 1 else number * 1000 + index, prompt, fault, body.get("max_tokens"))
+            text, finish_reason = self._text(number if len(prompts) == 1 else number * 1000 + index, prompt, fault,
+                                             body.get("max_tokens"), _structured_count(body))
             prompt_tokens += len(prompt.split())
             completion_tokens += len(text.split())
             if chat:
@@ -313,15 +329,16 @@ class TeacherServer:
             }
         )
 
-    def _text(self, number: int, prompt: str, fault: str | None, max_tokens: int | None) -> tuple[str, str]:
-        """One completion's text and finish reason."""
+    def _text(self, number: int, prompt: str, fault: str | None, max_tokens: int | None,
+              structured: int | None = None) -> tuple[str, str]:
+        """One completion's text and finish reason; `structured`: the tasks a JSON answer must hold."""
         finish_reason = "stop"
         if fault == GARBLED:
             text = "I am sorry, but I would rather talk about the weather today."
         elif fault == EMPTY:
             text = ""
         else:
-            text = self.completion_text(number, prompt)
+            text = self.completion_text(number, prompt) if structured is None else self.structured_text(number, structured)
             if fault == CUT:
                 text = text[: len(text) - 25]
                 finish_reason = "length"
@@ -331,6 +348,15 @@ class TeacherServer:
             text = text[: list(re.finditer(r"\S+", text))[max_tokens - 1].end()]
             finish_reason = "length"
         return text, finish_reason
+
+
+def _structured_count(body: dict[str, Any]) -> int | None:
+    """How many tasks a json_schema response_format asks for (its "tasks" maxItems); None for text."""
+    response_format = body.get("response_format") or {}
+    if response_format.get("type") != "json_schema":
+        return None
+    schema = response_format.get("json_schema", {}).get("schema", {})
+    return int(schema.get("properties", {}).get("tasks", {}).get("maxItems", 1))
 
 
 def _error(status: int, message: str, code: str, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from alpaca_jobs.generate.parse import MALFORMED, PAST_LAST_SLOT, TRUNCATED, parse_completion, stop_sequence
+from alpaca_jobs.generate.parse import (
+    MALFORMED,
+    PAST_LAST_SLOT,
+    TRUNCATED,
+    parse_completion,
+    parse_structured,
+    stop_sequence,
+)
 from alpaca_jobs.generate.prompt import (
     NO_INPUT,
     Task,
     build_prompt,
+    build_structured_prompt,
     choose_examples,
     request_rng,
+    task_schema,
 )
 
 EXAMPLES = [
@@ -116,3 +127,41 @@ def test_the_stop_sequence_ends_the_list_at_its_last_slot_and_nowhere_else() -> 
     steps = "Boil water.\n2. Add tea.\n21. Wait three minutes."  # a numbered list inside an output
     completion = _item(19, "Define a haiku.") + "###\n" + _item(20, "Explain how to brew tea.", output=steps) + "###\n" + _item(21, "Extra.")
     assert completion.find(stop_sequence(20)) == completion.index("###\n21. Instruction") + len("###")
+
+
+def test_structured_answer_is_read_as_json_tasks() -> None:
+    text = json.dumps({"tasks": [
+        {"instruction": "Name  a river.", "input": "<noinput>", "output": "The Nile."},
+        {"instruction": "Add the numbers.", "input": "2, 3", "output": "5"},
+        {"instruction": "", "input": "", "output": "nothing asked"},
+        {"instruction": "One too many.", "input": "", "output": "x"},
+    ]})
+    items = parse_structured(text, 3, truncated=False)
+    assert [i.task.as_record() if i.task else i.problem for i in items] == [
+        {"instruction": "Name a river.", "input": "", "output": "The Nile."},
+        {"instruction": "Add the numbers.", "input": "2, 3", "output": "5"},
+        MALFORMED,
+        PAST_LAST_SLOT,
+    ]
+
+
+def test_structured_answer_cut_short_keeps_its_whole_tasks() -> None:
+    whole = '{"tasks": [{"instruction": "Say hi.", "input": "", "output": "Hi."}, '
+    items = parse_structured(whole + '{"instruction": "Say b', 5, truncated=True)
+    assert items[0].task is not None and items[0].task.output == "Hi." and items[1].problem == TRUNCATED
+    # Not cut by the limit, yet not JSON: the rest is malformed, not truncated.
+    assert parse_structured(whole + "oops", 5, truncated=False)[1].problem == MALFORMED
+    for text in ("I cannot help with that.", "[]", '{"tasks": 3}', '{"tasks": [{"instruction": 1}]}'):
+        assert all(item.problem == MALFORMED for item in parse_structured(text, 5, truncated=False)), text
+
+
+def test_structured_prompt_shows_examples_as_json_and_the_schema_bounds_the_answer() -> None:
+    examples = [Task("Name a colour.", "", "Blue."), Task("Sum these.", "1, 2", "3")]
+    prompt = build_structured_prompt(examples, 7)
+    assert "Write 7 new tasks." in prompt
+    shown = json.loads(prompt[prompt.index("{"): prompt.rindex("}") + 1])
+    assert shown == {"tasks": [t.as_record() for t in examples]}
+    schema = task_schema(7)
+    assert schema["properties"]["tasks"]["maxItems"] == 7 and schema["additionalProperties"] is False
+    with pytest.raises(ValueError):
+        build_structured_prompt(examples, 0)
