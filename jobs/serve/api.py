@@ -261,6 +261,7 @@ def create_app(loader: Loader, options: ServeOptions, *, api_key: str | None = N
             max_batch_size=options.max_batch_size,
             max_queue=options.max_queue,
             max_prefill_tokens=options.max_prefill_tokens,
+            max_prefill_tokens_while_decoding=options.max_prefill_tokens_while_decoding,
             on_step=state.metrics.observe_step,
             on_abandon=state.metrics.abandoned.observe,
         )

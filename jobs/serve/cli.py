@@ -41,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, help="upper bound on max_tokens per request (default 512)")
     parser.add_argument("--max-prefill-tokens", type=int, default=2048,
                         help="prompt tokens prefilled per step; bounds how long new arrivals stall running streams")
+    parser.add_argument("--max-prefill-tokens-while-decoding", type=int, default=256,
+                        help="the same budget while answers are streaming (at least one prompt joins per step)")
     parser.add_argument("--max-request-bytes", type=int, default=1 << 20,
                         help="larger request bodies get 413 before they are read (default 1 MiB)")
     parser.add_argument("--metrics-auth", action="store_true",
@@ -132,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
         max_queue=batching.max_queue,
         max_new_tokens=batching.max_new_tokens,
         max_prefill_tokens=args.max_prefill_tokens,
+        max_prefill_tokens_while_decoding=args.max_prefill_tokens_while_decoding,
         max_request_bytes=args.max_request_bytes,
         metrics_auth=args.metrics_auth,
     )

@@ -104,6 +104,7 @@ class Engine:
         max_batch_size: int = 16,
         max_queue: int = 64,
         max_prefill_tokens: int = 8192,
+        max_prefill_tokens_while_decoding: int | None = None,
         on_step: Callable[[int, int], None] | None = None,
         on_abandon: Callable[[int], None] | None = None,
     ) -> None:
@@ -112,6 +113,9 @@ class Engine:
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
         self.max_prefill_tokens = max_prefill_tokens
+        # While streams are running, every prefilled token delays their next token: new arrivals
+        # then join a few at a time (at least one per step, so nobody starves).
+        self.max_prefill_tokens_while_decoding = max_prefill_tokens_while_decoding or max_prefill_tokens
         self.on_step = on_step
         self.on_abandon = on_abandon
         self.eos_ids = _eos_ids(model, tokenizer)
@@ -212,7 +216,7 @@ class Engine:
 
     def _admit(self) -> list[_Sequence]:
         admitted: list[_Sequence] = []
-        budget = self.max_prefill_tokens
+        budget = self.max_prefill_tokens_while_decoding if self._rows else self.max_prefill_tokens
         while self._waiting and len(self._rows) + len(admitted) < self.max_batch_size:
             candidate = self._waiting[0]
             if candidate.handle.cancelled:

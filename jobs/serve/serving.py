@@ -58,6 +58,7 @@ class ServeOptions:
     # Prompt tokens prefilled in one step: new arrivals wait a step or two rather than stall
     # every running stream for one long prefill.
     max_prefill_tokens: int = 2048
+    max_prefill_tokens_while_decoding: int = 256
     max_request_bytes: int = 1 << 20
     metrics_auth: bool = False
 

@@ -142,3 +142,34 @@ def test_nan_in_one_sequence_fails_only_its_request(driver: Driver, model, phase
     assert answer(driver.events(healthy)) == expected
     # The engine carries on serving.
     assert alone(driver, "What is the capital of France?", 5)[1] == "length"
+
+
+def test_arrivals_join_running_streams_within_the_prefill_budget(model, tokenizer) -> None:
+    driver = Driver(model, tokenizer)
+    driver.engine.max_prefill_tokens_while_decoding = 40
+    try:
+        first = driver.submit("Start streaming now.", 50)
+        driver.engine.step()
+        assert driver.engine.running == 1
+        prompt = "word " * 30  # 30 tokens each: one fits the budget, two do not
+        late = [driver.submit(prompt, 5) for _ in range(3)]
+        driver.engine.step()
+        assert (driver.engine.running, driver.engine.waiting) == (2, 2)
+        driver.engine.step()
+        assert (driver.engine.running, driver.engine.waiting) == (3, 1)
+        driver.run_to_end()
+        assert all(answer(driver.events(h))[1] == "length" for h in [first, *late])
+    finally:
+        driver.close()
+
+
+def test_an_idle_engine_admits_a_burst_up_to_the_full_budget(model, tokenizer) -> None:
+    driver = Driver(model, tokenizer)
+    driver.engine.max_prefill_tokens_while_decoding = 40
+    try:
+        for _ in range(3):
+            driver.submit("word " * 30, 5)
+        driver.engine.step()
+        assert (driver.engine.running, driver.engine.waiting) == (3, 0)
+    finally:
+        driver.close()
