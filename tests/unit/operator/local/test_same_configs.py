@@ -70,3 +70,17 @@ def test_quickstart_configs_are_the_operators(tmp_path: Path) -> None:
         parent(chat.name, "modelservers"), chat.resource.spec, SETTINGS, ResolvedModel(location=trained.location), trained.mounts)))
     local_chat = serve_config(chat, layout, {("FineTune", tune.name): Outputs(location=local_train.output)}, port=cluster_chat.port)
     assert local_chat.model_copy(update={"host": cluster_chat.host, "model": cluster_chat.model}) == cluster_chat
+
+
+def test_local_mode_reads_the_results_contract_from_manifest_json(tmp_path: Path) -> None:
+    from alpaca_operator.api.results import WorkloadResult
+    from alpaca_operator.local.runner import _read_outputs
+
+    by_name = {m.name: m for m in load(sorted(QUICKSTART.glob("*.yaml")))}
+    result = WorkloadResult(artifact=Artifact(uri=f"{tmp_path}/dataset.jsonl", sha256=DIGEST), size_bytes=3, records=1,
+                            finished_at="2026-01-01T00:00:00+00:00")
+    (tmp_path / "manifest.json").write_text(json.dumps({"datasetSha256": "0" * 64, "result": result.to_wire()}))
+    outputs = _read_outputs(by_name["quickstart-data"], str(tmp_path))
+    assert outputs.sha256 == DIGEST, "the result's sha256, as the operator pins it, not another field"
+    (tmp_path / "manifest.json").write_text(json.dumps({"datasetSha256": "0" * 64}))
+    assert _read_outputs(by_name["quickstart-data"], str(tmp_path)).sha256 is None, "no result: nothing to pin"
