@@ -150,15 +150,15 @@ def race_clients(base_url: str, model: str, prompts: list[str], clients: int, ro
 
 
 def start_ours(port: int, batch: int, args: argparse.Namespace, dtype: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONSAFEPATH": "1", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "PYTHONSAFEPATH": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads)}
     command = [sys.executable, "-m", "alpaca_operator.cli", "serve", "--model", MODEL, "--port", str(port),
                "--served-model-name", "bench", "--max-batch-size", str(batch), "--max-new-tokens", "4096",
                "--max-prefill-tokens", str(args.max_prefill_tokens), "--dtype", dtype, "--log-level", "warning"]
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def start_llama(binary: Path, gguf: Path, port: int, slots: int, max_tokens: int) -> subprocess.Popen:
-    threads = str(os.cpu_count() or 1)
+def start_llama(binary: Path, gguf: Path, port: int, slots: int, max_tokens: int, threads: int) -> subprocess.Popen:
+    threads = str(threads)
     command = [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "--parallel", str(slots),
                "--ctx-size", str(slots * (512 + max_tokens)), "--threads", threads, "--threads-batch", threads,
                "--alias", "bench", "--no-webui"]
@@ -255,6 +255,8 @@ def main() -> None:
     parser.add_argument("--dtypes", default="float32,bfloat16",
                         help="alpaca serve's --dtype, one server each: the first is reported as `ours`")
     parser.add_argument("--llama-server", type=Path, default=DEFAULT_LLAMA_SERVER)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="compute threads for every system (OMP_NUM_THREADS, llama-server -t, torch in generate)")
     parser.add_argument("--skip", default="", help="comma-separated systems to leave out: ours,llama.cpp,generate")
     args = parser.parse_args()
 
@@ -269,7 +271,7 @@ def main() -> None:
         raise SystemExit(f"llama-server not found at {binary}: run bench/build_llama_server.sh first")
     prompts = instructions(max(counts) * args.rounds)
     print(f"model {gguf.name}; {args.max_tokens} tokens greedy; {args.rounds} requests per client; "
-          f"{os.cpu_count()} CPUs", flush=True)
+          f"{args.threads} threads on {os.cpu_count()} CPUs", flush=True)
 
     dtypes = args.dtypes.split(",")
     ours_names = {dtype: "ours" if i == 0 else f"ours-{dtype}" for i, dtype in enumerate(dtypes)}
@@ -283,12 +285,15 @@ def main() -> None:
     if "llama.cpp" not in skip:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        results["llama.cpp"] = serve_and_race(start_llama(binary, gguf, port, max(counts), args.max_tokens),
+        results["llama.cpp"] = serve_and_race(start_llama(binary, gguf, port, max(counts), args.max_tokens, args.threads),
                                               base + "/health", base + "/v1", "llama.cpp", prompts, counts, args)
     if "generate" not in skip:
         from alpaca_jobs.serve.loading import load
         from alpaca_operator.api.workloads import ResolvedModel
 
+        import torch
+
+        torch.set_num_threads(args.threads)
         loaded = load(ResolvedModel(builtin=MODEL), device="cpu")
         for clients in counts:
             results["generate"][clients] = padded_generate(prompts, clients, args, loaded)
@@ -337,6 +342,7 @@ def main() -> None:
         "max_tokens": args.max_tokens,
         "rounds": args.rounds,
         "cpus": os.cpu_count(),
+        "threads": args.threads,
     }))
 
 
