@@ -643,7 +643,7 @@ cmd_down() {
     rm -rf "${kubelet_root}" "${containerd_state}" "${local_path_root}" \
         /var/lib/cni/networks/alpaca /var/log/pods /var/log/containers \
         /var/lib/kubelet/device-plugins /var/lib/kubelet/pod-resources /var/lib/kubelet/plugins_registry /var/lib/kubelet/plugins
-    rmdir /var/lib/kubelet 2>/dev/null || true
+    rmdir /var/lib/kubelet /var/lib/cni/networks /var/lib/cni 2>/dev/null || true
     if ((keep_logs)); then
         rm -rf "${cluster_dir:?}/pids"
     else

@@ -17,10 +17,14 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(5400)]
 
 
 def test_operator_pod_runs_under_the_chart(cluster: Cluster, operator_release: str) -> None:
-    operator_pods = pods(cluster, operator_release, "app.kubernetes.io/name=alpaca-operator")
+    selector = "app.kubernetes.io/name=alpaca-operator"
+    operator_pods = pods(cluster, operator_release, selector)
     assert operator_pods, cluster.kubectl("get", "pods", "-n", operator_release)
     for pod in operator_pods:
-        assert pod["status"]["phase"] == "Running", pod["status"]
+        # Still up after its first API calls (login, lease, watches): no crash, no restart.
+        restarts = sum(c.get("restartCount", 0) for c in pod["status"].get("containerStatuses", []))
+        logs = cluster.kubectl("logs", "-n", operator_release, pod["metadata"]["name"], "--tail=20", check=False)
+        assert pod["status"]["phase"] == "Running" and restarts == 0, f"{pod['status']}\n{logs}"
         container = pod["spec"]["containers"][0]
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
         assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
