@@ -142,6 +142,10 @@ def wire(
                 certificate_path=configuration.cert_file,
                 private_key_path=configuration.key_file,
             )
+    else:
+        # A registry of our own has no login handlers: in a pod, kopf reads the ServiceAccount's
+        # credentials (in-cluster config, then $KUBECONFIG) the way the kubernetes client does.
+        kopf.on.login(registry=registry)(kopf.login_via_client)
 
     return Wiring(
         settings=settings,
