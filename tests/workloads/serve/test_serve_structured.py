@@ -48,7 +48,8 @@ def smol_server(smollm2, server_runner) -> Iterator:
 def client(smol_server):
     import openai
 
-    return openai.OpenAI(base_url=smol_server.v1, api_key="unused", max_retries=0, timeout=300)
+    # Generous: the 2-core test machines are shared, and a step can take a second there.
+    return openai.OpenAI(base_url=smol_server.v1, api_key="unused", max_retries=0, timeout=900)
 
 
 @pytest.fixture(scope="module")
