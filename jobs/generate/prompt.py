@@ -123,9 +123,12 @@ def task_schema(open_slots: int) -> dict[str, Any]:
     An object at the top (OpenAI's strict mode takes no bare arrays) and only keywords OpenAI's
     strict mode supports, so the same request works against OpenAI, vLLM and alpaca serve.
     """
+    # "pattern" (which strict mode supports, unlike minLength): an instruction or output must hold
+    # more than whitespace, or the task is dropped after being paid for.
+    written = {"type": "string", "pattern": "\\S"}
     task = {
         "type": "object",
-        "properties": {"instruction": {"type": "string"}, "input": {"type": "string"}, "output": {"type": "string"}},
+        "properties": {"instruction": written, "input": {"type": "string"}, "output": written},
         "required": ["instruction", "input", "output"],
         "additionalProperties": False,
     }

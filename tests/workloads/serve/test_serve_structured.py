@@ -83,7 +83,7 @@ def test_sampled_choices_all_validate(client, model_name: str) -> None:
 
 def test_json_object_mode_answers_an_object(client, model_name: str) -> None:
     response = client.chat.completions.create(
-        model=model_name, messages=[{"role": "user", "content": "Give the name and age of a person as JSON."}],
+        model=model_name, messages=[{"role": "user", "content": 'Is the sky blue? Reply {"answer": "yes"} or {"answer": "no"}.'}],
         response_format={"type": "json_object"}, temperature=0, max_tokens=150,
     )
     assert response.choices[0].finish_reason == "stop"

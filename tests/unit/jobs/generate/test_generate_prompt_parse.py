@@ -163,5 +163,7 @@ def test_structured_prompt_shows_examples_as_json_and_the_schema_bounds_the_answ
     assert shown == {"tasks": [t.as_record() for t in examples]}
     schema = task_schema(7)
     assert schema["properties"]["tasks"]["maxItems"] == 7 and schema["additionalProperties"] is False
+    task = schema["properties"]["tasks"]["items"]["properties"]
+    assert task["instruction"]["pattern"] == task["output"]["pattern"] == r"\S" and "pattern" not in task["input"]
     with pytest.raises(ValueError):
         build_structured_prompt(examples, 0)
