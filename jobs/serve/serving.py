@@ -13,11 +13,10 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .engine import Engine, EngineStoppedError, Event, QueueFullError, RequestHandle
 from .errors import ApiError, bad_request
-from .grammar import CompiledFormat, GrammarCompiler, GrammarError
 from .logprobs import TokenTexts, chat_content, completion_logprobs
 from .metrics import Metrics
 from .prompts import PromptError, PromptFormat, PromptStyle, encode, render_chat
@@ -34,6 +33,9 @@ from .protocol import (
     now,
 )
 from .sampling import Sampled, SamplingParams
+
+if TYPE_CHECKING:
+    from .grammar import CompiledFormat, GrammarCompiler
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,9 @@ class OpenAIServing:
         if response_format.type == "json_schema" and response_format.json_schema is None:
             raise bad_request("response_format.json_schema: this field is required when type is json_schema",
                               "response_format.json_schema")
+        # Imported on the first structured request: plain serving never loads the grammar library.
+        from .grammar import GrammarCompiler, GrammarError
+
         with self._grammars_lock:
             if self._grammars is None:
                 self._grammars = GrammarCompiler(self.loaded.tokenizer, self.engine.eos_ids)
