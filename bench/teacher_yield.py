@@ -130,9 +130,12 @@ async def teacher_yield(base_url: str, teacher_format: TeacherFormat, requests: 
     }
 
 
+# Long enough (at least 24 non-empty steps) that every answer runs to max_tokens, as the plain ones
+# do: both sides decode the same number of tokens per request, so tokens/s compares decode steps.
 OVERHEAD_SCHEMA = {
     "type": "object",
-    "properties": {"title": {"type": "string"}, "steps": {"type": "array", "items": {"type": "string"}}},
+    "properties": {"title": {"type": "string"},
+                   "steps": {"type": "array", "items": {"type": "string", "pattern": "\\S"}, "minItems": 24}},
     "required": ["title", "steps"],
     "additionalProperties": False,
 }
@@ -157,7 +160,8 @@ async def throughput(base_url: str, clients: int, per_client: int, schema: bool)
     await asyncio.gather(*(one(i) for i in range(clients)))
     seconds = time.perf_counter() - started
     await client.close()
-    return {"completion_tokens": tokens, "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 2)}
+    return {"completion_tokens": tokens, "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 2),
+            "requests": clients * per_client}
 
 
 def main() -> None:

@@ -82,12 +82,14 @@ def test_sampled_choices_all_validate(client, model_name: str) -> None:
 
 
 def test_json_object_mode_answers_an_object(client, model_name: str) -> None:
-    response = client.chat.completions.create(
-        model=model_name, messages=[{"role": "user", "content": 'Is the sky blue? Reply {"answer": "yes"} or {"answer": "no"}.'}],
-        response_format={"type": "json_object"}, temperature=0, max_tokens=150,
-    )
-    assert response.choices[0].finish_reason == "stop"
-    assert isinstance(json.loads(response.choices[0].message.content), dict)
+    # A few-shot prompt that a 135M model follows: it closes the object, and the grammar then ends the answer.
+    prompt = ('Q: Is the sky blue?\nA: {"answer": "yes"}\nQ: Is fire cold?\nA: {"answer": "no"}\n'
+              'Q: Is snow white?\nA:')
+    response = client.completions.create(model=model_name, prompt=prompt, temperature=0, max_tokens=60,
+                                         extra_body={"response_format": {"type": "json_object"}})
+    choice = response.choices[0]
+    assert choice.finish_reason == "stop", choice.text
+    assert isinstance(json.loads(choice.text), dict)
 
 
 def test_completions_endpoint_takes_a_schema_too(client, model_name: str) -> None:
