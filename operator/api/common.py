@@ -10,7 +10,10 @@ from pydantic import AfterValidator, ConfigDict, Field
 from .base import ApiModel, ObjectName, ShortStr, StatusModel, UriStr, cel
 
 # Object stores are reached through fsspec; file:// is for local mode and for mounted volumes.
-URI_PATTERN = r"^(file|s3|gs|gcs|az|abfs|abfss|hf|memory)://.+$"
+# The schemes the workload images carry a filesystem for (fsspec's own file://, s3fs for s3://,
+# which also serves S3-compatible stores such as MinIO): an output the pods could not write is
+# refused at admission instead of failing in the pod.
+URI_PATTERN = r"^(file|s3)://.+$"
 
 
 class LocalObjectReference(ApiModel):
@@ -88,7 +91,7 @@ class Storage(ApiModel):
     )
     uri: Annotated[str, Field(max_length=2048, pattern=URI_PATTERN)] | None = Field(
         default=None,
-        description="An object-store or file URI read and written through fsspec, e.g. s3://bucket/prefix.",
+        description="An s3:// (or S3-compatible) or file:// URI read and written through fsspec, e.g. s3://bucket/prefix.",
     )
 
 

@@ -139,6 +139,8 @@ INVALID: tuple[Invalid, ...] = (
     ),
     Invalid("cel-lora-without-method", "FineTune", _set("spec.lora", {"r": 16}), "lora is only allowed with method: lora"),
     Invalid("bad-uri-scheme", "FineTune", _set("spec.output.uri", "ftp://models/x"), "spec.output.uri"),
+    # The images carry no filesystem for Google Cloud Storage: refused here, not in the pod.
+    Invalid("unwritable-uri-scheme", "FineTune", _set("spec.output.uri", "gs://models/x"), "spec.output.uri"),
     Invalid("negative-replicas", "ModelServer", _set("spec.replicas", -1), "spec.replicas"),
     Invalid("bad-reference-name", "ModelServer", _set("spec.model.fineTuneRef.name", "Not_A_Name"), "spec.model.fineTuneRef.name"),
     Invalid("cel-vllm-needs-gpu", "ModelServer", _set("spec.gpusPerReplica", 0), "spec.gpusPerReplica"),
