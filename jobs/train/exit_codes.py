@@ -1,10 +1,11 @@
 """Exit codes of `alpaca train` and of its launcher, and which of them are worth a restart.
 
-Kubeflow's PyTorchJob with `restartPolicy: ExitCode` recreates a replica whose container exited
-with a retryable code and fails the job on any other: retryable are 130, 137 and 143 (SIGINT,
-SIGKILL, SIGTERM: a preempted or evicted pod, an OOM kill) and 138, which the controller reserves
-for a program's own "try again". Everything this module calls permanent is deterministic: a new
-pod would read the same config, data and model and fail the same way.
+Kubeflow's PyTorchJob with `restartPolicy: ExitCode` (which the operator sets) recreates a replica
+whose container exited with 128 or more and fails the job on any lower code: 130, 137 and 143
+(SIGINT, SIGKILL, SIGTERM: a preempted or evicted pod, an OOM kill) and 138, the code Kubeflow's
+documentation reserves for a program's own "try again", are retried. Everything this module calls
+permanent is deterministic: a new pod would read the same config, data and model and fail the
+same way.
 
     0    success
     2    invalid configuration (the TrainConfig file or the flags)      permanent

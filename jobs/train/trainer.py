@@ -106,7 +106,7 @@ def _train(config: TrainConfig, spec: FineTuneSpec, hp: Any, topology: distribut
                            gradient_checkpointing=hp.gradient_checkpointing, bf16=bf16,
                            # torch.compile of each decoder layer: 35% -> 41% MFU for a 7B shape on one
                            # H200 (bench/train_gpu.md); on when the spec asks for it, never on CPU.
-                           compile_layers=bool(getattr(hp, "compile", False)) and device.type == "cuda")
+                           compile_layers=hp.compile and device.type == "cuda")
     model, tokenizer, base_config = built.model, built.tokenizer, built.config
     del built
     examples, skipped = tokenize_dataset(dataset_path, records, tokenizer, hp.max_seq_length)

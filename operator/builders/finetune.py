@@ -28,6 +28,7 @@ from .inputs import Input, model_source
 PYTORCHJOB_API_VERSION = "kubeflow.org/v1"
 # The training operator finds the container to inject MASTER_ADDR, PET_* and friends into by name.
 CONTAINER_NAME = "pytorch"
+TRAIN_LAUNCHER = ("python", "-m", "alpaca_jobs.train.launch")
 
 
 def job_name(parent: str) -> str:
@@ -91,9 +92,10 @@ def build(parent: Parent, spec: FineTuneSpec, settings: OperatorSettings, datase
         "name": CONTAINER_NAME,
         "image": spec.image or settings.images.train,
         "imagePullPolicy": settings.images.pull_policy,
-        # torchrun reads nnodes, node rank and the master's address from the PET_* variables the
-        # training operator injects; --no-python lets it start the `alpaca` console script.
-        "command": ["torchrun", "--no-python", "alpaca", "train", "--config", CONFIG_FILE],
+        # torchrun (through a launcher that passes its workers' exit codes on, where torchrun
+        # itself always exits 1) reads nnodes, node rank and the master's address from the PET_*
+        # variables the training operator injects; --no-python starts the `alpaca` console script.
+        "command": [*TRAIN_LAUNCHER, "--no-python", "alpaca", "train", "--config", CONFIG_FILE],
         "volumeMounts": mounts.mounts,
         "resources": compute_resources(spec.resources, {spec.gpus.resource_name: gpus}),
         "securityContext": container_security(),
@@ -111,7 +113,10 @@ def build(parent: Parent, spec: FineTuneSpec, settings: OperatorSettings, datase
     def replica(count: int) -> Manifest:
         return {
             "replicas": count,
-            "restartPolicy": "OnFailure",
+            # Codes >= 128 (a crash, a lost peer, preemption, OOM) recreate the pod, which resumes
+            # from the last checkpoint; bad config, data or model (2, 3, 4) fail the job at once
+            # instead of failing again on every retry up to backoffLimit.
+            "restartPolicy": "ExitCode",
             "template": {"metadata": {"labels": dict(pod_labels)}, "spec": pod_spec},
         }
 

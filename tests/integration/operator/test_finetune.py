@@ -31,7 +31,8 @@ def test_pytorchjob_is_built_and_budget_stops_it(start_operator, custom, api_cli
     pod = spec["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]
     container = pod["containers"][0]
     assert container["name"] == "pytorch"
-    assert container["command"][:4] == ["torchrun", "--no-python", "alpaca", "train"]
+    assert container["command"][:6] == ["python", "-m", "alpaca_jobs.train.launch", "--no-python", "alpaca", "train"]
+    assert {r["restartPolicy"] for r in spec["pytorchReplicaSpecs"].values()} == {"ExitCode"}
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
     assert pod["nodeSelector"] == {"pool": "a100"}, "the operator's GPU-pool default"
     assert any(v.get("emptyDir", {}).get("medium") == "Memory" for v in pod["volumes"])

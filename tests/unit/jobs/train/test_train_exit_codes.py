@@ -6,8 +6,10 @@ import pytest
 
 from alpaca_jobs.train.exit_codes import BAD_DATASET, BAD_MODEL, INVALID_CONFIG, OK, PERMANENT, RETRYABLE, pod_exit_code
 
-# Kubeflow's PyTorchJob (restartPolicy: ExitCode) restarts a replica on these codes and fails the job on any other.
-KUBEFLOW_RETRYABLE = {130, 137, 138, 143}
+def kubeflow_retries(code: int) -> bool:
+    """The training operator's rule under restartPolicy: ExitCode (v1.9.3, IsRetryableExitCode):
+    a replica whose container exited with 128 or more is recreated, any other code fails the job."""
+    return code >= 128
 
 
 @pytest.mark.parametrize(
@@ -27,6 +29,8 @@ def test_a_permanent_worker_code_wins_else_the_pod_asks_for_a_restart(workers: l
 
 
 def test_codes_agree_with_the_job_controllers_rule() -> None:
-    assert RETRYABLE in KUBEFLOW_RETRYABLE
-    assert not PERMANENT & KUBEFLOW_RETRYABLE
+    assert kubeflow_retries(RETRYABLE)
+    assert not any(kubeflow_retries(code) for code in PERMANENT)
+    # Signals the launcher itself receives (preemption, eviction, OOM kill) come back as 128+N.
+    assert all(kubeflow_retries(128 + s) for s in (signal.SIGINT, signal.SIGKILL, signal.SIGTERM))
     assert OK not in PERMANENT and pod_exit_code([OK, OK]) == OK
