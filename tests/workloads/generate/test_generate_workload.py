@@ -231,6 +231,13 @@ def test_object_store_output_is_published_and_resumed_from(teacher: TeacherServe
     fs.rm("/alpaca-tests", recursive=True)
 
 
+def _generate_command(folder: Path, config: GenerateConfig) -> tuple[list[str], dict[str, str]]:
+    """`alpaca generate --config` as a pod runs it (config.json written into `folder`), and its env."""
+    (folder / "config.json").write_text(config.model_dump_json(by_alias=True))
+    command = [sys.executable, "-m", "alpaca_operator.cli", "generate", "--config", str(folder / "config.json"), "--no-progress"]
+    return command, {**os.environ, "PYTHONSAFEPATH": "1"}
+
+
 def _replay(folder: Path, journal_copy: Path, target: int) -> list[Task]:
     config = GenerateConfig.model_validate_json((folder.parent / "config.json").read_text())
     state = GenerationState([s.as_task() for s in load_seed_tasks()], config.spec, config.pricing)
@@ -244,9 +251,7 @@ def test_killed_at_any_moment_it_resumes_without_losing_or_repaying(tmp_path: Pa
     with TeacherServer(delay_s=0.15, bait_every=5) as server:
         out = tmp_path / "out"
         config = _config(server, str(out), target=target, concurrency=concurrency)
-        (tmp_path / "config.json").write_text(config.model_dump_json(by_alias=True))
-        command = [sys.executable, "-m", "alpaca_operator.cli", "generate", "--config", str(tmp_path / "config.json"), "--no-progress"]
-        env = {**os.environ, "PYTHONSAFEPATH": "1"}
+        command, env = _generate_command(tmp_path, config)
         journal = out / CHECKPOINT_FILE
 
         process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -290,9 +295,7 @@ def test_kills_never_hide_spend_and_never_let_it_pass_the_budget(tmp_path: Path)
         out = tmp_path / "out"
         config = _config(server, str(out), target=10_000, concurrency=concurrency, budgetUSD=budget)
         config.spec.generation.max_tokens = 900
-        (tmp_path / "config.json").write_text(config.model_dump_json(by_alias=True))
-        command = [sys.executable, "-m", "alpaca_operator.cli", "generate", "--config", str(tmp_path / "config.json"), "--no-progress"]
-        env = {**os.environ, "PYTHONSAFEPATH": "1"}
+        command, env = _generate_command(tmp_path, config)
         journal = out / CHECKPOINT_FILE
         for kill in range(4):
             before = journal.read_bytes().count(b"\n") if journal.exists() else 0
@@ -392,9 +395,7 @@ def test_a_batch_is_never_submitted_twice_across_a_kill(tmp_path: Path) -> None:
     with TeacherServer(bait_every=5, batch_delay_s=1.0) as server:
         out = tmp_path / "out"
         config = _batch_config(server, out, target=30)
-        (tmp_path / "config.json").write_text(config.model_dump_json(by_alias=True))
-        command = [sys.executable, "-m", "alpaca_operator.cli", "generate", "--config", str(tmp_path / "config.json"), "--no-progress"]
-        env = {**os.environ, "PYTHONSAFEPATH": "1"}
+        command, env = _generate_command(tmp_path, config)
         journal = out / CHECKPOINT_FILE
         process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
