@@ -19,6 +19,7 @@ _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"me
 _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Libraries that install their own stderr handlers; their records go through ours instead.
 _OWN_HANDLERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+_json_mode = False
 
 
 class JsonFormatter(logging.Formatter):
@@ -39,6 +40,8 @@ class JsonFormatter(logging.Formatter):
 
 def configure(log_format: str = "text", level: str = "info") -> None:
     """Route everything a workload logs through one stderr handler in the chosen format."""
+    global _json_mode
+    _json_mode = log_format == "json"
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(_TEXT_FORMAT))
     root = logging.getLogger()
@@ -83,3 +86,17 @@ def _route_uncaught_exceptions() -> None:
 
     sys.excepthook = main_hook
     threading.excepthook = thread_hook
+
+
+def json_mode() -> bool:
+    """Whether stderr is for log pipelines (one JSON object a line), not for a person."""
+    return _json_mode
+
+
+def say(logger: logging.Logger, message: str, level: int = logging.ERROR) -> None:
+    """A command's last word to whoever ran it: a plain line on stderr for a person, a JSON record
+    in JSON mode (where a plain line would break the log pipeline)."""
+    if _json_mode:
+        logger.log(level, message)
+    else:
+        print(message, file=sys.stderr)

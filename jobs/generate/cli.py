@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 
 from pydantic import ValidationError
 
+from alpaca_jobs import logs
 from alpaca_operator.api.instructdataset import InstructDatasetSpec, TokenPricing
 from alpaca_operator.api.workloads import GenerateConfig
 
@@ -43,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     local.add_argument("--input-price", type=float, help="USD per million prompt tokens")
     local.add_argument("--output-price", type=float, help="USD per million completion tokens")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar, even in a terminal")
+    parser.add_argument("--log-format", choices=["text", "json"], default="text", help="json: one JSON object per stderr line")
 
 
 def _from_flags(args: argparse.Namespace) -> GenerateConfig:
@@ -106,27 +107,29 @@ def load_config(args: argparse.Namespace) -> GenerateConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(args.log_format)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the progress
     from .runner import RunOptions
 
     try:
         config = load_config(args)
-        manifest = generate(config, options=RunOptions(progress_bar=False if args.no_progress else None))
+        bar = False if args.no_progress or logs.json_mode() else None
+        manifest = generate(config, options=RunOptions(progress_bar=bar))
     except (ConfigError, SeedTasksError, CheckpointError) as exc:
-        print(f"alpaca generate: {exc}", file=sys.stderr)
+        logs.say(log, f"alpaca generate: {exc}")
         return 2
     except OSError as exc:  # an output folder that cannot be created or written, a full disk...
-        print(f"alpaca generate: {exc.filename or config.output}: {exc.strerror or exc}", file=sys.stderr)
+        logs.say(log, f"alpaca generate: {exc.filename or config.output}: {exc.strerror or exc}")
         return 2
     except KeyboardInterrupt:
-        print("alpaca generate: interrupted; run the same command again to resume", file=sys.stderr)
+        logs.say(log, "alpaca generate: interrupted; run the same command again to resume")
         return 130
-    print(
+    logs.say(
+        log,
         f"{manifest.stop_reason.value}: {manifest.message}. "
         f"{manifest.requests} requests, {manifest.prompt_tokens}+{manifest.completion_tokens} tokens, "
         f"${manifest.cost_usd:.4f}. Output: {config.output}",
-        file=sys.stderr,
+        logging.INFO,
     )
     # A budget stop is a clean, expected end; the teacher failing is not.
     return 1 if manifest.stop_reason in (StopReason.TEACHER_REJECTED, StopReason.TEACHER_UNAVAILABLE) else 0

@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from alpaca_jobs import logs
 from alpaca_operator.api.common import BuiltinModel
 from alpaca_operator.api.workloads import ResolvedModel, TrainConfig
 
@@ -61,6 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-packing", action="store_true", help="length-grouped padded batches instead of packing")
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep the last checkpoint after success")
     parser.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
+    parser.add_argument("--log-format", choices=["text", "json"], default="text", help="json: one JSON object per stderr line")
 
 
 def base_model_from_flag(value: str) -> ResolvedModel:
@@ -128,27 +129,29 @@ def run(args: argparse.Namespace) -> int:
     from .data import DatasetError
     from .model import ModelError
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(args.log_format)
+    log = logging.getLogger(__name__)
     try:
         config = build_config(args)
     except ValidationError as exc:  # before ValueError, which it subclasses
-        print(f"alpaca train: invalid config: {exc}", file=sys.stderr)
+        logs.say(log, f"alpaca train: invalid config: {exc}")
         return exit_codes.INVALID_CONFIG
     except (FileNotFoundError, ValueError) as exc:
-        print(f"alpaca train: error: {exc}", file=sys.stderr)
+        logs.say(log, f"alpaca train: error: {exc}")
         return exit_codes.INVALID_CONFIG
     try:
         from .trainer import RunOptions, train
 
-        manifest = train(config, RunOptions(progress_bar=not args.no_progress, keep_checkpoints=args.keep_checkpoints))
+        bar = not (args.no_progress or logs.json_mode())
+        manifest = train(config, RunOptions(progress_bar=bar, keep_checkpoints=args.keep_checkpoints))
     except DatasetError as exc:
-        print(f"alpaca train: error: {exc}", file=sys.stderr)
+        logs.say(log, f"alpaca train: error: {exc}")
         return exit_codes.BAD_DATASET
     except (ModelError, FileNotFoundError) as exc:
-        print(f"alpaca train: error: {exc}", file=sys.stderr)
+        logs.say(log, f"alpaca train: error: {exc}")
         return exit_codes.BAD_MODEL
     except Exception:  # a crash, a lost peer, storage down: a new pod resumes from the last checkpoint
-        logging.getLogger(__name__).exception("alpaca train failed; a restart resumes from the last checkpoint")
+        log.exception("alpaca train failed; a restart resumes from the last checkpoint")
         return exit_codes.RETRYABLE
     if manifest:
         print(json.dumps({k: manifest[k] for k in ("name", "steps", "finalLoss", "tokens")} | {"sha256": manifest["model"]["sha256"]}))
