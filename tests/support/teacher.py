@@ -59,6 +59,7 @@ class Stats:
     stops: Counter[str] = field(default_factory=Counter)  # the stop sequences requests carried
     formats: Counter[str] = field(default_factory=Counter)  # response_format types requests carried
     # The usage of every answer sent back, whether or not the client lived to read it.
+    billed_answers: int = 0
     billed_prompt_tokens: int = 0
     billed_completion_tokens: int = 0
     # The Batch API: batches created (by their metadata's key) and what their answers billed.
@@ -312,6 +313,7 @@ class TeacherServer:
                 self.stats.batch_billed_prompt_tokens += prompt_tokens
                 self.stats.batch_billed_completion_tokens += completion_tokens
             else:
+                self.stats.billed_answers += 1
                 self.stats.billed_prompt_tokens += prompt_tokens
                 self.stats.billed_completion_tokens += completion_tokens
         return JSONResponse(

@@ -289,7 +289,7 @@ def test_kills_never_hide_spend_and_never_let_it_pass_the_budget(tmp_path: Path)
     """A teacher that bills every answer it sends, killed runs resumed until the budget stops them:
     what the teacher billed is at most what the manifest counts (recorded answers plus the worst
     case of those lost in flight), and that never passes the budget."""
-    budget, concurrency = 0.2, 4
+    budget, concurrency = 0.5, 4
     with TeacherServer(delay_s=0.2, bait_every=5) as server:
         server.inject(*[RATE_LIMIT] * 3)
         out = tmp_path / "out"
@@ -301,8 +301,13 @@ def test_kills_never_hide_spend_and_never_let_it_pass_the_budget(tmp_path: Path)
             before = journal.read_bytes().count(b"\n") if journal.exists() else 0
             process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
             deadline = time.monotonic() + 60
-            # Kill while requests are out: after a few more journal lines, never at the same point.
-            while not (journal.exists() and journal.read_bytes().count(b"\n") >= before + 3 + kill):
+            # Kill while billed answers are on their way back: a few more journal lines each time,
+            # and the teacher has billed more answers than the journal has recorded.
+            while not (
+                journal.exists()
+                and journal.read_bytes().count(b"\n") >= before + 3 + kill
+                and server.stats.billed_answers > journal.read_bytes().count(b'"outcome":"answered"')
+            ):
                 assert process.poll() is None, "the run ended before it could be killed"
                 assert time.monotonic() < deadline, "the run never got going"
                 time.sleep(0.01)
