@@ -93,13 +93,7 @@ def ensure_owned(
     uid = owner["metadata"]["uid"]
     last: ChildState | None = None
     for manifest in manifests:
-        manifest["metadata"]["ownerReferences"] = [controller_reference(owner)]
-        try:
-            created = ctl.cluster.create(manifest)
-        except ApiException as exc:
-            if exc.status in (400, 403, 422):
-                raise Refused(manifest, exc) from None
-            raise
+        created = _write_owned(owner, manifest, ctl.cluster.create)
         existing = None if created else ctl.cluster.get(manifest)
         if existing is not None and owner_uid(existing.get("metadata") or {}) != uid:
             # A namesake's leftover (its config, say): the primary must not start with it.
@@ -128,11 +122,17 @@ def apply_owned(
         return Ensured(None, not_ours(owner, primary["kind"], current))
     applied: dict[str, Any] = {}
     for manifest in manifests:
-        manifest["metadata"]["ownerReferences"] = [controller_reference(owner)]
-        try:
-            applied = ctl.cluster.apply(manifest)
-        except ApiException as exc:
-            if exc.status in (400, 403, 422):
-                raise Refused(manifest, exc) from None
-            raise
+        applied = _write_owned(owner, manifest, ctl.cluster.apply)
     return Ensured(summarize(applied))
+
+
+def _write_owned(owner: Body, manifest: Body, write: Callable[[Body], Any]) -> Any:
+    """Write one child with `owner` as its controller; what the server refuses for good (invalid,
+    forbidden) becomes Refused, for a condition with the server's reason."""
+    manifest["metadata"]["ownerReferences"] = [controller_reference(owner)]
+    try:
+        return write(manifest)
+    except ApiException as exc:
+        if exc.status in (400, 403, 422):
+            raise Refused(manifest, exc) from None
+        raise
