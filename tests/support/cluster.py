@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import kubernetes.client
 import yaml
 from kubernetes.client.rest import ApiException
+
+from alpaca_operator.testing.controlplane import ControlPlane
 
 T = TypeVar("T")
 
@@ -64,3 +67,14 @@ def wait_for(check: Callable[[], T], *, timeout: float = 20.0, what: str = "cond
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+@contextmanager
+def audited_control_plane(folder: Path) -> Iterator[tuple[ControlPlane, Path]]:
+    """A control plane of its own that audits every request's metadata to `folder`/audit.log."""
+    policy = folder / "policy.yaml"
+    policy.write_text(yaml.safe_dump({"apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
+                                      "rules": [{"level": "Metadata"}]}))
+    log = folder / "audit.log"
+    with ControlPlane(extra_apiserver_args=[f"--audit-policy-file={policy}", f"--audit-log-path={log}"]) as cp:
+        yield cp, log

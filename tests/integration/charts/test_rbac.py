@@ -27,6 +27,7 @@ from alpaca_operator.runner import OperatorThread, wire
 from alpaca_operator.settings import load_settings
 from alpaca_operator.testing.controlplane import ControlPlane
 from chart_helpers import CHART, REPO, Documents, as_json_list, find, run
+from support.cluster import audited_control_plane
 from support.cluster import wait_for as support_wait_for
 
 pytestmark = pytest.mark.integration
@@ -60,12 +61,7 @@ def _now_minus(seconds: float) -> str:
 @pytest.fixture(scope="module")
 def audited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ControlPlane, Path]]:
     """A control plane of its own, auditing every request's metadata to a file."""
-    folder = tmp_path_factory.mktemp("audit")
-    policy = folder / "policy.yaml"
-    policy.write_text(yaml.safe_dump({"apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
-                                      "rules": [{"level": "Metadata"}]}))
-    log = folder / "audit.log"
-    with ControlPlane(extra_apiserver_args=[f"--audit-policy-file={policy}", f"--audit-log-path={log}"]) as cp:
+    with audited_control_plane(tmp_path_factory.mktemp("audit")) as (cp, log):
         yield cp, log
 
 

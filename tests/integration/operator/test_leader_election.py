@@ -19,13 +19,12 @@ from typing import Any
 
 import kubernetes.client
 import pytest
-import yaml
 
 from alpaca_operator.runner import OperatorThread, wire
 from alpaca_operator.settings import OperatorSettings
 from alpaca_operator.testing.controlplane import ControlPlane
 from operator_helpers import FAST, create, now_minus, status_of
-from support.cluster import PROJECT_CRDS, install_crds, wait_for
+from support.cluster import PROJECT_CRDS, audited_control_plane, install_crds, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -38,12 +37,7 @@ GPU_PRICE = 3600.0  # a dollar per GPU-second: a few seconds of serving show in 
 
 @pytest.fixture(scope="module")
 def audited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ControlPlane, Path]]:
-    folder = tmp_path_factory.mktemp("audit")
-    policy = folder / "policy.yaml"
-    policy.write_text(yaml.safe_dump({"apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
-                                      "rules": [{"level": "Metadata"}]}))
-    log = folder / "audit.log"
-    with ControlPlane(extra_apiserver_args=[f"--audit-policy-file={policy}", f"--audit-log-path={log}"]) as cp:
+    with audited_control_plane(tmp_path_factory.mktemp("audit")) as (cp, log):
         with cp.api_client() as client:
             install_crds(client, [*PROJECT_CRDS, *sorted((REPO / "tests/integration/crds").glob("*.yaml"))])
         yield cp, log
