@@ -12,6 +12,7 @@ from typing import Annotated
 from pydantic import Field
 
 from .base import ApiModel, ShortStr
+from .evaluation import EvaluationSpec
 from .finetune import FineTuneSpec
 from .instructdataset import InstructDatasetSpec, TokenPricing
 from .modelserver import ModelServerSpec
@@ -76,3 +77,31 @@ class ServeConfig(ApiModel):
     host: ShortStr = "0.0.0.0"
     port: int = Field(default=8000, ge=1, le=65535)
     api_key_env: ShortStr | None = Field(default=None, description="Env var holding the Bearer token for /v1.")
+
+
+class ResolvedEndpoint(ApiModel):
+    """An OpenAI-compatible endpoint as a workload calls it; the key only as an env var's name."""
+
+    url: Annotated[str, Field(max_length=2048)]
+    model: ShortStr
+    api_key_env: ShortStr | None = Field(default=None, description="Env var holding the API key.")
+    pricing: TokenPricing = Field(default_factory=TokenPricing, description="Resolved token prices.")
+
+
+class ResolvedContestant(ApiModel):
+    """One side of an evaluation: an endpoint to ask, or a JSONL file of answers written beforehand."""
+
+    label: ShortStr = Field(description="What it is, for the report: 'ModelServer/chat', a model name, a file.")
+    endpoint: ResolvedEndpoint | None = None
+    outputs: Location | None = Field(default=None, description="JSONL of instruction, input, output.")
+
+
+class EvaluateConfig(ApiModel):
+    name: ShortStr = Field(description="Name of the Evaluation (for logs and the report).")
+    spec: EvaluationSpec
+    output: Location = Field(description="Folder or URI for the report and the verdict journal.")
+    candidate: ResolvedContestant
+    baseline: ResolvedContestant
+    judge: ResolvedEndpoint
+    tasks: Location | None = Field(default=None, description="Tasks JSONL; None means the built-in evaluation tasks.")
+    status_target: StatusTarget | None = None
