@@ -28,6 +28,7 @@ class Images(ApiModel):
     train: str = f"ghcr.io/alpaca-operator/train:{__version__}"
     serve: str = f"ghcr.io/alpaca-operator/serve:{__version__}"
     vllm: str = "docker.io/vllm/vllm-openai:v0.10.2"
+    llama_cpp: str = f"ghcr.io/alpaca-operator/llama-cpp:{__version__}"
     pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
 
 

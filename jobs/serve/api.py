@@ -176,6 +176,8 @@ async def readyz(state: ServerState = Depends(_state)) -> JSONResponse:
 
 @ops.get("/metrics")
 async def metrics(state: ServerState = Depends(_state)) -> Response:
+    if not state.options.metrics_on_api_port:
+        raise StarletteHTTPException(404)
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
@@ -23,6 +24,11 @@ from alpaca_operator.api.modelserver import Batching, ModelServerSpec, ServedMod
 from alpaca_operator.api.workloads import ResolvedModel, ServeConfig
 
 from alpaca_jobs import logs
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from prometheus_client import CollectorRegistry
 
 log = logging.getLogger("alpaca_jobs.serve")
 BUILTINS = {m.value for m in BuiltinModel}
@@ -45,6 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the same budget while answers are streaming (at least one prompt joins per step)")
     parser.add_argument("--max-request-bytes", type=int, default=1 << 20,
                         help="larger request bodies get 413 before they are read (default 1 MiB)")
+    parser.add_argument("--metrics-port", type=int,
+                        help="serve /metrics on this port of its own, and not on the API port (default: the API port)")
     parser.add_argument("--metrics-auth", action="store_true",
                         help="/metrics needs the API key too (by default it is open, like the probes)")
     parser.add_argument(
@@ -95,7 +103,7 @@ def build_config(args: argparse.Namespace) -> ServeConfig:
     updates: dict[str, object] = {}
     if args.config is not None and args.model:
         updates["model"] = _model_from_flag(args.model, args.gguf_file)
-    for field in ("served_model_name", "host", "port", "api_key_env"):
+    for field in ("served_model_name", "host", "port", "api_key_env", "metrics_port"):
         if getattr(args, field) is not None:
             updates[field] = getattr(args, field)
     batching = config.spec.batching.model_dump()
@@ -137,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
         max_prefill_tokens_while_decoding=args.max_prefill_tokens_while_decoding,
         max_request_bytes=args.max_request_bytes,
         metrics_auth=args.metrics_auth,
+        metrics_on_api_port=config.metrics_port is None,
     )
     loader = functools.partial(load, config.model, device=args.device, dtype=args.dtype, prompt_format=args.prompt_format)
     server: uvicorn.Server | None = None
@@ -161,5 +170,24 @@ def run(args: argparse.Namespace) -> int:
             timeout_graceful_shutdown=args.shutdown_timeout,
         )
     )
-    server.run()
+    metrics_server = _start_metrics_server(app.state.server.metrics.registry, config.host, config.metrics_port)
+    try:
+        server.run()
+    finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
     return 1 if app.state.server.load_error else 0
+
+
+def _start_metrics_server(registry: CollectorRegistry, host: str, port: int | None) -> WSGIServer | None:
+    """prometheus_client's own HTTP server on a thread, for /metrics on a port of its own."""
+    if port is None:
+        return None
+    from prometheus_client import start_http_server
+
+    try:
+        metrics_server, _ = start_http_server(port, addr=host, registry=registry)
+    except OSError as error:
+        raise SystemExit(f"--metrics-port: cannot listen on {host}:{port}: {error.strerror}") from error
+    log.info("metrics on http://%s:%d/metrics", host, port)
+    return metrics_server

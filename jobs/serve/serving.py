@@ -63,6 +63,9 @@ class ServeOptions:
     max_prefill_tokens_while_decoding: int = 256
     max_request_bytes: int = 1 << 20
     metrics_auth: bool = False
+    # False when /metrics has a port of its own: the API port then answers 404 for it, so that a
+    # NetworkPolicy can let scrapers reach the metrics and nothing else.
+    metrics_on_api_port: bool = True
 
 
 class OpenAIServing:

@@ -24,6 +24,8 @@ from .resource import Resource
 class Runtime(str, Enum):
     TRANSFORMERS = "transformers"
     VLLM = "vllm"
+    # llama.cpp's own llama-server on a GGUF file: the faster engine for small quantised models on CPU.
+    LLAMA_CPP = "llama-cpp"
 
 
 class ServerPhase(str, Enum):
@@ -73,6 +75,13 @@ class NetworkPolicy(ApiModel):
         "empty: only pods in this namespace.",
         json_schema_extra={"items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
     )
+    metrics_from: Annotated[list[dict[str, Any]], Field(max_length=32)] = Field(
+        default_factory=list,
+        description="NetworkPolicyPeers (e.g. the Prometheus namespace) allowed to scrape metrics; empty: no scrapes. "
+        "Runtime transformers serves /metrics on a port of its own, so these peers reach nothing else; "
+        "llama-cpp and vllm serve it on the API port, which these peers then reach too (API key still required).",
+        json_schema_extra={"items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+    )
 
 
 class ModelServerSpec(ApiModel):
@@ -86,6 +95,11 @@ class ModelServerSpec(ApiModel):
                     "runtime vllm needs gpusPerReplica >= 1",
                     field_path=".gpusPerReplica",
                 ),
+                cel(
+                    "self.runtime != 'llama-cpp' || self.gpusPerReplica == 0",
+                    "runtime llama-cpp serves on CPU: gpusPerReplica must be 0",
+                    field_path=".gpusPerReplica",
+                ),
             ]
         }
     )
@@ -95,7 +109,8 @@ class ModelServerSpec(ApiModel):
         default=None, description="Model name clients send; defaults to the resource name."
     )
     runtime: Runtime = Field(
-        default=Runtime.TRANSFORMERS, description="transformers (alpaca serve, CPU or GPU) or vllm (GPU)."
+        default=Runtime.TRANSFORMERS, description="transformers (alpaca serve, CPU or GPU), vllm (GPU) or llama-cpp (llama.cpp's llama-server "
+        "on a GGUF file, CPU: the builtin model or a source with ggufFile)."
     )
     replicas: int = Field(default=1, ge=0, le=1000, description="Pods serving the model.")
     gpus_per_replica: int = Field(

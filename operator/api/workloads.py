@@ -77,6 +77,10 @@ class ServeConfig(ApiModel):
     host: ShortStr = "0.0.0.0"
     port: int = Field(default=8000, ge=1, le=65535)
     api_key_env: ShortStr | None = Field(default=None, description="Env var holding the Bearer token for /v1.")
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535,
+        description="Serve /metrics on this port of its own (then not on the API port); None: on the API port.",
+    )
 
 
 class ResolvedEndpoint(ApiModel):

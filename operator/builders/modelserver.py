@@ -1,4 +1,5 @@
-"""ModelServer -> ConfigMap (ServeConfig) + Deployment + Service: `alpaca serve` or the vLLM OpenAI server."""
+"""ModelServer -> ConfigMap (ServeConfig) + Deployment + Service: `alpaca serve`, the vLLM OpenAI server or
+llama.cpp's `llama-server`."""
 
 from __future__ import annotations
 
@@ -27,6 +28,13 @@ from .common import (
 )
 
 PORT = 8000
+# alpaca serve answers /metrics on a port of its own, so that a NetworkPolicy can let scrapers reach
+# the metrics and nothing else. vLLM and llama-server serve them on the API port.
+METRICS_PORT = 9090
+# Where the llama-cpp image keeps the builtin models' GGUF files (images/llama-cpp/Dockerfile).
+LLAMA_CPP_MODELS = "/opt/alpaca/models"
+BUILTIN_GGUF = {"smollm2-135m-instruct": "SmolLM2-135M-Instruct.Q4_1.gguf"}
+LLAMA_API_KEY_ENV = "LLAMA_API_KEY"  # what llama-server reads its key from
 VLLM_API_KEY_ENV = "VLLM_API_KEY"  # what the vLLM server reads its key from
 GPU_RESOURCE = "nvidia.com/gpu"
 CONFIG_HASH_ANNOTATION = "alpaca.dev/config-hash"
@@ -66,13 +74,73 @@ def replica_rate(spec: ModelServerSpec, settings: OperatorSettings) -> float:
     return hourly_rate(spec.gpus_per_replica, gpu_price(spec, settings), spec.replica_hour_usd)
 
 
-def serve_config(parent: Parent, spec: ModelServerSpec, model: ResolvedModel, where: Where = IN_CLUSTER, port: int = PORT) -> ServeConfig:
+def serve_config(
+    parent: Parent, spec: ModelServerSpec, model: ResolvedModel, where: Where = IN_CLUSTER, port: int = PORT,
+    metrics_port: int | None = None,
+) -> ServeConfig:
     """The one derivation of a server's config, for the cluster and for local mode."""
     key_ref = spec.auth.api_key_secret_ref if spec.auth else None
     return ServeConfig(
         name=parent.name, spec=spec, model=model, served_model_name=served_model_name(parent.name, spec),
         host=where.host, port=port, api_key_env=where.secret_env(key_ref, SERVER_API_KEY_ENV) if key_ref else None,
+        metrics_port=metrics_port,
     )
+
+
+def metrics_port(spec: ModelServerSpec) -> int:
+    """The container port /metrics answers on."""
+    return METRICS_PORT if spec.runtime is Runtime.TRANSFORMERS else PORT
+
+
+def gguf_path(model: ResolvedModel, builtin_folder: str = LLAMA_CPP_MODELS) -> str:
+    """The GGUF file llama-server loads: a builtin model's, or the source's ggufFile in its folder."""
+    if model.builtin is not None:
+        return f"{builtin_folder.rstrip('/')}/{model.gguf_file or BUILTIN_GGUF[model.builtin]}"
+    if not model.gguf_file or model.location is None:
+        raise UnsupportedModel(
+            "model: runtime llama-cpp serves a GGUF file: a builtin model or a source with ggufFile "
+            "(a FineTune's output is a transformers folder)"
+        )
+    location = model.location
+    if "://" in location:
+        scheme = location.split("://", 1)[0]
+        if scheme != "file":
+            raise UnsupportedModel(
+                f"model.source.uri: runtime llama-cpp reads its GGUF file from a mounted folder (pvc or file://), not {scheme}://"
+            )
+        location = location.removeprefix("file://")
+    return f"{location.rstrip('/')}/{model.gguf_file}"
+
+
+def cpu_threads(spec: ModelServerSpec) -> int | None:
+    """Compute threads for a CPU limit (llama-server would start one per core of the node and be throttled)."""
+    cpu = spec.resources.cpu if spec.resources else None
+    if cpu is None:
+        return None
+    cores = float(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
+    return max(1, int(cores))
+
+
+def llama_server_args(config: ServeConfig, gguf: str) -> list[str]:
+    """llama-server's flags for a ServeConfig (checked against `llama-server --help`), for the cluster and local mode.
+
+    One KV pool shared by the slots (--kv-unified, the model's context): a long answer may use the
+    whole context while short ones leave room; --n-predict caps max_tokens like alpaca serve's bound.
+    """
+    batching = config.spec.batching
+    args = [
+        "--model", gguf,
+        "--host", config.host,
+        "--port", str(config.port),
+        "--alias", config.served_model_name,
+        "--parallel", str(batching.max_batch_size),
+        "--kv-unified",
+        "--n-predict", str(batching.max_new_tokens),
+        "--metrics",
+    ]
+    if (threads := cpu_threads(config.spec)) is not None:
+        args += ["--threads", str(threads), "--threads-batch", str(threads)]
+    return args
 
 
 def _vllm_command(spec: ModelServerSpec, model: ResolvedModel, name: str) -> list[str]:
@@ -100,12 +168,20 @@ def build(
     name = served_model_name(parent.name, spec)
     cm_name = config_map_name(parent.name)
     key_ref = spec.auth.api_key_secret_ref if spec.auth else None
-    cm = config_map(parent, cm_name, SERVE, serve_config(parent, spec, model))
+    own_metrics_port = METRICS_PORT if spec.runtime is Runtime.TRANSFORMERS else None
+    config = serve_config(parent, spec, model, metrics_port=own_metrics_port)
+    cm = config_map(parent, cm_name, SERVE, config)
 
     mounts = Mounts()
     mounts.extend(model_mounts)
     env: list[Manifest] = []
-    if spec.runtime is Runtime.VLLM:
+    if spec.runtime is Runtime.LLAMA_CPP:
+        image = spec.image or settings.images.llama_cpp
+        command = ["llama-server", *llama_server_args(config, gguf_path(model))]
+        health, ready, live = "/health", "/health", "/health"  # 503 while the model loads
+        if key_ref:
+            env.append(secret_env(LLAMA_API_KEY_ENV, key_ref.name, key_ref.key))
+    elif spec.runtime is Runtime.VLLM:
         image = spec.image or settings.images.vllm
         command = _vllm_command(spec, model, name)
         health, ready, live = "/health", "/health", "/health"
@@ -127,7 +203,10 @@ def build(
         "imagePullPolicy": settings.images.pull_policy,
         "command": command,
         "env": env,
-        "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": "http", "containerPort": PORT, "protocol": "TCP"},
+            *([{"name": "metrics", "containerPort": own_metrics_port, "protocol": "TCP"}] if own_metrics_port else []),
+        ],
         # Loading weights takes minutes: the startup probe holds liveness off until the server is up.
         "startupProbe": _probe(health, period=10, failures=90),
         "readinessProbe": _probe(ready, period=5, failures=3),
@@ -149,7 +228,7 @@ def build(
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0 if gpus else 1, "maxUnavailable": 1 if gpus else 0}},
             "template": {
                 # A changed config rolls the pods, since a mounted file change alone would not restart them.
-                "metadata": {"labels": dict(pod_labels), "annotations": {CONFIG_HASH_ANNOTATION: config_digest}},
+                "metadata": {"labels": dict(pod_labels), "annotations": {CONFIG_HASH_ANNOTATION: config_digest, **scrape_annotations(spec)}},
                 "spec": {
                     "serviceAccountName": settings.workload_service_account,
                     "securityContext": pod_security(),
@@ -169,17 +248,31 @@ def build(
         "spec": {
             "type": "ClusterIP",
             "selector": selector(parent.name, SERVE),
-            "ports": [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}],
+            # A ServiceMonitor selects the Service by its labels and scrapes the port named metrics.
+            "ports": [
+                {"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"},
+                {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics" if own_metrics_port else "http", "protocol": "TCP"},
+            ],
         },
     }
     return cm, stamp(deployment, parent, {"deployment": deployment["spec"]}), service
 
 
+def scrape_annotations(spec: ModelServerSpec) -> dict[str, str]:
+    """The prometheus.io annotations that annotation-based scrape configs read from pods."""
+    return {"prometheus.io/scrape": "true", "prometheus.io/port": str(metrics_port(spec)), "prometheus.io/path": "/metrics"}
+
+
 def network_policy(parent: Parent, spec: ModelServerSpec) -> Manifest | None:
-    """Ingress to the server's pods on its API port, from the spec's peers (default: this namespace's pods)."""
+    """Ingress to the server's pods on its API port, from the spec's peers (default: this namespace's pods),
+    and on its metrics port from the scrapers named in metricsFrom."""
     if spec.network_policy is None:
         return None
     peers = [dict(peer) for peer in spec.network_policy.from_] or [{"podSelector": {}}]
+    ingress = [{"from": peers, "ports": [{"protocol": "TCP", "port": PORT}]}]
+    if spec.network_policy.metrics_from:
+        scrapers = [dict(peer) for peer in spec.network_policy.metrics_from]
+        ingress.append({"from": scrapers, "ports": [{"protocol": "TCP", "port": metrics_port(spec)}]})
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -187,6 +280,6 @@ def network_policy(parent: Parent, spec: ModelServerSpec) -> Manifest | None:
         "spec": {
             "podSelector": {"matchLabels": selector(parent.name, SERVE)},
             "policyTypes": ["Ingress"],
-            "ingress": [{"from": peers, "ports": [{"protocol": "TCP", "port": PORT}]}],
+            "ingress": ingress,
         },
     }

@@ -62,6 +62,7 @@ The `settings` passthrough comes first so that the fields the chart owns always 
     "train" (include "alpaca-operator.image" (list .Values.workloads.images.train .))
     "serve" (include "alpaca-operator.image" (list .Values.workloads.images.serve .))
     "vllm" (include "alpaca-operator.image" (list .Values.workloads.images.vllm .))
+    "llamaCpp" (include "alpaca-operator.image" (list .Values.workloads.images.llamaCpp .))
     "pullPolicy" .Values.workloads.pullPolicy }}
 {{- $owned := dict
     "images" $images

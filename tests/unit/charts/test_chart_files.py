@@ -42,10 +42,11 @@ def test_default_workload_images_are_the_operators_defaults() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     images = values["workloads"]["images"]
     defaults = Images()
-    for name in ("generate", "train", "serve", "vllm"):
+    for name, field in (("generate", "generate"), ("train", "train"), ("serve", "serve"), ("vllm", "vllm"),
+                        ("llamaCpp", "llama_cpp")):
         image = images[name]
         rendered = f"{image['repository']}:{image['tag'] or __version__}"
-        assert rendered == getattr(defaults, name), f"values.yaml workloads.images.{name} renders {rendered}"
+        assert rendered == getattr(defaults, field), f"values.yaml workloads.images.{name} renders {rendered}"
     assert values["workloads"]["pullPolicy"] == defaults.pull_policy
 
 
