@@ -1,7 +1,7 @@
 """Local mode and the operator hand the workloads the same configs for examples/quickstart/.
 
 Both call the builders' one function per kind; they differ only in what an applier answers (where
-storage is, which env var holds a key, whether to report status, the listen address). The test
+storage is, which env var holds a key, whether to report status, the listen address and metrics port). The test
 builds the operator's ConfigMaps and local mode's config files for the same manifests and checks
 that, with exactly those answers swapped in, they are equal field for field.
 """
@@ -43,7 +43,7 @@ def test_quickstart_configs_are_the_operators(tmp_path: Path) -> None:
     model, mounts = model_source(teacher.resource.spec.model.source)
     cluster = ServeConfig.model_validate(_config_map(modelserver.build(parent("teacher", "modelservers"), teacher.resource.spec, SETTINGS, model, mounts)))
     local = serve_config(teacher, layout, {}, port=cluster.port)
-    assert local.model_copy(update={"host": cluster.host}) == cluster
+    assert local.model_copy(update={"host": cluster.host, "metrics_port": cluster.metrics_port}) == cluster
 
     # The dataset, taught by that server.
     url = modelserver.url(parent("teacher", "modelservers"))
@@ -69,7 +69,8 @@ def test_quickstart_configs_are_the_operators(tmp_path: Path) -> None:
     cluster_chat = ServeConfig.model_validate(_config_map(modelserver.build(
         parent(chat.name, "modelservers"), chat.resource.spec, SETTINGS, ResolvedModel(location=trained.location), trained.mounts)))
     local_chat = serve_config(chat, layout, {("FineTune", tune.name): Outputs(location=local_train.output)}, port=cluster_chat.port)
-    assert local_chat.model_copy(update={"host": cluster_chat.host, "model": cluster_chat.model}) == cluster_chat
+    assert local_chat.model_copy(update={"host": cluster_chat.host, "metrics_port": cluster_chat.metrics_port,
+                                         "model": cluster_chat.model}) == cluster_chat
 
 
 def test_local_mode_reads_the_results_contract_from_manifest_json(tmp_path: Path) -> None:
