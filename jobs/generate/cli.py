@@ -39,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     local.add_argument("--budget-usd", type=float, help="stop before spending more than this")
     local.add_argument("--api-key-env", help="name of the env var holding the API key")
     local.add_argument("--seed-tasks", help="seed tasks JSONL (default: the built-in 175)")
+    local.add_argument("--prompt-template", help="prompt text file or URI with placeholders (default: the built-in prompt)")
     local.add_argument("--name", help="run name (default: the output folder's name)")
     local.add_argument("--input-price", type=float, help="USD per million prompt tokens")
     local.add_argument("--output-price", type=float, help="USD per million completion tokens")
@@ -92,6 +93,8 @@ def load_config(args: argparse.Namespace) -> GenerateConfig:
         updates["api_key_env"] = args.api_key_env
     if args.seed_tasks:
         updates["seed_tasks"] = args.seed_tasks
+    if args.prompt_template:
+        updates["prompt_template"] = args.prompt_template
     if args.input_price is not None or args.output_price is not None:
         updates["pricing"] = TokenPricing(
             input_usd_per_million_tokens=args.input_price if args.input_price is not None else config.pricing.input_usd_per_million_tokens,

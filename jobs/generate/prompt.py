@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
-from typing import Any
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+from alpaca_operator.api.instructdataset import NUMBERED_PLACEHOLDERS, STRUCTURED_PLACEHOLDERS, TeacherFormat
 
 NO_INPUT = "<noinput>"
 SEPARATOR = "###"
@@ -49,6 +52,40 @@ Tasks 1 to {total}:
 """
 
 
+# A placeholder is a word in braces; other braces (a JSON example in the text) stay as written.
+_PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+TEMPLATE_FIELD = "spec.promptTemplate"
+
+
+class PromptTemplateError(ValueError):
+    """A prompt template that cannot be used; the message names the field and what is allowed."""
+
+
+def allowed_placeholders(teacher_format: TeacherFormat) -> tuple[str, ...]:
+    return STRUCTURED_PLACEHOLDERS if teacher_format is TeacherFormat.STRUCTURED else NUMBERED_PLACEHOLDERS
+
+
+def check_template(text: str, teacher_format: TeacherFormat, source: str = TEMPLATE_FIELD) -> str:
+    """The template, if every placeholder in it is one its format fills in."""
+    if not text.strip():
+        raise PromptTemplateError(f"{source}: the prompt template is empty")
+    allowed = allowed_placeholders(teacher_format)
+    unknown = sorted({match.group(1) for match in _PLACEHOLDER_RE.finditer(text)} - set(allowed))
+    if unknown:
+        named = ", ".join(f"{{{name}}}" for name in unknown)
+        permitted = ", ".join(f"{{{name}}}" for name in allowed)
+        raise PromptTemplateError(
+            f"{source}: unknown placeholder{'s' if len(unknown) > 1 else ''} {named}; "
+            f"a {teacher_format.value} prompt template may use {permitted}"
+        )
+    return text
+
+
+def render(template: str, values: Mapping[str, object]) -> str:
+    """The template with its placeholders filled in (check_template has vouched for their names)."""
+    return _PLACEHOLDER_RE.sub(lambda match: str(values[match.group(1)]), template)
+
+
 def format_task(number: int, task: Task) -> str:
     return (
         f"{SEPARATOR}\n"
@@ -58,11 +95,16 @@ def format_task(number: int, task: Task) -> str:
     )
 
 
-def build_prompt(examples: Sequence[Task], total_slots: int) -> str:
-    """Guidelines, the examples as tasks 1..k, and the open slot k+1 for the teacher to continue."""
+def build_prompt(examples: Sequence[Task], total_slots: int, template: str | None = None) -> str:
+    """Guidelines (the built-in ones or `template`), the examples as tasks 1..k, and the open slot
+    k+1 for the teacher to continue. The list always comes last: the teacher continues it."""
     if len(examples) >= total_slots:
         raise ValueError(f"{len(examples)} example tasks leave no slot free out of {total_slots}")
-    parts = [GUIDELINES.format(total=total_slots, no_input=NO_INPUT, separator=SEPARATOR)]
+    header = render(template if template is not None else GUIDELINES, {
+        "total": total_slots, "shown": len(examples), "open": total_slots - len(examples),
+        "no_input": NO_INPUT, "separator": SEPARATOR,
+    })
+    parts = [header if header.endswith("\n") else header + "\n"]
     parts.extend(format_task(number, task) for number, task in enumerate(examples, start=1))
     parts.append(f"{SEPARATOR}\n{len(examples) + 1}. Instruction:")
     return "".join(parts)
@@ -149,9 +191,15 @@ def open_slots(instructions_per_request: int, seed_tasks_per_prompt: int, genera
     return instructions_per_request - seed_tasks_per_prompt - generated_tasks_per_prompt
 
 
-def build_structured_prompt(examples: Sequence[Task], wanted: int) -> str:
-    """Guidelines, the examples as JSON, and how many new tasks are wanted."""
+def build_structured_prompt(examples: Sequence[Task], wanted: int, template: str | None = None) -> str:
+    """Guidelines (the built-in ones or `template`), the examples as JSON, and how many new tasks
+    are wanted. A template that does not place {examples} gets them after its text."""
     if wanted < 1:
         raise ValueError(f"a structured request must ask for at least one task, not {wanted}")
     shown = json.dumps({"tasks": [task.as_record() for task in examples]}, ensure_ascii=False, indent=1)
-    return STRUCTURED_GUIDELINES.format(shown=len(examples), open=wanted, examples=shown)
+    text = template if template is not None else STRUCTURED_GUIDELINES
+    values = {"total": len(examples) + wanted, "shown": len(examples), "open": wanted, "examples": shown}
+    prompt = render(text, values)
+    if not any(match.group(1) == "examples" for match in _PLACEHOLDER_RE.finditer(text)):
+        prompt = f"{prompt.rstrip()}\n\n{shown}\n"
+    return prompt

@@ -31,7 +31,16 @@ from .batches import BatchClient
 from .checkpoint import Journal, Record
 from .manifest import CHECKPOINT_FILE, DATASET_FILE, MANIFEST_FILE, Manifest, StopReason
 from .output import OutputFolder
-from .prompt import build_prompt, build_structured_prompt, choose_examples, open_slots, request_rng
+from .prompt import (
+    TEMPLATE_FIELD,
+    PromptTemplateError,
+    build_prompt,
+    build_structured_prompt,
+    check_template,
+    choose_examples,
+    open_slots,
+    request_rng,
+)
 from .retry import RetryPolicy
 from .seeds import load_seed_tasks
 from .state import GenerationState
@@ -78,6 +87,21 @@ def resolve_api_key(env_name: str | None, environ: dict[str, str] | None = None)
     raise ConfigError(f"the teacher API key is expected in the environment variable {env_name}, which is not set")
 
 
+def load_prompt_template(location: str | None, teacher_format: TeacherFormat) -> str | None:
+    """The user's prompt template (a mounted file, a path or a URI), checked for its format."""
+    if location is None:
+        return None
+    source = f"{TEMPLATE_FIELD} ({location})"
+    try:
+        text = storage.local_path(location).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{source}: cannot read the prompt template: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        return check_template(text, teacher_format, source)
+    except PromptTemplateError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 class _Progress:
     """A progress bar in a terminal, a log line now and then otherwise, and the status patch in a pod."""
 
@@ -121,6 +145,7 @@ class Run:
         self.spec = config.spec
         self.options = options
         self.output = OutputFolder(config.output)
+        self.template = load_prompt_template(config.prompt_template, self.spec.teacher.format)
         seeds = [seed.as_task() for seed in load_seed_tasks(config.seed_tasks)]
         self.state = GenerationState(seeds, self.spec, config.pricing)
         self.journal = Journal(self.output.path / CHECKPOINT_FILE)
@@ -183,8 +208,8 @@ class Run:
         if self.spec.teacher.format is TeacherFormat.STRUCTURED:
             wanted = open_slots(generation.instructions_per_request, generation.seed_tasks_per_prompt,
                                 generation.generated_tasks_per_prompt)
-            return build_structured_prompt(examples, wanted), len(examples) + 1
-        return build_prompt(examples, generation.instructions_per_request), len(examples) + 1
+            return build_structured_prompt(examples, wanted, self.template), len(examples) + 1
+        return build_prompt(examples, generation.instructions_per_request, self.template), len(examples) + 1
 
     async def _ask(self, teacher: Teacher, request: int, prompt: str, first_slot: int) -> Record:
         try:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from alpaca_jobs import storage
+
 from .prompt import Task
 
 
@@ -64,9 +66,9 @@ def load_seed_tasks(path: str | Path | None = None) -> list[SeedTask]:
     if path is None:
         text = resources.files("alpaca_jobs.seeds").joinpath("seed_tasks.jsonl").read_text(encoding="utf-8")
         return parse_seed_tasks(text, "builtin seed_tasks.jsonl")
-    file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        # A URI (s3://...) is fetched into the local cache first; a path is read where it is.
+        text = storage.local_path(str(path)).read_text(encoding="utf-8")
     except OSError as exc:
-        raise SeedTasksError(f"{file}: cannot read seed tasks: {exc.strerror}") from None
-    return parse_seed_tasks(text, str(file))
+        raise SeedTasksError(f"{path}: cannot read seed tasks: {exc.strerror or exc}") from None
+    return parse_seed_tasks(text, str(path))

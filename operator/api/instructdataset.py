@@ -20,6 +20,7 @@ from .common import (
     Storage,
     URI_PATTERN,
 )
+from .finetune import PVCFile
 from .resource import Resource
 from .results import WorkloadResult
 
@@ -154,6 +155,41 @@ class SeedTasks(ApiModel):
     )
 
 
+# What a prompt template may name, per teacher format (jobs/generate/prompt.py fills them in).
+NUMBERED_PLACEHOLDERS: tuple[str, ...] = ("total", "shown", "open", "no_input", "separator")
+STRUCTURED_PLACEHOLDERS: tuple[str, ...] = ("total", "shown", "open", "examples")
+
+
+class PromptTemplate(ApiModel):
+    """The generation prompt of your choice (what Alpaca keeps in prompt.txt) instead of the built-in one.
+
+    The file is the text shown before the example tasks. Placeholders in braces are filled in for each
+    request: {total} (tasks in a request, instructionsPerRequest), {shown} (example tasks shown),
+    {open} (new tasks wanted, total - shown); numbered format also {no_input} (the empty-input marker) and {separator} (the line
+    between tasks), structured format also {examples} (the example tasks as JSON, appended after the
+    text when the template does not place them). Any other {word} is refused when the job starts.
+    In numbered format the numbered example tasks and the open slot always follow the text, so the
+    teacher continues the list; Alpaca's own prompt.txt works there unchanged.
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "(has(self.configMapRef) ? 1 : 0) + (has(self.pvc) ? 1 : 0) + (has(self.uri) ? 1 : 0) == 1",
+                    "exactly one of configMapRef, pvc or uri must be set",
+                ),
+            ]
+        }
+    )
+
+    config_map_ref: ConfigMapKeyRef | None = Field(default=None, description="A ConfigMap key holding the prompt text.")
+    pvc: PVCFile | None = Field(default=None, description="A text file on a PersistentVolumeClaim.")
+    uri: Annotated[str, Field(max_length=2048, pattern=URI_PATTERN)] | None = Field(
+        default=None, description="A text file at an fsspec URI."
+    )
+
+
 class Generation(ApiModel):
     """How the teacher is prompted (Alpaca's defaults)."""
 
@@ -232,6 +268,10 @@ class InstructDatasetSpec(ApiModel):
 
     teacher: Teacher = Field(description="The model that writes the new tasks.")
     seed_tasks: SeedTasks = Field(default_factory=SeedTasks, description="The human-written seed tasks.")
+    prompt_template: PromptTemplate | None = Field(
+        default=None,
+        description="Your own prompt text (ConfigMap key, PVC file or URI) instead of the built-in one; see its placeholders.",
+    )
     generation: Generation = Field(default_factory=Generation, description="How the teacher is prompted.")
     filters: Filters = Field(default_factory=Filters, description="Which generated tasks are kept.")
     budget_usd: USD | None = Field(

@@ -56,6 +56,7 @@ class GenerateConfig(ApiModel):
     api_key_env: ShortStr | None = Field(default=None, description="Env var holding the teacher's API key.")
     pricing: TokenPricing = Field(default_factory=TokenPricing, description="Resolved token prices.")
     seed_tasks: Location | None = Field(default=None, description="Seed tasks JSONL; None means the built-in set.")
+    prompt_template: Location | None = Field(default=None, description="Prompt template text file; None means the built-in prompt.")
     status_target: StatusTarget | None = None
 
 

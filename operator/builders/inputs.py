@@ -11,8 +11,13 @@ from dataclasses import dataclass, field
 
 from ..api.common import Artifact, ModelSource, PVCLocation, SecretKeyRef, Storage
 from ..api.finetune import DatasetSource
+from ..api.instructdataset import PromptTemplate
 from ..api.workloads import DATASET_FILE, ResolvedModel
-from .common import DATASET_MOUNT, MODEL_MOUNT, OUTPUT_MOUNT, Mounts, pvc_mount
+from .common import CONFIG_DIR, DATASET_MOUNT, MODEL_MOUNT, OUTPUT_MOUNT, Mounts, pvc_mount
+
+PROMPT_DIR = f"{CONFIG_DIR}/prompt"
+PROMPT_FILE = "prompt.txt"
+PROMPT_MOUNT = "/var/lib/alpaca/prompt"
 
 
 @dataclass(frozen=True)
@@ -86,3 +91,22 @@ def model_source(source: ModelSource, mount_path: str = MODEL_MOUNT) -> tuple[Re
         )
     assert source.uri is not None
     return ResolvedModel(location=source.uri, gguf_file=source.gguf_file), Mounts()
+
+
+def prompt_template(template: PromptTemplate) -> Input:
+    """A prompt template as the generation pod reads it: a ConfigMap key or a PVC file mounted
+    read-only, a URI passed as is (the workload reads it through fsspec)."""
+    if template.config_map_ref is not None:
+        ref = template.config_map_ref
+        return Input(
+            f"{PROMPT_DIR}/{PROMPT_FILE}",
+            Mounts(
+                [{"name": "prompt", "configMap": {"name": ref.name, "items": [{"key": ref.key, "path": PROMPT_FILE}]}}],
+                [{"name": "prompt", "mountPath": PROMPT_DIR, "readOnly": True}],
+            ),
+        )
+    if template.pvc is not None:
+        mounts = pvc_mount("prompt", PVCLocation(claim_name=template.pvc.claim_name), PROMPT_MOUNT, read_only=True)
+        return Input(f"{PROMPT_MOUNT}/{template.pvc.path}", mounts)
+    assert template.uri is not None  # the CRD's CEL rule: exactly one source
+    return Input(template.uri)

@@ -27,7 +27,7 @@ from .common import (
     secret_env,
     stamp,
 )
-from .inputs import TeacherServer
+from .inputs import Input, TeacherServer, prompt_template
 
 SEEDS_FILE = "seed_tasks.jsonl"
 BACKOFF_LIMIT = 3
@@ -66,8 +66,15 @@ def resolve_teacher(spec: InstructDatasetSpec, settings: OperatorSettings, serve
     return ResolvedTeacher(teacher.base_url, teacher.model, pricing, teacher.api_key_secret_ref)
 
 
-def generate_config(parent: Parent, spec: InstructDatasetSpec, teacher: ResolvedTeacher, where: Where = IN_CLUSTER) -> GenerateConfig:
-    """The one derivation of a generation workload's config, for the cluster and for local mode."""
+def generate_config(
+    parent: Parent, spec: InstructDatasetSpec, teacher: ResolvedTeacher, where: Where = IN_CLUSTER, prompt: Input | None = None
+) -> GenerateConfig:
+    """The one derivation of a generation workload's config, for the cluster and for local mode.
+
+    `prompt` is spec.promptTemplate as the workload reaches it (`inputs.prompt_template` in a pod).
+    """
+    if (spec.prompt_template is None) != (prompt is None):
+        raise ValueError("the prompt template's location must be given exactly when spec.promptTemplate is set")
     seeds: str | None = None
     if spec.seed_tasks.config_map_ref is not None:
         seeds = where.seeds_config_map
@@ -84,6 +91,7 @@ def generate_config(parent: Parent, spec: InstructDatasetSpec, teacher: Resolved
         api_key_env=where.secret_env(teacher.api_key, TEACHER_API_KEY_ENV) if teacher.api_key is not None else None,
         pricing=teacher.pricing,
         seed_tasks=seeds,
+        prompt_template=prompt.location if prompt is not None else None,
         status_target=parent.status_target() if where.reports else None,
     )
 
@@ -94,10 +102,13 @@ def build(
     """(ConfigMap, Job) for one InstructDataset."""
     _, mounts = output_location(spec.output)
     cm_name = config_map_name(parent.name)
-    cm = config_map(parent, cm_name, GENERATE, generate_config(parent, spec, teacher))
+    prompt = prompt_template(spec.prompt_template) if spec.prompt_template is not None else None
+    cm = config_map(parent, cm_name, GENERATE, generate_config(parent, spec, teacher, prompt=prompt))
 
     all_mounts = config_mounts(cm_name)
     all_mounts.extend(mounts)
+    if prompt is not None:
+        all_mounts.extend(prompt.mounts)
     if spec.seed_tasks.config_map_ref is not None:
         ref = spec.seed_tasks.config_map_ref
         all_mounts.extend(

@@ -65,9 +65,20 @@ def generate_config(
         assert running.url and running.served_model_name
         auth = SecretKeyRef(name=running.api_key_secret[0], key=running.api_key_secret[1]) if running.api_key_secret else None
         server = TeacherServer(name=ref.name, url=running.url, served_model_name=running.served_model_name, api_key_secret_ref=auth)
+    prompt = None
+    if (template := spec.prompt_template) is not None:
+        if template.config_map_ref is not None:
+            raise ManifestError(manifest.source, f"InstructDataset {manifest.name!r}", [
+                "spec.promptTemplate.configMapRef: ConfigMaps exist only in a cluster; use promptTemplate.uri (file://...) or pvc locally"
+            ])
+        if template.pvc is not None:
+            prompt = Input(str(layout.pvc_path(template.pvc.claim_name, template.pvc.path)))
+        else:
+            assert template.uri is not None  # the CEL rule: exactly one source
+            prompt = Input(template.uri.removeprefix("file://"))
     try:
         teacher = instructdataset.resolve_teacher(spec, settings or OperatorSettings(), server)
-        return instructdataset.generate_config(_parent(manifest, "instructdatasets"), spec, teacher, where(layout))
+        return instructdataset.generate_config(_parent(manifest, "instructdatasets"), spec, teacher, where(layout), prompt)
     except instructdataset.TeacherUnresolved as exc:
         field_name = "spec.seedTasks.configMapRef" if "configMapRef" in str(exc) else "spec.teacher"
         raise ManifestError(manifest.source, f"InstructDataset {manifest.name!r}", [f"{field_name}: {exc}"]) from None

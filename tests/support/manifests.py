@@ -129,6 +129,16 @@ INVALID: tuple[Invalid, ...] = (
         "cel-no-slot-left", "InstructDataset", _set("spec.generation.instructionsPerRequest", 3),
         "spec.generation.instructionsPerRequest",
     ),
+    Invalid(
+        "cel-prompt-template-two-sources", "InstructDataset",
+        _set("spec.promptTemplate", {"uri": "s3://bucket/prompt.txt", "configMapRef": {"name": "prompts", "key": "p"}}),
+        "exactly one of configMapRef, pvc or uri",
+    ),
+    Invalid("cel-prompt-template-no-source", "InstructDataset", _set("spec.promptTemplate", {}), "exactly one of configMapRef, pvc or uri"),
+    Invalid(
+        "prompt-template-uri-scheme", "InstructDataset", _set("spec.promptTemplate", {"uri": "ftp://host/prompt.txt"}),
+        "spec.promptTemplate.uri",
+    ),
     Invalid("unknown-enum", "FineTune", _set("spec.method", "qlora"), "spec.method"),
     Invalid("missing-reference-name", "FineTune", _set("spec.dataset.instructDatasetRef", {}), "spec.dataset.instructDatasetRef.name"),
     Invalid("cel-missing-reference", "FineTune", _set("spec.dataset", {}), "exactly one of instructDatasetRef, uri or pvc"),

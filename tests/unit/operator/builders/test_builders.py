@@ -82,6 +82,43 @@ def test_seed_tasks_from_a_configmap_are_mounted_as_a_file() -> None:
     assert json.loads(config_map["data"]["config.json"])["seedTasks"] == "/etc/alpaca/seeds/seed_tasks.jsonl"
 
 
+@pytest.mark.parametrize(
+    ("template", "location", "volume", "mount_path"),
+    [
+        (
+            {"configMapRef": {"name": "prompts", "key": "alpaca.txt"}}, "/etc/alpaca/prompt/prompt.txt",
+            {"name": "prompt", "configMap": {"name": "prompts", "items": [{"key": "alpaca.txt", "path": "prompt.txt"}]}},
+            "/etc/alpaca/prompt",
+        ),
+        (
+            {"pvc": {"claimName": "texts", "path": "prompts/alpaca.txt"}}, "/var/lib/alpaca/prompt/prompts/alpaca.txt",
+            {"name": "prompt", "persistentVolumeClaim": {"claimName": "texts", "readOnly": True}},
+            "/var/lib/alpaca/prompt",
+        ),
+        ({"uri": "s3://bucket/prompt.txt"}, "s3://bucket/prompt.txt", None, None),
+    ],
+)
+def test_a_prompt_template_reaches_the_pod_read_only(
+    template: dict[str, Any], location: str, volume: dict[str, Any] | None, mount_path: str | None
+) -> None:
+    config_map, job = build_dataset(promptTemplate=template)
+    assert json.loads(config_map["data"]["config.json"])["promptTemplate"] == location
+    pod = pod_of(job)
+    volumes = [v for v in pod["volumes"] if v["name"] == "prompt"]
+    mounts = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "prompt"]
+    if volume is None:
+        assert volumes == [] and mounts == []  # the workload reads the URI itself
+    else:
+        assert volumes == [volume]
+        assert mounts == [{"name": "prompt", "mountPath": mount_path, "readOnly": True}]
+
+
+def test_without_a_prompt_template_the_config_names_none() -> None:
+    config_map, job = build_dataset()
+    assert "promptTemplate" not in json.loads(config_map["data"]["config.json"])
+    assert all(v["name"] != "prompt" for v in pod_of(job)["volumes"])
+
+
 def test_a_modelserver_teacher_uses_its_url_and_costs_no_tokens() -> None:
     spec = InstructDatasetSpec.model_validate({"teacher": {"modelServerRef": {"name": "srv"}}, "output": {"uri": "s3://b/p"}})
     server = TeacherServer(name="srv", url="http://srv-serve.ns.svc.cluster.local:8000/v1", served_model_name="srv")

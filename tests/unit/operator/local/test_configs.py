@@ -47,6 +47,17 @@ def test_config_map_seeds_are_refused_locally_with_the_field(layout: Layout) -> 
         generate_config(parse("d.yaml", document), layout, {})
 
 
+def test_prompt_template_is_a_local_file_and_a_configmap_one_is_refused_with_the_field(layout: Layout) -> None:
+    document = VALID["InstructDataset"]()
+    document["spec"]["promptTemplate"] = {"pvc": {"claimName": "texts", "path": "prompts/alpaca.txt"}}
+    assert generate_config(parse("d.yaml", document), layout, {}).prompt_template == str(layout.root / "pvc" / "texts" / "prompts" / "alpaca.txt")
+    document["spec"]["promptTemplate"] = {"uri": "file:///srv/prompt.txt"}
+    assert generate_config(parse("d.yaml", document), layout, {}).prompt_template == "/srv/prompt.txt"
+    document["spec"]["promptTemplate"] = {"configMapRef": {"name": "prompts", "key": "alpaca.txt"}}
+    with pytest.raises(ManifestError, match="spec.promptTemplate.configMapRef"):
+        generate_config(parse("d.yaml", document), layout, {})
+
+
 def test_finetune_reads_the_upstream_dataset_and_pins_its_digest(layout: Layout) -> None:
     manifest = parse("t.yaml", VALID["FineTune"]())
     upstream = {("InstructDataset", "alpaca-data"): Outputs(location="/data/ids", sha256="ab" * 32)}
