@@ -1,6 +1,6 @@
 """The level-based core: caches fed by kopf's watches, a work queue, and worker threads.
 
-kopf watches the three kinds and the children (with its reconnects, inactivity timeouts and
+kopf watches the four kinds and the children (with its reconnects, inactivity timeouts and
 liveness); its thin event handlers only update the caches here and queue the parent. Every replica
 keeps its caches warm, but only the one holding the Lease (operator/leader.py) works the queue: a
 follower's workers drop what they take, its resync queues nothing, and any write that still slips

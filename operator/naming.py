@@ -34,6 +34,7 @@ MAX_PYTORCHJOB = MAX_LABEL - LONGEST_REPLICA_SUFFIX
 GENERATE = "generate"
 TRAIN = "train"
 SERVE = "serve"
+EVALUATE = "evaluate"
 WORKLOAD = "workload"
 
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")

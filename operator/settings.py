@@ -27,6 +27,8 @@ class Images(ApiModel):
     generate: str = f"ghcr.io/alpaca-operator/generate:{__version__}"
     train: str = f"ghcr.io/alpaca-operator/train:{__version__}"
     serve: str = f"ghcr.io/alpaca-operator/serve:{__version__}"
+    # `alpaca evaluate` only calls OpenAI-compatible APIs, as generation does: the generate image carries it.
+    evaluate: str = f"ghcr.io/alpaca-operator/generate:{__version__}"
     vllm: str = "docker.io/vllm/vllm-openai:v0.10.2"
     llama_cpp: str = f"ghcr.io/alpaca-operator/llama-cpp:{__version__}"
     pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
@@ -81,7 +83,7 @@ class OperatorSettings(ApiModel):
         default_factory=dict, alias="gpuHourUSD", description="Price of one GPU-hour by GPU type."
     )
     token_prices: dict[str, TokenPricing] = Field(
-        default_factory=dict, description="Teacher token prices by model name."
+        default_factory=dict, description="Token prices of API models by name (teachers, evaluation contestants and judges)."
     )
     gpu_pools: dict[str, GPUPool] = Field(
         default_factory=dict, description="Default node selector, tolerations and affinity by GPU type."

@@ -217,6 +217,10 @@ class EvaluationStatus(StatusBase):
     result: WorkloadResult | None = Field(
         default=None, description="What the workload produced, written by the workload when it succeeded."
     )
+    server_cost_usd: USD | None = Field(
+        default=None, alias="serverCostUSD",
+        description="GPU time of the in-cluster ModelServers it asked (candidate, baseline, judge) while the Job ran, in US dollars (part of costUSD).",
+    )
     job_name: ShortStr | None = Field(default=None, description="The evaluation Job.")
     start_time: Annotated[str, Field(max_length=64)] | None = Field(default=None, description="When the Job started.")
     completion_time: Annotated[str, Field(max_length=64)] | None = Field(default=None, description="When the Job finished.")

@@ -1,4 +1,4 @@
-"""The three kinds and their names in the API: one table that the CRDs, RBAC and clients share."""
+"""The four kinds and their names in the API: one table that the CRDs, RBAC and clients share."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
+from .evaluation import Evaluation, EvaluationSpec, EvaluationStatus
 from .finetune import FineTune, FineTuneSpec, FineTuneStatus
 from .instructdataset import InstructDataset, InstructDatasetSpec, InstructDatasetStatus
 from .modelserver import ModelServer, ModelServerSpec, ModelServerStatus
@@ -31,5 +32,9 @@ MODEL_SERVER = Kind(
     "ModelServer", "modelservers", "modelserver", ("ms",), ModelServer, ModelServerSpec, ModelServerStatus,
 )
 
-KINDS: tuple[Kind, ...] = (INSTRUCT_DATASET, FINE_TUNE, MODEL_SERVER)
+EVALUATION = Kind(
+    "Evaluation", "evaluations", "evaluation", ("eval",), Evaluation, EvaluationSpec, EvaluationStatus,
+)
+
+KINDS: tuple[Kind, ...] = (INSTRUCT_DATASET, FINE_TUNE, MODEL_SERVER, EVALUATION)
 BY_KIND: dict[str, Kind] = {k.kind: k for k in KINDS}

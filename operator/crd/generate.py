@@ -7,7 +7,7 @@ from typing import Any
 import yaml
 
 from ..api.base import GROUP, VERSION
-from ..api.kinds import FINE_TUNE, INSTRUCT_DATASET, KINDS, MODEL_SERVER, Kind
+from ..api.kinds import EVALUATION, FINE_TUNE, INSTRUCT_DATASET, KINDS, MODEL_SERVER, Kind
 from .schema import model_schema
 
 CATEGORY = "alpaca"
@@ -58,6 +58,17 @@ PRINTER_COLUMNS: dict[str, list[dict[str, Any]]] = {
         _AGE,
         _column("Runtime", ".spec.runtime", priority=1),
         _column("Model", ".status.model.uri", priority=1),
+    ],
+    EVALUATION.kind: [
+        _PHASE,
+        _READY,
+        _column("Win rate", ".status.score.winRate", "number", description="The candidate's wins plus half its ties, over judged tasks."),
+        _COST,
+        _AGE,
+        _column("Low", ".status.score.winRateLow", "number", priority=1, description="Lower end of the 95% interval."),
+        _column("High", ".status.score.winRateHigh", "number", priority=1, description="Upper end of the 95% interval."),
+        _column("Judged", ".status.progress.judged", "integer", priority=1),
+        _column("Report", ".status.report.uri", priority=1),
     ],
 }
 

@@ -11,10 +11,10 @@ from typing import Any
 import kopf
 
 from ..api.base import GROUP, VERSION
-from ..naming import COMPONENT, GENERATE, MANAGED_BY, MANAGED_BY_LABEL, SERVE, TRAIN
+from ..naming import COMPONENT, EVALUATE, GENERATE, MANAGED_BY, MANAGED_BY_LABEL, SERVE, TRAIN
 from ..observe import ChildState, summarize_deployment, summarize_job, summarize_pytorchjob
 from ..controller import Controller, KindInfo
-from ..reconcile import finetune, instructdataset, modelserver
+from ..reconcile import evaluation, finetune, instructdataset, modelserver
 from .apply import applier
 from .common import WorkloadIdentity
 
@@ -23,6 +23,7 @@ CHILDREN: tuple[tuple[str, str, str, str, str, Callable[[dict[str, Any]], ChildS
     ("batch", "v1", "jobs", GENERATE, instructdataset.KIND, summarize_job),
     ("kubeflow.org", "v1", "pytorchjobs", TRAIN, finetune.KIND, summarize_pytorchjob),
     ("apps", "v1", "deployments", SERVE, modelserver.KIND, summarize_deployment),
+    ("batch", "v1", "jobs", EVALUATE, evaluation.KIND, evaluation.summarize),
 )
 
 
@@ -34,7 +35,7 @@ def register(registry: kopf.OperatorRegistry, ctl: Controller) -> None:
         parent_kind: (f"{group}/{version}" if group else version, {"jobs": "Job", "pytorchjobs": "PyTorchJob", "deployments": "Deployment"}[plural])
         for group, version, plural, _, parent_kind, _ in CHILDREN
     }
-    for module in (instructdataset, finetune, modelserver):
+    for module in (instructdataset, finetune, modelserver, evaluation):
         info = KindInfo(module.KIND, module.PLURAL, applier(module, summaries[module.KIND], primaries[module.KIND], identity), module.refs)
         ctl.register(info)
         _watch_parent(registry, ctl, info.plural, info.kind)
@@ -76,7 +77,8 @@ def _watch_child(
         ctl.observe_child(parent_kind, type, plain, summarize(plain))
 
     labels = {MANAGED_BY_LABEL: MANAGED_BY, COMPONENT: component}
-    kopf.on.event(group, version, plural, labels=labels, id=f"{plural}-event", registry=registry)(on_child_event)
+    # Two kinds own Jobs: one watch per component label, each with an id of its own.
+    kopf.on.event(group, version, plural, labels=labels, id=f"{plural}-{component}-event", registry=registry)(on_child_event)
 
 
 def _plain(body: kopf.Body) -> dict[str, Any]:

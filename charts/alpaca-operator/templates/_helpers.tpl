@@ -61,6 +61,7 @@ The `settings` passthrough comes first so that the fields the chart owns always 
     "generate" (include "alpaca-operator.image" (list .Values.workloads.images.generate .))
     "train" (include "alpaca-operator.image" (list .Values.workloads.images.train .))
     "serve" (include "alpaca-operator.image" (list .Values.workloads.images.serve .))
+    "evaluate" (include "alpaca-operator.image" (list .Values.workloads.images.evaluate .))
     "vllm" (include "alpaca-operator.image" (list .Values.workloads.images.vllm .))
     "llamaCpp" (include "alpaca-operator.image" (list .Values.workloads.images.llamaCpp .))
     "pullPolicy" .Values.workloads.pullPolicy }}
@@ -85,14 +86,14 @@ The rules the operator needs in each namespace it works in: exactly what it call
 (operator/kube.py, operator/controller.py, kopf's watches), nothing more.
 */}}
 {{- define "alpaca-operator.namespacedRules" -}}
-# The three kinds: kopf lists and watches them; the operator writes only their status.
+# The four kinds: kopf lists and watches them; the operator writes only their status.
 - apiGroups: [alpaca.dev]
-  resources: [instructdatasets, finetunes, modelservers]
+  resources: [instructdatasets, finetunes, modelservers, evaluations]
   verbs: [list, watch]
 # Status is written through the subresource. `get` is there because the operator grants it to the
 # workloads' Role (below), and RBAC lets nobody grant what they do not hold.
 - apiGroups: [alpaca.dev]
-  resources: [instructdatasets/status, finetunes/status, modelservers/status]
+  resources: [instructdatasets/status, finetunes/status, modelservers/status, evaluations/status]
   verbs: [get, patch]
 # Children: created by name (409 is read back: ours only with our UID), watched by label.
 - apiGroups: [batch]

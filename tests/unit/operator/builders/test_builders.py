@@ -250,7 +250,7 @@ def test_a_config_change_rolls_the_pods() -> None:
 def test_workload_rbac_grants_status_patches_only() -> None:
     account, role, binding = workload_rbac("ns", "alpaca-workload")
     assert account["kind"] == "ServiceAccount"
-    assert role["rules"] == [{"apiGroups": ["alpaca.dev"], "resources": ["instructdatasets/status", "finetunes/status", "modelservers/status"], "verbs": ["get", "patch"]}]
+    assert role["rules"] == [{"apiGroups": ["alpaca.dev"], "resources": ["instructdatasets/status", "finetunes/status", "modelservers/status", "evaluations/status"], "verbs": ["get", "patch"]}]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "alpaca-workload", "namespace": "ns"}]
 
 

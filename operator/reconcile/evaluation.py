@@ -1,0 +1,222 @@
+"""Evaluation: wait for its ModelServers, resolve the endpoints, plan ConfigMap + Job, account cost.
+
+The workload owns `progress`, `score` and `result` (it writes them with its ServiceAccount); the
+operator derives the phase from the Job, mirrors the report's artifact, and prices the run: the
+tokens the workload priced per endpoint, plus the GPU time of the in-cluster servers it asked while
+the Job ran (serverCostUSD, accrued up to accruedUntil, never counted twice).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..api.common import SecretKeyRef
+from ..api.evaluation import EvaluationSpec
+from ..api.modelserver import ModelServerSpec
+from ..builders import evaluation as build
+from ..builders.common import Parent
+from ..builders.inputs import TeacherServer
+from ..builders.modelserver import replica_rate
+from ..conditions import FALSE, TRUE, Desired
+from ..cost import Ledger, accrue, round_usd
+from ..observe import (
+    FAILED,
+    PENDING,
+    READY,
+    SPEC_APPLIED,
+    SUCCEEDED,
+    ChildState,
+    Computed,
+    kept,
+    lost,
+    parse_time,
+    running_since,
+    stamp_time,
+    summarize_job,
+    terminal,
+)
+from ..settings import OperatorSettings
+from ..teacher_hosts import refusal
+from . import Body, Plan, References, cost_clock, foreign, invalid_spec, waiting_for_old_child
+
+KIND = "Evaluation"
+PLURAL = "evaluations"
+# One condition per side that is a ModelServer: which one the evaluation waits for.
+SERVER_READY = {"candidate": "CandidateReady", "baseline": "BaselineReady", "judge": "JudgeReady"}
+
+
+def refs(body: Body) -> list[tuple[str, str]]:
+    spec = body.get("spec") or {}
+    names = [((spec.get(role) or {}).get("modelServerRef") or {}).get("name") for role in build.ROLES]
+    return [("ModelServer", name) for name in dict.fromkeys(n for n in names if n)]
+
+
+def summarize(body: dict[str, Any]) -> ChildState:
+    """A Job, in the evaluation's words."""
+    child = summarize_job(body)
+    return dataclasses.replace(child, message=child.message.replace("generation Job", "evaluation Job"))
+
+
+def _server(name: str, body: Body, settings: OperatorSettings) -> TeacherServer:
+    status = body.get("status") or {}
+    spec = ModelServerSpec.model_validate(body.get("spec") or {})
+    auth = spec.auth.api_key_secret_ref if spec.auth else None
+    return TeacherServer(
+        name=name,
+        url=status["url"],
+        served_model_name=status.get("servedModelName") or name,
+        api_key_secret_ref=SecretKeyRef(name=auth.name, key=auth.key) if auth else None,
+        hourly_usd=replica_rate(spec, settings) * max(spec.replicas, 1),
+    )
+
+
+def servers(spec: EvaluationSpec, references: References, settings: OperatorSettings) -> tuple[dict[str, TeacherServer], list[Desired]]:
+    """The Ready ModelServers by name, and a condition per side that is one (False: what it waits for)."""
+    ready: dict[str, TeacherServer] = {}
+    conditions: list[Desired] = []
+    for role, ref in build.server_refs(spec):
+        body = references.get(("ModelServer", ref.name))
+        if body is None:
+            conditions.append(Desired(SERVER_READY[role], FALSE, "NotFound", f"{role}: ModelServer {ref.name!r} does not exist; re-checked periodically"))
+            continue
+        status = body.get("status") or {}
+        if status.get("phase") != "Ready" or not status.get("url"):
+            conditions.append(Desired(
+                SERVER_READY[role], FALSE, "Waiting",
+                f"{role}: waiting for ModelServer {ref.name!r} to be Ready (phase {status.get('phase') or 'unknown'})",
+            ))
+            continue
+        ready[ref.name] = _server(ref.name, body, settings)
+        conditions.append(Desired(SERVER_READY[role], TRUE, "Ready", f"{role}: ModelServer {ref.name!r} at {status['url']}"))
+    return ready, conditions
+
+
+def servers_hourly(spec: EvaluationSpec, references: References, settings: OperatorSettings) -> float:
+    """What the distinct in-cluster servers it asks cost per hour (one server asked twice counts once)."""
+    total = 0.0
+    for name in dict.fromkeys(ref.name for _, ref in build.server_refs(spec)):
+        body = references.get(("ModelServer", name))
+        if body is not None:
+            server_spec = ModelServerSpec.model_validate(body.get("spec") or {})
+            total += replica_rate(server_spec, settings) * max(server_spec.replicas, 1)
+    return total
+
+
+def _host_refusal(resolved: build.Resolved, settings: OperatorSettings) -> str | None:
+    """A key is sent only to the hosts the operator allows (as a teacher's is)."""
+    hosts = settings.teacher_hosts
+    for role, endpoint in resolved.endpoints():
+        if endpoint.api_key is not None and endpoint.server is None:
+            why = refusal(endpoint.url, allowed=hosts.allowed, allow_link_local=hosts.allow_link_local)
+            if why is not None:
+                return f"{role}.baseURL: {why}"
+    return None
+
+
+def reconcile(body: Body, child: ChildState | None, references: References, settings: OperatorSettings, now: datetime) -> Plan:
+    meta = body["metadata"]
+    try:
+        spec = EvaluationSpec.model_validate(body.get("spec") or {})
+    except ValidationError as exc:
+        return Plan(invalid_spec(exc))
+    if foreign(body, child):
+        assert child is not None
+        return waiting_for_old_child(body, "Job", child)
+    status: dict[str, Any] = body.get("status") or {}
+    if child is None and terminal(status):
+        return Plan(kept(status))
+    if child is None and status.get("jobName"):
+        return Plan(lost(status, "Job", "report"))
+    dependencies: list[Desired] = []
+    children = []
+    if child is None:
+        ready, dependencies = servers(spec, references, settings)
+        if all(c.status == TRUE for c in dependencies):
+            try:
+                resolved = build.resolve(spec, settings, ready)
+            except build.Unresolved as exc:
+                return Plan(invalid_spec(exc))
+            if (why := _host_refusal(resolved, settings)) is not None:
+                return Plan(invalid_spec(ValueError(why), reason="EndpointHostRefused"))
+            parent = Parent(meta["name"], meta["namespace"], PLURAL, meta.get("generation"))
+            children = list(build.build(parent, spec, settings, resolved))
+            # Reported as the Job just made (the applier creates it before the status is written).
+            child = summarize(children[-1])
+    computed = evaluation_status(
+        spec, status,
+        generation=meta.get("generation"),
+        child=child,
+        dependencies=dependencies,
+        servers_hourly_usd=servers_hourly(spec, references, settings),
+        now=cost_clock(now, settings.cost_interval_seconds),
+    )
+    return Plan(computed, children)
+
+
+def _score_line(score: dict[str, Any]) -> str | None:
+    try:
+        rate, low, high = float(score["winRate"]), float(score["winRateLow"]), float(score["winRateHigh"])
+        wins, ties, losses = int(score["wins"]), int(score["ties"]), int(score["losses"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    line = f"win rate {rate:.1%} (95% interval {low:.1%}-{high:.1%}) over {wins + ties + losses} tasks: {wins} wins, {ties} ties, {losses} losses"
+    if score.get("lengthControlledWinRate") is not None:
+        line += f"; length-controlled {float(score['lengthControlledWinRate']):.1%}"
+    return line
+
+
+def evaluation_status(
+    spec: EvaluationSpec,
+    current: dict[str, Any],
+    *,
+    generation: int | None,
+    child: ChildState | None,
+    dependencies: list[Desired],
+    servers_hourly_usd: float,
+    now: datetime,
+) -> Computed:
+    """`dependencies` are the per-server conditions to set (empty leaves them as they are)."""
+    if child is None and terminal(current):
+        return kept(current)
+    out = Computed(conditions=list(dependencies))
+    waiting = next((c for c in dependencies if c.status != TRUE), None)
+    if child is None:
+        phase = PENDING
+        ready = Desired(READY, FALSE, waiting.reason, waiting.message) if waiting else Desired(READY, FALSE, "Pending", "the Job is being created")
+    else:
+        phase = child.phase
+        ready = Desired(READY, TRUE if phase == SUCCEEDED else FALSE, child.reason, child.message)
+    # The final result, once written, is the workload's last word; progress until then. The
+    # workload prices each endpoint's tokens itself (they may have different prices).
+    usage = current.get("result") or current.get("progress") or {}
+    token_usd = float(usage.get("costUSD") or 0.0)
+    if (current.get("result") or {}).get("artifact"):
+        out.fields["report"] = current["result"]["artifact"]
+    ledger = Ledger(0.0, float(current.get("serverCostUSD") or 0.0), parse_time(current.get("accruedUntil")))
+    if child is not None:
+        finished = child.phase in (SUCCEEDED, FAILED)
+        end = (parse_time(child.completion_time) or now) if finished else now
+        if child.start_time is not None and servers_hourly_usd > 0:
+            ledger = accrue(ledger, since=running_since(child), end=end, units=0, usd_per_hour=servers_hourly_usd)
+            out.fields["serverCostUSD"] = round_usd(ledger.usd)
+            if ledger.until is not None:
+                out.fields["accruedUntil"] = stamp_time(ledger.until)
+        if phase == SUCCEEDED:
+            line = _score_line(current.get("score") or {})
+            if spec.budget_usd is not None and token_usd >= spec.budget_usd:
+                ready = Desired(READY, TRUE, "BudgetReached", f"judging stopped at the budget of ${spec.budget_usd:g}; the verdicts paid for are reported" + (f": {line}" if line else ""))
+            elif line:
+                ready = Desired(READY, TRUE, "Completed", line)
+        applied = child.generation is None or generation is None or child.generation == generation
+        out.conditions.append(
+            Desired(SPEC_APPLIED, TRUE, "Applied", "the child runs the current spec") if applied else
+            Desired(SPEC_APPLIED, FALSE, "ChangeNotApplied", "spec changed after the evaluation Job was created; the Job keeps its spec (recreate the Evaluation to apply it)")
+        )
+        out.fields.update(jobName=child.name, startTime=child.start_time, completionTime=child.completion_time)
+    out.conditions.append(ready)
+    out.fields.update(phase=phase, costUSD=round_usd(token_usd + ledger.usd), message=ready.message or None)
+    return out
