@@ -28,6 +28,7 @@ PLURALS: dict[tuple[str, str], str] = {
     ("apps/v1", "Deployment"): "deployments",
     ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
     ("kubeflow.org/v1", "PyTorchJob"): "pytorchjobs",
+    ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
     ("rbac.authorization.k8s.io/v1", "Role"): "roles",
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): "rolebindings",
 }
@@ -156,6 +157,16 @@ class Cluster:
         query = f"?fieldManager={field_manager}&force=true"
         result: dict[str, Any] = self.call("PATCH", f"{collection}/{name}{query}", manifest, "application/apply-patch+yaml")
         return result
+
+    def delete(self, manifest: dict[str, Any], *, uid: str | None = None) -> None:
+        """Delete the object (only that incarnation of it, with `uid`); already gone is fine."""
+        collection, name = self._object_path(manifest)
+        body = {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": uid}} if uid else None
+        try:
+            self.call("DELETE", f"{collection}/{name}", body)
+        except ApiException as exc:
+            if exc.status not in (404, 409):
+                raise
 
     def merge_patch(self, manifest: dict[str, Any], patch: dict[str, Any]) -> None:
         collection, name = self._object_path(manifest)

@@ -15,7 +15,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from . import __version__
 from .api.base import ApiModel
-from .api.common import Toleration
+from .api.common import Queue, Toleration
 from .api.instructdataset import TokenPricing
 
 Price = Annotated[float, Field(ge=0, le=1e6)]
@@ -109,6 +109,10 @@ class OperatorSettings(ApiModel):
     workers: int = Field(default=16, ge=1, le=256, description="Threads running the synchronous handlers.")
     leader_election: LeaderElection = Field(default_factory=LeaderElection)
     teacher_hosts: TeacherHosts = Field(default_factory=TeacherHosts)
+    queue: Queue | None = Field(
+        default=None,
+        description="The Kueue queue of every top-level child whose resource names none (label kueue.x-k8s.io/queue-name).",
+    )
 
     def gpu_price(self, gpu_type: str) -> float | None:
         return self.gpu_hour_usd.get(gpu_type)

@@ -167,6 +167,22 @@ class ComputeResources(ApiModel):
     )
 
 
+# A Kubernetes label value that is not empty: what Kueue reads a queue and a priority class from.
+LabelValue = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9]([-_.A-Za-z0-9]*[A-Za-z0-9])?$")]
+
+
+class Queue(ApiModel):
+    """A Kueue LocalQueue (and optional WorkloadPriorityClass) the top-level child is labelled with.
+
+    The operator only labels: Kueue's webhook suspends the child until the queue admits it.
+    """
+
+    name: LabelValue = Field(description="Name of the Kueue LocalQueue in this namespace (label kueue.x-k8s.io/queue-name).")
+    priority_class: LabelValue | None = Field(
+        default=None, description="A Kueue WorkloadPriorityClass (label kueue.x-k8s.io/priority-class).",
+    )
+
+
 USD = Annotated[float, Field(ge=0, le=1e9)]
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
 from .base import API_VERSION, ApiModel, ShortStr, StatusModel, cel
 from .common import (
@@ -17,6 +18,7 @@ from .common import (
     ModelSource,
     Phase,
     Placement,
+    Queue,
     StatusBase,
     Storage,
     URI_PATTERN,
@@ -24,6 +26,10 @@ from .common import (
 )
 from .resource import Resource
 from .results import WorkloadResult
+
+
+# A word in braces: what a template author writes for a placeholder, known or misspelt.
+_WORD_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class Method(str, Enum):
@@ -131,6 +137,18 @@ class Hyperparameters(ApiModel):
     seed: int = Field(default=42, ge=0, description="Random seed for data order and initialisation.")
     checkpoint_every_steps: int = Field(default=50, ge=1, le=1_000_000, description="Save a resumable checkpoint every N optimizer steps.")
     max_steps: int | None = Field(default=None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
+    validation_fraction: float = Field(
+        default=0.03,
+        ge=0,
+        le=0.5,
+        description=(
+            "Fraction of the dataset held out to measure validation loss (at least 8 rows when the dataset has 16 or more; "
+            "rows with the same instruction and input stay on one side). 0 trains on every row."
+        ),
+    )
+    eval_every_steps: int = Field(
+        default=100, ge=1, le=1_000_000, description="Measure the validation loss every N optimizer steps, and after the last one."
+    )
 
 
 class GPUs(ApiModel):
@@ -236,3 +254,8 @@ class FineTuneStatus(StatusBase):
 class FineTune(Resource[FineTuneSpec, FineTuneStatus]):
     api_version: Literal["alpaca.dev/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
     kind: Literal["FineTune"] = "FineTune"
+    queue: Queue | None = Field(
+        default=None, description="A Kueue queue for the top-level child; falls back to the operator's default queue.",
+    )
+    validation_loss: float | None = Field(default=None, description="Latest loss on the held-out rows (response tokens).")
+    validation_step: int | None = Field(default=None, ge=0, description="The optimizer step validationLoss was measured after.")

@@ -15,6 +15,7 @@ from .common import (
     ConfigMapKeyRef,
     LocalObjectReference,
     Phase,
+    Queue,
     SecretKeyRef,
     StatusBase,
     Storage,
@@ -281,6 +282,9 @@ class InstructDatasetSpec(ApiModel):
     )
     output: Storage = Field(description="Where dataset.jsonl and manifest.json are written.")
     image: ShortStr | None = Field(default=None, description="Overrides the operator's generate image.")
+    queue: Queue | None = Field(
+        default=None, description="A Kueue queue for the top-level child; falls back to the operator's default queue.",
+    )
     resources: ComputeResources | None = Field(default=None, description="CPU and memory of the generation pod.")
 
 

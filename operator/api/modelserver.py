@@ -5,9 +5,9 @@ from __future__ import annotations
 from enum import Enum
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
-from .base import API_VERSION, ApiModel, ShortStr, cel
+from .base import API_VERSION, ApiModel, ShortStr, StatusModel, cel
 from .common import (
     USD,
     Artifact,
@@ -15,6 +15,7 @@ from .common import (
     LocalObjectReference,
     ModelSource,
     Placement,
+    Queue,
     SecretKeyRef,
     StatusBase,
 )
@@ -84,12 +85,98 @@ class NetworkPolicy(ApiModel):
     )
 
 
+# A Prometheus metric name, as a custom-metrics adapter exposes it (e.g. alpaca_serve_queue_depth).
+METRIC_NAME = r"^[a-zA-Z_:][a-zA-Z0-9_:]*$"
+# A Kubernetes quantity such as 4, 500m or 1.5.
+QUANTITY = r"^[0-9]+(\.[0-9]+)?([mkMGTPE]|[KMGTPE]i)?$"
+
+
+class PodsMetric(ApiModel):
+    """A per-pod custom metric, read through the custom metrics API (a metrics adapter must serve it)."""
+
+    name: Annotated[str, Field(min_length=1, max_length=253, pattern=METRIC_NAME)] = Field(
+        description="Metric name as the custom metrics API serves it, e.g. alpaca_serve_queue_depth "
+        "(sequences waiting) or alpaca_serve_running_sequences (sequences being decoded).",
+    )
+    average_value: Annotated[str, Field(max_length=64, pattern=QUANTITY)] = Field(
+        description="Target average per pod, a quantity (e.g. '4', '500m'): above it the HPA adds pods.",
+    )
+
+
+class Autoscaling(ApiModel):
+    """A HorizontalPodAutoscaler (autoscaling/v2) on the server's Deployment; it then owns the replica count."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("self.minReplicas <= self.maxReplicas", "minReplicas must not exceed maxReplicas", field_path=".minReplicas"),
+                cel(
+                    "has(self.targetCPUUtilizationPercentage) || has(self.podsMetric)",
+                    "set a target: targetCPUUtilizationPercentage and/or podsMetric",
+                ),
+            ]
+        }
+    )
+
+    min_replicas: int = Field(default=1, ge=1, le=1000, description="Fewest pods.")
+    max_replicas: int = Field(ge=1, le=1000, description="Most pods.")
+    target_cpu_utilization_percentage: int | None = Field(
+        default=None, ge=1, le=1000, alias="targetCPUUtilizationPercentage",
+        description="Average CPU use as a percentage of the pods' CPU request (resource metrics API; needs resources.cpu).",
+    )
+    pods_metric: PodsMetric | None = Field(
+        default=None, description="A per-pod custom metric and its target average (custom metrics API).",
+    )
+    scale_down_stabilization_seconds: int | None = Field(
+        default=None, ge=0, le=3600,
+        description="How long the HPA looks back before removing pods (its default: 300).",
+    )
+
+    @model_validator(mode="after")
+    def _sound(self) -> Autoscaling:
+        # The same rules as the CEL above, for manifests that never meet an API server (local mode).
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("autoscaling.minReplicas must not exceed maxReplicas")
+        if self.target_cpu_utilization_percentage is None and self.pods_metric is None:
+            raise ValueError("autoscaling: set a target: targetCPUUtilizationPercentage and/or podsMetric")
+        return self
+
+
+# The name clients send as `model`.
+ServedName = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9][-._:/A-Za-z0-9]*$")]
+
+
+class Adapter(ApiModel):
+    """A LoRA adapter served beside the base model, chosen by the request's `model`."""
+
+    name: ServedName = Field(description="The model name clients send to get this adapter.")
+    fine_tune_ref: LocalObjectReference = Field(
+        description="A FineTune with method lora on the same base as the server's model.source; served once it has Succeeded.",
+    )
+
+
 class ModelServerSpec(ApiModel):
     """Serve a model with an OpenAI-compatible API (/v1) and a chat page (/)."""
 
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
+                cel(
+                    "!has(self.autoscaling) || !has(self.autoscaling.targetCPUUtilizationPercentage) || "
+                    "(has(self.resources) && has(self.resources.cpu))",
+                    "autoscaling on CPU utilisation needs resources.cpu (the request utilisation is measured against)",
+                    field_path=".autoscaling.targetCPUUtilizationPercentage",
+                ),
+                cel(
+                    "!has(self.adapters) || size(self.adapters) == 0 || has(self.model.source)",
+                    "adapters need model.source: the base model the adapters were trained on",
+                    field_path=".adapters",
+                ),
+                cel(
+                    "!has(self.adapters) || size(self.adapters) == 0 || self.runtime != 'llama-cpp'",
+                    "runtime llama-cpp does not serve adapters: use transformers or vllm",
+                    field_path=".adapters",
+                ),
                 cel(
                     "self.runtime != 'vllm' || self.gpusPerReplica >= 1",
                     "runtime vllm needs gpusPerReplica >= 1",
@@ -133,6 +220,24 @@ class ModelServerSpec(ApiModel):
     network_policy: NetworkPolicy | None = Field(
         default=None, description="When set, a NetworkPolicy lets only the given peers reach the server.",
     )
+    autoscaling: Autoscaling | None = Field(
+        default=None,
+        description="When set, an HPA scales the Deployment between minReplicas and maxReplicas and replicas is no longer "
+        "written to it (the HPA owns the count).",
+    )
+    adapters: Annotated[list[Adapter], Field(max_length=32)] = Field(
+        default_factory=list,
+        description="LoRA adapters (FineTunes with method lora on the same base) served beside the base model, one model name each.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    queue: Queue | None = Field(
+        default=None, description="A Kueue queue for the Deployment; falls back to the operator's default queue.",
+    )
+
+
+class ServedAdapter(StatusModel):
+    name: ShortStr = Field(description="The model name clients send.")
+    model: Artifact = Field(description="The adapter's FineTune output.")
 
 
 class ModelServerStatus(StatusBase):
@@ -144,6 +249,13 @@ class ModelServerStatus(StatusBase):
     served_model_name: ShortStr | None = Field(default=None, description="The name clients send as model.")
     gpu_hours: float | None = Field(default=None, ge=0, alias="gpuHours", description="GPU-hours used so far.")
     deployment_name: ShortStr | None = Field(default=None, description="The Deployment.")
+    autoscaler_name: ShortStr | None = Field(default=None, description="The HorizontalPodAutoscaler, while autoscaling is on.")
+    selector: Annotated[str, Field(max_length=1024)] | None = Field(
+        default=None, description="Label selector of the server's pods, as a string (the scale subresource's labelSelector).",
+    )
+    adapters: Annotated[list[ServedAdapter], Field(max_length=32)] | None = Field(
+        default=None, description="The adapters being served, each pinned to its FineTune's output.",
+    )
 
 
 class ModelServer(Resource[ModelServerSpec, ModelServerStatus]):

@@ -70,11 +70,21 @@ class TrainConfig(ApiModel):
     status_target: StatusTarget | None = None
 
 
+class ServeAdapter(ApiModel):
+    """A LoRA adapter (a peft adapter folder) served on the base model under its own name."""
+
+    name: ShortStr
+    location: Location = Field(description="The adapter folder (adapter_config.json + weights), a path or URI.")
+
+
 class ServeConfig(ApiModel):
     name: ShortStr
     spec: ModelServerSpec
     model: ResolvedModel
     served_model_name: ShortStr
+    adapters: Annotated[list[ServeAdapter], Field(max_length=32)] = Field(
+        default_factory=list, description="LoRA adapters on the base model, each chosen by its name as the request's model.",
+    )
     host: ShortStr = "0.0.0.0"
     port: int = Field(default=8000, ge=1, le=65535)
     api_key_env: ShortStr | None = Field(default=None, description="Env var holding the Bearer token for /v1.")

@@ -7,6 +7,7 @@ from ..api.workloads import TrainConfig
 from ..cost import budget_deadline_seconds, hourly_rate, tighter_deadline
 from ..naming import MAX_PYTORCHJOB, TRAIN, child_name, labels
 from ..settings import OperatorSettings
+from .queue import queue_labels
 from .common import (
     CONFIG_FILE,
     IN_CLUSTER,
@@ -137,7 +138,7 @@ def build(parent: Parent, spec: FineTuneSpec, settings: OperatorSettings, datase
     job: Manifest = {
         "apiVersion": PYTORCHJOB_API_VERSION,
         "kind": "PyTorchJob",
-        "metadata": {"name": job_name(parent.name), "namespace": parent.namespace, "labels": dict(pod_labels)},
+        "metadata": {"name": job_name(parent.name), "namespace": parent.namespace, "labels": {**pod_labels, **queue_labels(spec.queue, settings)}},
         "spec": {
             "nprocPerNode": str(max(gpus, 1)),
             "runPolicy": run_policy,

@@ -9,6 +9,7 @@ from ..api.instructdataset import InstructDatasetSpec, TokenPricing
 from ..api.workloads import GenerateConfig
 from ..naming import GENERATE, child_name, labels
 from ..settings import OperatorSettings
+from .queue import queue_labels
 from .common import (
     CONFIG_FILE,
     IN_CLUSTER,
@@ -135,7 +136,7 @@ def build(
     job: Manifest = {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {"name": job_name(parent.name), "namespace": parent.namespace, "labels": dict(pod_labels)},
+        "metadata": {"name": job_name(parent.name), "namespace": parent.namespace, "labels": {**pod_labels, **queue_labels(spec.queue, settings)}},
         "spec": {
             # The generator checkpoints as it goes, so a retried pod resumes rather than restarts.
             "backoffLimit": BACKOFF_LIMIT,

@@ -3,14 +3,17 @@ llama.cpp's `llama-server`."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..api.modelserver import ModelServerSpec, Runtime
-from ..api.workloads import ResolvedModel, ServeConfig
+from ..api.workloads import ResolvedModel, ServeAdapter, ServeConfig
 from ..cost import hourly_rate
 from ..naming import SERVE, child_name, labels, selector, spec_hash
 from ..settings import OperatorSettings
 from .common import (
     CONFIG_FILE,
     IN_CLUSTER,
+    MODEL_MOUNT,
     SERVER_API_KEY_ENV,
     Manifest,
     Mounts,
@@ -26,6 +29,8 @@ from .common import (
     shm_mount,
     stamp,
 )
+from .inputs import Input
+from .queue import queue_labels
 
 PORT = 8000
 # alpaca serve answers /metrics on a port of its own, so that a NetworkPolicy can let scrapers reach
@@ -38,6 +43,18 @@ LLAMA_API_KEY_ENV = "LLAMA_API_KEY"  # what llama-server reads its key from
 VLLM_API_KEY_ENV = "VLLM_API_KEY"  # what the vLLM server reads its key from
 GPU_RESOURCE = "nvidia.com/gpu"
 CONFIG_HASH_ANNOTATION = "alpaca.dev/config-hash"
+ADAPTERS_MOUNT = "/var/lib/alpaca/adapters"
+# The ranks vLLM's --max-lora-rank accepts (vllm/config: LoRAConfig.max_lora_rank).
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+@dataclass(frozen=True)
+class AdapterInput:
+    """A LoRA adapter to serve: its model name, its folder as the pod reaches it, its rank."""
+
+    name: str
+    input: Input
+    rank: int
 
 
 class UnsupportedModel(ValueError):
@@ -76,14 +93,14 @@ def replica_rate(spec: ModelServerSpec, settings: OperatorSettings) -> float:
 
 def serve_config(
     parent: Parent, spec: ModelServerSpec, model: ResolvedModel, where: Where = IN_CLUSTER, port: int = PORT,
-    metrics_port: int | None = None,
+    metrics_port: int | None = None, adapters: tuple[AdapterInput, ...] = (),
 ) -> ServeConfig:
     """The one derivation of a server's config, for the cluster and for local mode."""
     key_ref = spec.auth.api_key_secret_ref if spec.auth else None
     return ServeConfig(
         name=parent.name, spec=spec, model=model, served_model_name=served_model_name(parent.name, spec),
         host=where.host, port=port, api_key_env=where.secret_env(key_ref, SERVER_API_KEY_ENV) if key_ref else None,
-        metrics_port=metrics_port,
+        metrics_port=metrics_port, adapters=[ServeAdapter(name=a.name, location=a.input.location) for a in adapters],
     )
 
 
@@ -143,6 +160,34 @@ def llama_server_args(config: ServeConfig, gguf: str) -> list[str]:
     return args
 
 
+def adapter_input(name: str, index: int, upstream: Input, rank: int) -> AdapterInput:
+    """The adapter folder of a LoRA FineTune's output (`<output>/adapter`, what training saves),
+    mounted at a path of its own when it lives on a PVC."""
+    if upstream.mounts.volumes:
+        mount_path, volume = f"{ADAPTERS_MOUNT}/{index}", f"adapter-{index}"
+        volumes = [{**v, "name": volume} for v in upstream.mounts.volumes]
+        mounts = [{**m, "name": volume, "mountPath": mount_path} for m in upstream.mounts.mounts]
+        location = mount_path + upstream.location[len(MODEL_MOUNT):]
+        upstream = Input(location, Mounts(volumes, mounts), upstream.pinned)
+    return AdapterInput(name, Input(f"{upstream.location.rstrip('/')}/adapter", upstream.mounts, upstream.pinned), rank)
+
+
+def vllm_lora_flags(adapters: tuple[AdapterInput, ...]) -> list[str]:
+    """--enable-lora with one --lora-modules name=path per adapter; every adapter may share one batch."""
+    if not adapters:
+        return []
+    rank = max(a.rank for a in adapters)
+    allowed = next((r for r in VLLM_LORA_RANKS if r >= rank), None)
+    if allowed is None:
+        raise UnsupportedModel(f"adapters: runtime vllm serves LoRA ranks up to {VLLM_LORA_RANKS[-1]}, an adapter has rank {rank}")
+    return [
+        "--enable-lora",
+        "--max-loras", str(len(adapters)),
+        "--max-lora-rank", str(allowed),
+        "--lora-modules", *(f"{a.name}={a.input.location}" for a in adapters),
+    ]
+
+
 def _vllm_command(spec: ModelServerSpec, model: ResolvedModel, name: str) -> list[str]:
     if model.location is None:
         raise UnsupportedModel("model: runtime vllm needs a model folder (pvc or uri), not a builtin model")
@@ -162,18 +207,21 @@ def _probe(path: str, *, period: int, failures: int) -> Manifest:
 
 
 def build(
-    parent: Parent, spec: ModelServerSpec, settings: OperatorSettings, model: ResolvedModel, model_mounts: Mounts
+    parent: Parent, spec: ModelServerSpec, settings: OperatorSettings, model: ResolvedModel, model_mounts: Mounts,
+    adapters: tuple[AdapterInput, ...] = (),
 ) -> tuple[Manifest, Manifest, Manifest]:
-    """(ConfigMap, Deployment, Service) for one ModelServer whose model is resolved."""
+    """(ConfigMap, Deployment, Service) for one ModelServer whose model (and adapters) are resolved."""
     name = served_model_name(parent.name, spec)
     cm_name = config_map_name(parent.name)
     key_ref = spec.auth.api_key_secret_ref if spec.auth else None
     own_metrics_port = METRICS_PORT if spec.runtime is Runtime.TRANSFORMERS else None
-    config = serve_config(parent, spec, model, metrics_port=own_metrics_port)
+    config = serve_config(parent, spec, model, metrics_port=own_metrics_port, adapters=adapters)
     cm = config_map(parent, cm_name, SERVE, config)
 
     mounts = Mounts()
     mounts.extend(model_mounts)
+    for adapter in adapters:
+        mounts.extend(adapter.input.mounts)
     env: list[Manifest] = []
     if spec.runtime is Runtime.LLAMA_CPP:
         image = spec.image or settings.images.llama_cpp
@@ -183,7 +231,7 @@ def build(
             env.append(secret_env(LLAMA_API_KEY_ENV, key_ref.name, key_ref.key))
     elif spec.runtime is Runtime.VLLM:
         image = spec.image or settings.images.vllm
-        command = _vllm_command(spec, model, name)
+        command = [*_vllm_command(spec, model, name), *vllm_lora_flags(adapters)]
         health, ready, live = "/health", "/health", "/health"
         mounts.extend(shm_mount(None))  # tensor parallel workers talk through shared memory
         if key_ref:
@@ -220,7 +268,10 @@ def build(
     deployment: Manifest = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": deployment_name(parent.name), "namespace": parent.namespace, "labels": dict(pod_labels)},
+        "metadata": {
+            "name": deployment_name(parent.name), "namespace": parent.namespace,
+            "labels": {**pod_labels, **queue_labels(spec.queue, settings)},
+        },
         "spec": {
             "replicas": spec.replicas,
             "selector": {"matchLabels": selector(parent.name, SERVE)},
@@ -255,7 +306,65 @@ def build(
             ],
         },
     }
-    return cm, stamp(deployment, parent, {"deployment": deployment["spec"]}), service
+    hashed: dict[str, object] = {"deployment": deployment["spec"]}
+    if spec.autoscaling is not None:
+        # The HPA owns the count: the field is left out, so server-side apply never takes it back.
+        del deployment["spec"]["replicas"]
+        hashed["autoscaler"] = autoscaler_spec(parent, spec)
+    if queue := queue_labels(spec.queue, settings):
+        hashed["queue"] = queue
+    return cm, stamp(deployment, parent, hashed), service
+
+
+def autoscaler_name(parent: str) -> str:
+    return child_name(parent, SERVE)
+
+
+def autoscaler_spec(parent: Parent, spec: ModelServerSpec) -> Manifest:
+    assert spec.autoscaling is not None
+    scaling = spec.autoscaling
+    metrics: list[Manifest] = []
+    if scaling.target_cpu_utilization_percentage is not None:
+        metrics.append({"type": "Resource", "resource": {
+            "name": "cpu", "target": {"type": "Utilization", "averageUtilization": scaling.target_cpu_utilization_percentage},
+        }})
+    if scaling.pods_metric is not None:
+        metrics.append({"type": "Pods", "pods": {
+            "metric": {"name": scaling.pods_metric.name},
+            "target": {"type": "AverageValue", "averageValue": scaling.pods_metric.average_value},
+        }})
+    out: Manifest = {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment_name(parent.name)},
+        "minReplicas": scaling.min_replicas,
+        "maxReplicas": scaling.max_replicas,
+        "metrics": metrics,
+    }
+    if scaling.scale_down_stabilization_seconds is not None:
+        out["behavior"] = {"scaleDown": {"stabilizationWindowSeconds": scaling.scale_down_stabilization_seconds}}
+    return out
+
+
+def autoscaler(parent: Parent, spec: ModelServerSpec) -> Manifest | None:
+    """The autoscaling/v2 HorizontalPodAutoscaler of the server's Deployment, when autoscaling is set."""
+    if spec.autoscaling is None:
+        return None
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": autoscaler_name(parent.name), "namespace": parent.namespace, "labels": labels(parent.name, SERVE)},
+        "spec": autoscaler_spec(parent, spec),
+    }
+
+
+def autoscaler_stub(parent: Parent) -> Manifest:
+    """Enough of the HPA to find it (and delete it once autoscaling is turned off)."""
+    return {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": autoscaler_name(parent.name), "namespace": parent.namespace}}
+
+
+def pod_selector(parent: str) -> str:
+    """The server's pod selector as a string, as the scale subresource reports it."""
+    return ",".join(f"{k}={v}" for k, v in sorted(selector(parent, SERVE).items()))
 
 
 def scrape_annotations(spec: ModelServerSpec) -> dict[str, str]:

@@ -73,6 +73,20 @@ PRINTER_COLUMNS: dict[str, list[dict[str, Any]]] = {
 }
 
 
+# A ModelServer scales like a Deployment: `kubectl scale ms`, and an HPA can target it (it reads
+# the pods' selector from status.selector, a string, and the count from status.replicas).
+SUBRESOURCES: dict[str, dict[str, Any]] = {
+    MODEL_SERVER.kind: {
+        "status": {},
+        "scale": {
+            "specReplicasPath": ".spec.replicas",
+            "statusReplicasPath": ".status.replicas",
+            "labelSelectorPath": ".status.selector",
+        },
+    },
+}
+
+
 def crd(kind: Kind) -> dict[str, Any]:
     """The apiextensions.k8s.io/v1 CustomResourceDefinition of one kind."""
     spec_schema = model_schema(kind.spec)
@@ -104,7 +118,7 @@ def crd(kind: Kind) -> dict[str, Any]:
                     "name": VERSION,
                     "served": True,
                     "storage": True,
-                    "subresources": {"status": {}},
+                    "subresources": SUBRESOURCES.get(kind.kind, {"status": {}}),
                     "additionalPrinterColumns": PRINTER_COLUMNS[kind.kind],
                     "schema": {
                         "openAPIV3Schema": {

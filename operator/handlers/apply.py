@@ -16,7 +16,7 @@ from typing import Any
 from ..controller import Body, Controller, Key
 from ..observe import ChildState, Computed
 from ..reconcile import Plan
-from .common import Refused, WorkloadIdentity, apply_owned, ensure_owned
+from .common import Refused, WorkloadIdentity, apply_owned, ensure_owned, remove_owned
 
 Summarize = Callable[[dict[str, Any]], ChildState]
 
@@ -56,6 +56,8 @@ def applier(
                 status = Computed(fields={"phase": "Pending"}, conditions=[ensured.foreign])
         if plan.patch is not None:
             ctl.cluster.merge_patch(*plan.patch)
+        for stub in plan.remove:
+            remove_owned(ctl, body, stub)
         ctl.write_status(key, body, status, now=now)
 
     return reconcile

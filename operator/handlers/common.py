@@ -126,6 +126,14 @@ def apply_owned(
     return Ensured(summarize(applied))
 
 
+def remove_owned(ctl: Controller, owner: Body, stub: Body) -> None:
+    """Delete a child the plan no longer wants, only when it is ours (our UID as its controller)."""
+    existing = ctl.cluster.get(stub)
+    if existing is None or owner_uid(existing.get("metadata") or {}) != owner["metadata"]["uid"]:
+        return
+    ctl.cluster.delete(stub, uid=existing["metadata"].get("uid"))
+
+
 def _write_owned(owner: Body, manifest: Body, write: Callable[[Body], Any]) -> Any:
     """Write one child with `owner` as its controller; what the server refuses for good (invalid,
     forbidden) becomes Refused, for a condition with the server's reason."""

@@ -31,6 +31,8 @@ class Plan:
     apply: bool = False
     # A child to stop (merge patch), e.g. a PyTorchJob suspended when its budget ran out.
     patch: tuple[Manifest, Manifest] | None = None
+    # Children no longer wanted (a server's HPA once autoscaling is off): deleted when they are ours.
+    remove: list[Manifest] = field(default_factory=list)
 
 
 def invalid_spec(error: Exception, reason: str = "InvalidSpec") -> Computed:

@@ -13,10 +13,12 @@ from ..api.results import RESULT_KEY, WorkloadResult
 from ..builders import finetune as build
 from ..builders.common import Parent
 from ..builders.inputs import Input, dataset_direct, dataset_from_upstream
+from ..builders.queue import effective
 from ..conditions import FALSE, TRUE, Desired
 from ..observe import DATASET_READY, FAILED, PENDING, RUNNING, ChildState, finetune_status, lost, summarize_pytorchjob, terminal
 from ..settings import OperatorSettings
 from . import Body, Plan, References, cost_clock, foreign, invalid_spec, waiting_for_old_child
+from .queued import queued
 
 KIND = "FineTune"
 PLURAL = "finetunes"
@@ -93,6 +95,7 @@ def reconcile(body: Body, child: ChildState | None, references: References, sett
         budget_is_deadline=build.budget_is_the_deadline(spec, settings),
         now=cost_clock(now, settings.cost_interval_seconds),
     )
+    computed = queued(computed, child, "PyTorchJob", effective(spec.queue, settings))
     patch = None
     if (child is not None and computed.fields.get("phase") == FAILED and child.phase in (PENDING, RUNNING)
             and child.reason != "Suspended"):

@@ -14,11 +14,13 @@ from ..builders import instructdataset as build
 from ..builders.common import Parent
 from ..builders.inputs import TeacherServer
 from ..builders.modelserver import replica_rate
+from ..builders.queue import effective
 from ..conditions import FALSE, TRUE, Desired
 from ..observe import TEACHER_READY, ChildState, dataset_status, kept, lost, summarize_job, terminal
 from ..settings import OperatorSettings
 from ..teacher_hosts import refusal
 from . import Body, Plan, References, cost_clock, foreign, invalid_spec, waiting_for_old_child
+from .queued import queued
 
 KIND = "InstructDataset"
 PLURAL = "instructdatasets"
@@ -112,4 +114,5 @@ def reconcile(body: Body, child: ChildState | None, references: References, sett
         teacher_hourly_usd=_teacher_hourly(spec, references, settings),
         now=cost_clock(now, settings.cost_interval_seconds),
     )
+    computed = queued(computed, child, "Job", effective(spec.queue, settings))
     return Plan(computed, children)

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..api.finetune import FineTuneSpec
+from ..api.finetune import FineTuneSpec, Method
 from ..api.modelserver import ModelServerSpec
 from ..api.results import RESULT_KEY, WorkloadResult
 from ..api.workloads import ResolvedModel
@@ -24,9 +24,70 @@ KIND = "ModelServer"
 PLURAL = "modelservers"
 
 
+ADAPTERS_READY = "AdaptersReady"
+
+
 def refs(body: Body) -> list[tuple[str, str]]:
-    ref = ((body.get("spec") or {}).get("model") or {}).get("fineTuneRef")
-    return [("FineTune", ref["name"])] if ref and ref.get("name") else []
+    spec = body.get("spec") or {}
+    ref = (spec.get("model") or {}).get("fineTuneRef")
+    out = [("FineTune", ref["name"])] if ref and ref.get("name") else []
+    for adapter in spec.get("adapters") or []:
+        name = (adapter.get("fineTuneRef") or {}).get("name")
+        if name and ("FineTune", name) not in out:
+            out.append(("FineTune", name))
+    return out
+
+
+class AdapterRefused(ValueError):
+    """An adapter this server cannot serve (not LoRA, another base, a clashing name): a spec problem."""
+
+
+def resolve_adapters(
+    parent: str, spec: ModelServerSpec, references: References
+) -> tuple[tuple[build.AdapterInput, ...], list[dict[str, Any]], Desired | None]:
+    """(adapters, their pinned outputs, the AdaptersReady condition; None when there are none).
+
+    Raises AdapterRefused for an adapter that can never be served as declared.
+    """
+    if not spec.adapters:
+        return (), [], None
+    base = spec.model.source.to_wire() if spec.model.source is not None else None
+    served = build.served_model_name(parent, spec)
+    found: list[build.AdapterInput] = []
+    pinned: list[dict[str, Any]] = []
+    waiting: list[str] = []
+    for index, adapter in enumerate(spec.adapters):
+        name = adapter.fine_tune_ref.name
+        if adapter.name == served:
+            raise AdapterRefused(f"adapters[{index}].name: {adapter.name!r} is the base model's served name; pick another")
+        upstream = references.get(("FineTune", name))
+        if upstream is None:
+            waiting.append(f"FineTune {name!r} does not exist")
+            continue
+        tuned = FineTuneSpec.model_validate(upstream.get("spec") or {})
+        if tuned.method is not Method.LORA:
+            raise AdapterRefused(f"adapters[{index}]: FineTune {name!r} used method {tuned.method.value}, not lora: it has no adapter to serve")
+        if tuned.base_model.to_wire() != base:
+            raise AdapterRefused(
+                f"adapters[{index}]: FineTune {name!r} was trained on {tuned.base_model.to_wire()}, "
+                f"not on this server's model.source {base}"
+            )
+        status: dict[str, Any] = upstream.get("status") or {}
+        if status.get("phase") == FAILED:
+            raise AdapterRefused(f"adapters[{index}]: FineTune {name!r} failed")
+        if status.get("phase") != "Succeeded" or not status.get(RESULT_KEY):
+            waiting.append(f"FineTune {name!r} has not succeeded yet (phase {status.get('phase') or 'unknown'})")
+            continue
+        artifact = WorkloadResult.model_validate(status[RESULT_KEY]).artifact
+        output = model_from_upstream(tuned.output, artifact)
+        rank = tuned.lora.r if tuned.lora is not None else 8
+        resolved = build.adapter_input(adapter.name, index, output, rank)
+        found.append(resolved)
+        pinned.append({"name": adapter.name, "model": {"uri": resolved.input.location, **({"sha256": artifact.sha256} if artifact.sha256 else {})}})
+    if waiting:
+        return (), [], Desired(ADAPTERS_READY, FALSE, "Waiting", "waiting for adapters: " + "; ".join(waiting))
+    names = ", ".join(a.name for a in found)
+    return tuple(found), pinned, Desired(ADAPTERS_READY, TRUE, "Pinned", f"serving adapters {names}")
 
 
 def resolve_model(
@@ -69,22 +130,37 @@ def reconcile(body: Body, child: ChildState | None, references: References, sett
     status: dict[str, Any] = body.get("status") or {}
     parent = Parent(meta["name"], meta["namespace"], PLURAL, meta.get("generation"))
     model, mounts, pinned, dependency = resolve_model(spec, references)
-    children = []
+    try:
+        adapters, pinned_adapters, adapters_ready = resolve_adapters(meta["name"], spec, references)
+    except AdapterRefused as exc:
+        return Plan(invalid_spec(exc, reason="AdapterRefused"))
+    children: list[dict[str, Any]] = []
+    remove: list[dict[str, Any]] = []
+    autoscaler_name = status.get("autoscalerName")
     if child is not None and dependency is not None and dependency.status != TRUE:
         # Already serving: an upstream that went away later does not take the server down.
         dependency, pinned = None, status.get("model")
-    elif model is not None:
+    elif model is not None and (adapters_ready is None or adapters_ready.status == TRUE):
         try:
-            config_map, deployment, service = build.build(parent, spec, settings, model, mounts)
+            config_map, deployment, service = build.build(parent, spec, settings, model, mounts, adapters)
         except build.UnsupportedModel as exc:
             return Plan(invalid_spec(exc))
         if child is None or child.spec_hash != deployment["metadata"]["annotations"][SPEC_HASH_ANNOTATION]:
             # Replicas, resources, image, placement...: a server applies spec edits by rolling out,
             # and server-side apply removes what the spec no longer asks for.
             policy = build.network_policy(parent, spec)
-            children = [config_map, service, *([policy] if policy else []), deployment]
+            hpa = build.autoscaler(parent, spec)
+            children = [config_map, service, *([policy] if policy else []), *([hpa] if hpa else []), deployment]
+            if hpa is not None:
+                autoscaler_name = hpa["metadata"]["name"]
+            elif autoscaler_name:
+                # Autoscaling was turned off: the HPA goes, and replicas is the spec's again.
+                remove.append(build.autoscaler_stub(parent))
+                autoscaler_name = None
             if child is None:
                 child = summarize_deployment(deployment)  # reported as the Deployment just made
+    elif child is not None and adapters_ready is not None:
+        pinned_adapters = status.get("adapters") or []  # still serving the adapters it was serving
     computed = server_status(
         current=status,
         child=child,
@@ -94,8 +170,16 @@ def reconcile(body: Body, child: ChildState | None, references: References, sett
         pinned=pinned,
         replicas=spec.replicas,
     )
+    if adapters_ready is not None:
+        computed.conditions.insert(0, adapters_ready)
+    # With an HPA the Deployment's count is the HPA's: report that one (the scale subresource's status).
+    replicas = child.replicas if spec.autoscaling is not None and child is not None else spec.replicas
+    computed.fields.update(
+        replicas=replicas, selector=build.pod_selector(meta["name"]), autoscalerName=autoscaler_name,
+        adapters=pinned_adapters or None,
+    )
     last = parse_time(status.get("accruedUntil"))
     if last is None or (now - last).total_seconds() >= settings.cost_interval_seconds:
         pods = child.pods if child is not None else 0
         computed.fields.update(server_accrual(status, pods=pods, gpus_per_pod=spec.gpus_per_replica, pod_rate_usd=build.replica_rate(spec, settings), now=now))
-    return Plan(computed, children, apply=True)
+    return Plan(computed, children, apply=True, remove=remove)

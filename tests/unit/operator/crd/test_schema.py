@@ -80,6 +80,13 @@ def test_crd_presentation(kind: Any) -> None:
     names = document["spec"]["names"]
     assert names["shortNames"] and names["categories"] == ["alpaca"]
     version = document["spec"]["versions"][0]
-    assert version["subresources"] == {"status": {}}
+    assert version["subresources"]["status"] == {}
+    if kind.kind == "ModelServer":
+        # kubectl scale and HPAs: the count in spec.replicas, the pods' selector string in status.
+        assert version["subresources"]["scale"] == {
+            "specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas", "labelSelectorPath": ".status.selector",
+        }
+    else:
+        assert set(version["subresources"]) == {"status"}
     columns = {c["name"] for c in version["additionalPrinterColumns"]}
     assert {"Phase", "Ready", "Cost", "Age"} <= columns
