@@ -142,7 +142,8 @@ def llama_server_args(config: ServeConfig, gguf: str) -> list[str]:
     """llama-server's flags for a ServeConfig (checked against `llama-server --help`), for the cluster and local mode.
 
     One KV pool shared by the slots (--kv-unified, the model's context): a long answer may use the
-    whole context while short ones leave room; --n-predict caps max_tokens like alpaca serve's bound.
+    whole context while short ones leave room. --n-predict (maxNewTokens) is what a request without
+    max_tokens gets; unlike alpaca serve, llama-server does not cap a larger max_tokens.
     """
     batching = config.spec.batching
     args = [

@@ -22,16 +22,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from ..api import FineTuneSpec, InstructDatasetSpec
+from ..api import EvaluationSpec, FineTuneSpec, InstructDatasetSpec
+from ..api.modelserver import Runtime
+from ..builders.modelserver import UnsupportedModel
 from ..api.workloads import MANIFEST_FILE
 from ..manifests import Manifest
 from ..api.results import RESULT_KEY, WorkloadResult
+from . import llama_cpp
+from .evaluation import REPORT_FILE, evaluate_config
 from .inputs import Outputs, generate_config, serve_config, train_config
 from .layout import Layout
 from .plan import Step
 from .state import StepRecords, fingerprint
 
-COMMAND_OF_KIND = {"InstructDataset": "generate", "FineTune": "train", "ModelServer": "serve"}
+COMMAND_OF_KIND = {"InstructDataset": "generate", "FineTune": "train", "ModelServer": "serve", "Evaluation": "evaluate"}
 
 
 class StepFailed(RuntimeError):
@@ -96,8 +100,11 @@ class LocalRunner:
     def run(self, steps: list[Step], keep_serving: bool) -> list[StepReport]:
         self._steps = {step.key: step for step in steps}
         remaining_users = {s.key: sum(s.key in t.needs for t in steps) for s in steps}
+        # A server that only Evaluations ask is what is being evaluated, not a helper: it starts in
+        # its turn and serves on afterwards, as a server nothing needs does.
+        evaluated = {s.key for s in steps if all(t.manifest.kind == "Evaluation" for t in steps if s.key in t.needs)}
         for index, step in enumerate(steps, 1):
-            if step.manifest.kind == "ModelServer" and remaining_users[step.key]:
+            if step.manifest.kind == "ModelServer" and remaining_users[step.key] and step.key not in evaluated:
                 # A server others need (a teacher) starts only when a step that needs it runs:
                 # a re-run whose steps are all unchanged never loads it.
                 continue
@@ -105,7 +112,7 @@ class LocalRunner:
             self._timed(step, self._run_step)
             for need in step.needs:
                 remaining_users[need] -= 1
-                if remaining_users[need] == 0:
+                if remaining_users[need] == 0 and need not in evaluated:
                     self.stop_server(need)
         if not keep_serving:
             self.stop_all()
@@ -120,9 +127,12 @@ class LocalRunner:
 
     def _upstream_digest(self, key: tuple[str, str]) -> str | None:
         if key[0] == "ModelServer":
-            # What a server teaches with is its spec, not the port it happens to listen on.
+            # What a server teaches with is its spec, not the port it happens to listen on; and the
+            # model it serves, when an earlier step made it (an evaluation of a retrained model re-runs).
             spec = self._steps[key].manifest.resource.spec.to_wire()
-            return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+            made = [self.outputs[need].sha256 for need in self._steps[key].needs if need in self.outputs]
+            payload = {"spec": spec, "evaluatedModel": made} if made else spec
+            return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
         return self.outputs[key].sha256
 
     def _run_step(self, step: Step) -> StepReport:
@@ -159,6 +169,8 @@ class LocalRunner:
         nproc = 1
         if manifest.kind == "InstructDataset":
             config: Any = generate_config(manifest, self.layout, self.outputs)
+        elif manifest.kind == "Evaluation":
+            config = evaluate_config(manifest, self.layout, self.outputs)
         else:
             config = train_config(manifest, self.layout, self.outputs)
             assert isinstance(manifest.resource.spec, FineTuneSpec)
@@ -197,11 +209,17 @@ class LocalRunner:
         config_path = self._config_path(step)
         config_path.write_text(json.dumps(config.to_wire(), indent=2))
         log_path = self._log_path(step)
+        command, env, ready_path = alpaca_command("serve", config_path), _child_env(), "/readyz"
+        if config.spec.runtime is Runtime.LLAMA_CPP:
+            # The same flags as the cluster's pod, on this machine's llama-server.
+            try:
+                command = llama_cpp.command(config, llama_cpp.find_binary())
+                env = llama_cpp.environment(config, env)
+            except (llama_cpp.RuntimeUnavailable, UnsupportedModel, FileNotFoundError) as exc:
+                raise StepFailed(step, str(exc), log_path) from None
+            ready_path = llama_cpp.READY_PATH
         log = log_path.open("wb")
-        process = subprocess.Popen(
-            alpaca_command("serve", config_path), stdout=log, stderr=subprocess.STDOUT, env=_child_env(),
-            start_new_session=True,
-        )
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         self.servers[step.key] = process
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + ready_timeout_s
@@ -209,19 +227,20 @@ class LocalRunner:
         while True:
             if process.poll() is not None:
                 raise StepFailed(step, _last_error(log_path) or f"server exited with {process.returncode}", log_path)
-            if _ready(f"{base}/readyz"):
+            if _ready(f"{base}{ready_path}"):
                 break
             if time.monotonic() > deadline:
                 self.stop_server(step.key)
                 raise StepFailed(step, f"not ready after {ready_timeout_s:.0f}s", log_path)
             time.sleep(0.5)
         auth = config.spec.auth.api_key_secret_ref if config.spec.auth else None
+        page = config.spec.runtime is not Runtime.LLAMA_CPP  # llama-server built from the sdist has no web UI
         outputs = Outputs(
             location=config.model.location, url=f"{base}/v1", served_model_name=config.served_model_name,
-            summary={"page": f"{base}/"}, api_key_secret=[auth.name, auth.key] if auth else None,
+            summary={"page": f"{base}/"} if page else {}, api_key_secret=[auth.name, auth.key] if auth else None,
         )
         self.outputs[step.key] = outputs
-        self.say(f"    ready: {base}/ (chat page), {base}/v1 (OpenAI API)")
+        self.say(f"    ready: {base}/ (chat page), {base}/v1 (OpenAI API)" if page else f"    ready: {base}/v1 (OpenAI API, llama.cpp)")
         return StepReport(step, "Ready", outputs)
 
     def stop_server(self, key: tuple[str, str], timeout_s: float = 30) -> None:
@@ -300,4 +319,9 @@ def _read_outputs(manifest: Manifest, location: str) -> Outputs:
     digest = result.artifact.sha256 if result is not None else None
     if isinstance(manifest.resource.spec, InstructDatasetSpec):
         return Outputs(location=location, sha256=digest, summary=summary)
+    if isinstance(manifest.resource.spec, EvaluationSpec):
+        # The report's summary carries the headline figures (score, judged, tokens, cost).
+        report = folder / REPORT_FILE
+        evaluation_summary = json.loads(report.read_text()) if report.exists() else {}
+        return Outputs(location=location, sha256=digest, summary=summary | evaluation_summary | {"report": str(report)})
     return Outputs(location=location, sha256=digest, summary=summary | {"modelPath": location})
