@@ -103,3 +103,25 @@ def test_a_key_is_never_sent_to_a_metadata_address(start_operator, custom, api_c
     assert condition(failed, "Ready")["reason"] == "TeacherHostRefused"
     assert "link-local" in condition(failed, "Ready")["message"]
     assert not kubernetes.client.BatchV1Api(api_client).list_namespaced_job(namespace).items
+
+
+def test_a_prompt_template_configmap_reaches_the_job_read_only(start_operator, custom, api_client: kubernetes.client.ApiClient, namespace: str) -> None:
+    core = kubernetes.client.CoreV1Api(api_client)
+    core.create_namespaced_config_map(namespace, {"metadata": {"name": "prompts"}, "data": {"alpaca.txt": "Write {open} tasks.\n"}})
+    start_operator()
+    create(custom, namespace, "instructdatasets", "InstructDataset", "own-prompt",
+           {**SPEC, "promptTemplate": {"configMapRef": {"name": "prompts", "key": "alpaca.txt"}}})
+
+    job = wait_for(lambda: kubernetes.client.BatchV1Api(api_client).read_namespaced_job("own-prompt-generate", namespace), what="the Job")
+    pod = job.spec.template.spec
+    volume = next(v for v in pod.volumes if v.name == "prompt")
+    assert volume.config_map.name == "prompts"
+    assert [(item.key, item.path) for item in volume.config_map.items] == [("alpaca.txt", "prompt.txt")]
+    mount = next(m for m in pod.containers[0].volume_mounts if m.name == "prompt")
+    assert (mount.mount_path, mount.read_only) == ("/etc/alpaca/prompt", True)
+    # The workload finds the file where its config says.
+    config = json.loads(core.read_namespaced_config_map("own-prompt-generate-config", namespace).data["config.json"])
+    assert config["promptTemplate"] == f"{mount.mount_path}/prompt.txt"
+    assert config["spec"]["promptTemplate"] == {"configMapRef": {"name": "prompts", "key": "alpaca.txt"}}
+    # The prompt's text stays in the user's ConfigMap: the operator copies no part of it.
+    assert "Write {open} tasks." not in json.dumps(config)
