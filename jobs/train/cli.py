@@ -33,6 +33,8 @@ _HYPERPARAMETERS = {
     "seed": "seed",
     "lr_scheduler": "lr_scheduler",
     "warmup_ratio": "warmup_ratio",
+    "validation_fraction": "validation_fraction",
+    "eval_every": "eval_every_steps",
 }
 
 
@@ -58,6 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr-scheduler", choices=["cosine", "linear", "constant"])
     parser.add_argument("--warmup-ratio", type=float)
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--validation-fraction", type=float, help="fraction of rows held out for the validation loss (0: none)")
+    parser.add_argument("--eval-every", type=int, help="measure the validation loss every N steps (and after the last)")
     parser.add_argument("--no-packing", action="store_true", help="length-grouped padded batches instead of packing")
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep the last checkpoint after success")
     parser.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from .prompts import format_prompt
+from .prompts import DEFAULT, PromptTemplates
 
 IGNORE_INDEX = -100  # labels with this value add nothing to the loss (torch's cross_entropy default)
 
@@ -105,7 +105,9 @@ def _check_row(where: str, number: int, row: Any) -> Record:
     return Record(row["instruction"], input_text, row["output"], number)
 
 
-def tokenize(records: Sequence[Record], tokenizer: Tokenizer, max_seq_length: int) -> tuple[list[Example], list[int]]:
+def tokenize(
+    records: Sequence[Record], tokenizer: Tokenizer, max_seq_length: int, templates: PromptTemplates = DEFAULT
+) -> tuple[list[Example], list[int]]:
     """Examples for the records, and the lines skipped because the prompt alone fills `max_seq_length`.
 
     The prompt and the response are tokenised apart and joined, so training sees exactly the token
@@ -114,7 +116,7 @@ def tokenize(records: Sequence[Record], tokenizer: Tokenizer, max_seq_length: in
     """
     if tokenizer.eos_token_id is None:
         raise DatasetError("the tokenizer has no EOS token; cannot mark where responses end")
-    prompts = tokenizer([format_prompt(r.instruction, r.input) for r in records], add_special_tokens=True)["input_ids"]
+    prompts = tokenizer([templates.render(r.instruction, r.input) for r in records], add_special_tokens=True)["input_ids"]
     responses = tokenizer([r.output for r in records], add_special_tokens=False)["input_ids"]
     examples: list[Example] = []
     skipped: list[int] = []

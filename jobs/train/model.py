@@ -18,6 +18,7 @@ from alpaca_jobs.models import ModelFiles, load_causal_lm, load_tokenizer
 from alpaca_operator.api.finetune import LoRA
 
 from .distributed import Topology, broadcast_object, decoder_layers, shard
+from .prompts import DEFAULT, PromptTemplates, adds_bos, chat_template
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -204,13 +205,16 @@ def save(
     folder: Path,
     *,
     lora: LoRA | None = None,
+    templates: PromptTemplates = DEFAULT,
 ) -> None:
     """Write a plain Hugging Face model folder (safetensors + tokenizer) from a full state dict.
 
     The model is rebuilt on the meta device and takes the gathered tensors as they are, so saving
     never needs a second copy of the weights nor touches the sharded training model. LoRA runs
     also keep their adapter under `adapter/`, and the saved model has the adapters merged in, so
-    it serves like any other model.
+    it serves like any other model. The tokenizer is saved with a chat template that renders the
+    instruction templates the model was trained with (the base model's own chat template would
+    prompt it in a format it was not tuned on).
     """
     from transformers import AutoModelForCausalLM
 
@@ -226,6 +230,7 @@ def save(
         model.load_state_dict(state, assign=True, strict=True)
     model.tie_weights()
     model.save_pretrained(str(folder), safe_serialization=True)
+    tokenizer.chat_template = chat_template(templates, bos=adds_bos(tokenizer))
     tokenizer.save_pretrained(str(folder))
 
 

@@ -35,6 +35,11 @@ class MetricsLog:
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
 
+def validation_points(records: list[dict[str, Any]]) -> list[tuple[int, float]]:
+    """(step, validation loss) for the steps the held-out rows were measured after."""
+    return [(r["step"], r["validation_loss"]) for r in records if r.get("validation_loss") is not None]
+
+
 def plot_loss(records: list[dict[str, Any]], path: Path, title: str) -> None:
     import matplotlib
 
@@ -42,9 +47,14 @@ def plot_loss(records: list[dict[str, Any]], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    ax.plot([r["step"] for r in records], [r["loss"] for r in records], linewidth=1.2)
+    ax.plot([r["step"] for r in records], [r["loss"] for r in records], linewidth=1.2, label="training")
+    held = validation_points(records)
+    if held:
+        # Markers as well as a line: a short run may have a single validation point.
+        ax.plot([s for s, _ in held], [v for _, v in held], marker="o", markersize=4, linewidth=1.2, label="validation (held-out rows)")
+        ax.legend()
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training loss (response tokens)")
+    ax.set_ylabel("loss (response tokens)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()

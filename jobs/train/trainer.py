@@ -19,10 +19,10 @@ from alpaca_jobs.storage import Store, cache_root, is_remote, local_path, publis
 from alpaca_operator.api.finetune import FineTuneSpec, LoRA, Method, Precision, TrainingProgress
 from alpaca_operator.api.workloads import TrainConfig
 
-from . import attention, checkpoint, collate, distributed, plan, reporting
+from . import attention, checkpoint, collate, distributed, plan, reporting, split, validation
 from . import model as model_io
 from .data import DatasetError, Example, Record, read_records, tokenize
-from .prompts import MARKER_FILE, PROMPT_NO_INPUT, PROMPT_WITH_INPUT, marker
+from .prompts import MARKER_FILE, PromptTemplates, marker
 from .schedule import learning_rate
 from .step import loss_sum
 
@@ -54,12 +54,14 @@ def read_dataset(config: TrainConfig) -> tuple[Path, list[Record], str]:
     return path, read_records(path), digest
 
 
-def tokenize_dataset(path: Path, records: list[Record], tokenizer: Any, max_len: int) -> tuple[list[Example], list[int]]:
-    examples, skipped = tokenize(records, tokenizer, max_len)
+def tokenize_dataset(path: Path, records: list[Record], tokenizer: Any, max_len: int,
+                     templates: PromptTemplates = PromptTemplates(), *, held_out: bool = False) -> tuple[list[Example], list[int]]:
+    examples, skipped = tokenize(records, tokenizer, max_len, templates)
     if skipped:
         shown = ", ".join(map(str, skipped[:10])) + (" ..." if len(skipped) > 10 else "")
-        log.warning("%s: %d examples skipped, their prompt alone fills maxSeqLength=%d (lines %s)", path, len(skipped), max_len, shown)
-    if not examples:
+        which = "held-out " if held_out else ""
+        log.warning("%s: %d %sexamples skipped, their prompt alone fills maxSeqLength=%d (lines %s)", path, len(skipped), which, max_len, shown)
+    if not examples and not held_out:
         raise DatasetError(f"{path}: no example fits maxSeqLength={max_len} with room for a response")
     return examples, skipped
 
@@ -109,7 +111,15 @@ def _train(config: TrainConfig, spec: FineTuneSpec, hp: Any, topology: distribut
                            compile_layers=hp.compile and device.type == "cuda")
     model, tokenizer, base_config = built.model, built.tokenizer, built.config
     del built
-    examples, skipped = tokenize_dataset(dataset_path, records, tokenizer, hp.max_seq_length)
+    templates = PromptTemplates.from_spec(spec.prompt_template)
+    # Split before tokenizing: which rows are held out depends on the data and the seed only.
+    parts = split.split(records, hp.validation_fraction, hp.seed)
+    if hp.validation_fraction > 0 and not parts.validation:
+        log.warning("%s: no rows held out for validation (%d rows; one task fills more than half, or fewer than 2 rows)",
+                    dataset_path, len(records))
+    examples, skipped = tokenize_dataset(dataset_path, parts.train, tokenizer, hp.max_seq_length, templates)
+    held_out, held_skipped = tokenize_dataset(dataset_path, parts.validation, tokenizer, hp.max_seq_length, templates, held_out=True)
+    skipped = sorted(skipped + held_skipped)
     model.train()
     # Host memory the model took on each rank: the figure that bounds a node's memory request.
     memory = {"peakRssBeforeModelBytes": rss_before, "peakRssWithModelBytes": _peak_rss_bytes()}
@@ -140,6 +150,8 @@ def _train(config: TrainConfig, spec: FineTuneSpec, hp: Any, topology: distribut
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and not topology.distributed else _NoAutocast()
     start = time.monotonic()
     last_loss = math.nan
+    last_validation = _last_validation(metrics.read() if metrics is not None else [])
+    batching = validation.Batching(hp.packing, hp.micro_batch_size, hp.max_seq_length, pad_id)
 
     for step in range(state.step, steps):
         began = time.monotonic()
@@ -177,6 +189,8 @@ def _train(config: TrainConfig, spec: FineTuneSpec, hp: Any, topology: distribut
         last_loss = float(distributed.sum_across_ranks(summed)) / step_targets
         state.step, state.tokens, state.examples = step + 1, state.tokens + step_tokens, state.examples + len(chosen)
         elapsed = time.monotonic() - began
+        if held_out and (state.step % hp.eval_every_steps == 0 or state.step == steps):
+            last_validation = (validation.validation_loss(model, held_out, topology, batching, device, autocast), state.step)
         record = {
             "step": state.step,
             "epoch": round(state.examples / len(examples), 4),
@@ -186,15 +200,19 @@ def _train(config: TrainConfig, spec: FineTuneSpec, hp: Any, topology: distribut
             "tokens": state.tokens,
             "tokens_per_second": round(step_tokens / max(elapsed, 1e-9), 1),
         }
+        if last_validation is not None and last_validation[1] == state.step:
+            record["validation_loss"] = round(last_validation[0], 6)
         if metrics is not None:
             metrics.append(record)
         if reporter is not None:
-            reporter.report(_progress(record, steps), force=state.step == steps)
+            reporter.report(_progress(record, steps, last_validation), force=state.step == steps or "validation_loss" in record)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_second']:.0f}")
         elif topology.is_main and (state.step % 10 == 0 or state.step == steps):
             log.info("step %d/%d epoch %.2f loss %.4f lr %.3g %.0f tokens/s", state.step, steps, record["epoch"], last_loss, lr, record["tokens_per_second"])
+        if topology.is_main and "validation_loss" in record:
+            log.info("step %d/%d validation loss %.4f (%d held-out examples)", state.step, steps, record["validation_loss"], len(held_out))
         if state.step % hp.checkpoint_every_steps == 0 and state.step < steps:
             so_far = metrics.path.read_bytes() if metrics is not None and store.remote else None
             checkpoint.save(checkpoints, state, model, optimizer, topology, metrics=so_far)
@@ -204,21 +222,23 @@ def _train(config: TrainConfig, spec: FineTuneSpec, hp: Any, topology: distribut
     full = distributed.full_state_dict(model)
     manifest: dict[str, Any] = {}
     if topology.is_main:
-        model_io.save(full, base_config, tokenizer, out, lora=lora)
-        (out / MARKER_FILE).write_text(json.dumps(marker(), indent=2) + "\n")
+        model_io.save(full, base_config, tokenizer, out, lora=lora, templates=templates)
+        (out / MARKER_FILE).write_text(json.dumps(marker(templates), indent=2) + "\n")
         digest, shards = model_io.weights_digest(out)
         records = metrics.read() if metrics is not None else []
         if records:
-            reporting.plot_loss(records, out / reporting.LOSS_CURVE, f"{config.name}: training loss")
+            reporting.plot_loss(records, out / reporting.LOSS_CURVE, f"{config.name}: loss")
         manifest = {
             "name": config.name,
             "model": {"sha256": digest, "files": shards},
             "baseModel": config.base_model.to_wire(),
-            "dataset": {"location": config.dataset, "sha256": dataset_sha, "examples": len(examples), "skippedLines": skipped},
+            "dataset": {"location": config.dataset, "sha256": dataset_sha, "examples": len(examples), "skippedLines": skipped,
+                        "validationExamples": len(held_out), "validationLines": [e.line for e in held_out]},
             "method": spec.method.value,
             "steps": state.step,
             "epochs": round(state.examples / len(examples), 4),
             "finalLoss": last_loss,
+            "finalValidationLoss": last_validation[0] if last_validation is not None else None,
             "tokens": state.tokens,
             "examples": state.examples,
             "worldSize": topology.world_size,
@@ -226,7 +246,7 @@ def _train(config: TrainConfig, spec: FineTuneSpec, hp: Any, topology: distribut
             "precision": "bf16" if bf16 else "fp32",
             "sharding": sharding,
             "durationSeconds": round(time.monotonic() - start, 3),
-            "prompts": {"withInput": PROMPT_WITH_INPUT, "noInput": PROMPT_NO_INPUT},
+            "prompts": {"withInput": templates.with_input, "noInput": templates.no_input},
         }
         reporting.write_manifest(out, manifest)
         result = model_result(manifest, config.output, out)
@@ -257,7 +277,13 @@ def _full(value: torch.Tensor) -> torch.Tensor:
     return value.full_tensor() if hasattr(value, "full_tensor") else value
 
 
-def _progress(record: dict[str, Any], total_steps: int) -> dict[str, Any]:
+def _last_validation(records: list[dict[str, Any]]) -> tuple[float, int] | None:
+    """The latest validation loss and its step among the metrics kept from before a resume."""
+    found = [(r["validation_loss"], r["step"]) for r in records if "validation_loss" in r]
+    return found[-1] if found else None
+
+
+def _progress(record: dict[str, Any], total_steps: int, last_validation: tuple[float, int] | None = None) -> dict[str, Any]:
     return TrainingProgress(
         step=record["step"],
         total_steps=total_steps,
@@ -265,6 +291,8 @@ def _progress(record: dict[str, Any], total_steps: int) -> dict[str, Any]:
         loss=record["loss"],
         learning_rate=record["learning_rate"],
         tokens_per_second=record["tokens_per_second"],
+        validation_loss=round(last_validation[0], 6) if last_validation is not None else None,
+        validation_step=last_validation[1] if last_validation is not None else None,
     ).to_wire()
 
 

@@ -177,6 +177,49 @@ class RunPolicy(ApiModel):
     )
 
 
+_PLACEHOLDER_RULES = "only {instruction} and {input} are placeholders"
+
+
+class PromptTemplate(ApiModel):
+    """The instruction templates the model is trained with, stored with it (its chat template renders them).
+
+    `{instruction}` and `{input}` are replaced by the task's text; every other character is kept as
+    written, except that any other word in braces is refused as a misspelt placeholder.
+    """
+
+    with_input: Annotated[str, Field(min_length=1, max_length=8192)] = Field(
+        description="Template for tasks with an input: holds {instruction} and {input}.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("self.contains('{instruction}') && self.contains('{input}')", "withInput must contain {instruction} and {input}"),
+            ]
+        },
+    )
+    without_input: Annotated[str, Field(min_length=1, max_length=8192)] = Field(
+        description="Template for tasks without an input: holds {instruction}, and no {input}.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("self.contains('{instruction}') && !self.contains('{input}')", "withoutInput must contain {instruction} and not {input}"),
+            ]
+        },
+    )
+
+    @field_validator("with_input", "without_input")
+    @classmethod
+    def _placeholders(cls, value: str, info: ValidationInfo) -> str:
+        field = info.field_name
+        unknown = sorted(set(_WORD_PLACEHOLDER.findall(value)) - {"instruction", "input"})
+        if unknown:
+            raise ValueError(f"unknown placeholder {{{unknown[0]}}}: {_PLACEHOLDER_RULES}")
+        if "{instruction}" not in value:
+            raise ValueError("must contain the placeholder {instruction}")
+        if field == "with_input" and "{input}" not in value:
+            raise ValueError("must contain the placeholder {input}")
+        if field == "without_input" and "{input}" in value:
+            raise ValueError("must not contain {input}: it renders tasks that have none")
+        return value
+
+
 class FineTuneSpec(ApiModel):
     """Fine-tune a base model on instruction data, Alpaca style."""
 
@@ -203,6 +246,11 @@ class FineTuneSpec(ApiModel):
         json_schema_extra={"x-kubernetes-validations": [cel("self == oldSelf", "method is immutable")]},
     )
     lora: LoRA | None = Field(default=None, description="LoRA settings, with method: lora.")
+    prompt_template: PromptTemplate | None = Field(
+        default=None,
+        description="Instruction templates to train with; the project's own when unset. Written into the model's chat template.",
+        json_schema_extra={"x-kubernetes-validations": [cel("self == oldSelf", "promptTemplate is immutable")]},
+    )
     hyperparameters: Hyperparameters = Field(
         default_factory=Hyperparameters,
         description="The training recipe.",
@@ -226,6 +274,9 @@ class FineTuneSpec(ApiModel):
         json_schema_extra={"x-kubernetes-validations": [cel("self == oldSelf", "output is immutable")]},
     )
     image: ShortStr | None = Field(default=None, description="Overrides the operator's train image.")
+    queue: Queue | None = Field(
+        default=None, description="A Kueue queue for the top-level child; falls back to the operator's default queue.",
+    )
 
 
 class TrainingProgress(StatusModel):
@@ -235,6 +286,8 @@ class TrainingProgress(StatusModel):
     loss: float | None = Field(default=None, description="Latest training loss.")
     learning_rate: float | None = Field(default=None, description="Current learning rate.")
     tokens_per_second: float | None = Field(default=None, ge=0, description="Training throughput in real tokens.")
+    validation_loss: float | None = Field(default=None, description="Latest loss on the held-out rows (response tokens).")
+    validation_step: int | None = Field(default=None, ge=0, description="The optimizer step validationLoss was measured after.")
 
 
 class FineTuneStatus(StatusBase):
@@ -254,8 +307,3 @@ class FineTuneStatus(StatusBase):
 class FineTune(Resource[FineTuneSpec, FineTuneStatus]):
     api_version: Literal["alpaca.dev/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
     kind: Literal["FineTune"] = "FineTune"
-    queue: Queue | None = Field(
-        default=None, description="A Kueue queue for the top-level child; falls back to the operator's default queue.",
-    )
-    validation_loss: float | None = Field(default=None, description="Latest loss on the held-out rows (response tokens).")
-    validation_step: int | None = Field(default=None, ge=0, description="The optimizer step validationLoss was measured after.")

@@ -97,7 +97,7 @@ PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "py
 
 # One recipe shared by the runs that are compared with each other.
 RECIPE = ["--max-steps", "8", "--global-batch-size", "16", "--micro-batch-size", "2", "--max-seq-length", "96",
-          "--learning-rate", "3e-3", "--warmup-ratio", "0.1", "--no-progress"]
+          "--learning-rate", "3e-3", "--warmup-ratio", "0.1", "--eval-every", "4", "--no-progress"]
 
 
 def train_args(dataset: Path, model: Path, output: Path, *extra: str) -> list[str]:

@@ -24,8 +24,9 @@ def msgs(*items: tuple[str, str] | tuple[str, str, str]) -> list[ChatMessage]:
     return [ChatMessage(role=i[0], content=i[1], name=i[2] if len(i) > 2 else None) for i in items]
 
 
-def test_a_tuned_model_is_served_with_the_templates_in_its_marker(tmp_path: Path) -> None:
-    (tmp_path / MARKER_FILE).write_text(json.dumps({**marker(), "noInput": "Q: {instruction}\nA:"}))
+def test_a_model_tuned_before_chat_templates_is_served_with_the_templates_in_its_marker(tmp_path: Path) -> None:
+    # Such a folder's chat template is still the base model's; its marker holds what it learned.
+    (tmp_path / MARKER_FILE).write_text(json.dumps({**marker(chat_template_written=False), "noInput": "Q: {instruction}\nA:"}))
     style = detect_style(tmp_path, ChatTokenizer())
     assert style.format is PromptFormat.ALPACA
     assert render_chat(msgs(("user", "Add 2 and 2.")), style, None) == "Q: Add 2 and 2.\nA:"
