@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
 
-from ..api import FineTuneSpec, InstructDatasetSpec, ModelServerSpec
+from ..api import EvaluationSpec, FineTuneSpec, InstructDatasetSpec, ModelServerSpec
 from ..manifests import Manifest, ManifestError
 
 
@@ -34,6 +34,10 @@ def references(manifest: Manifest) -> list[tuple[str, str, str]]:
         found.append(("spec.dataset.instructDatasetRef", "InstructDataset", spec.dataset.instruct_dataset_ref.name))
     if isinstance(spec, ModelServerSpec) and spec.model.fine_tune_ref:
         found.append(("spec.model.fineTuneRef", "FineTune", spec.model.fine_tune_ref.name))
+    if isinstance(spec, EvaluationSpec):
+        for role in ("candidate", "baseline", "judge"):
+            if (ref := getattr(spec, role).model_server_ref) is not None:
+                found.append((f"spec.{role}.modelServerRef", "ModelServer", ref.name))
     return found
 
 

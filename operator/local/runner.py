@@ -22,19 +22,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from ..api import FineTuneSpec, InstructDatasetSpec
+from ..api import EvaluationSpec, FineTuneSpec, InstructDatasetSpec
 from ..api.modelserver import Runtime
 from ..builders.modelserver import UnsupportedModel
 from ..api.workloads import MANIFEST_FILE
 from ..manifests import Manifest
 from ..api.results import RESULT_KEY, WorkloadResult
 from . import llama_cpp
+from .evaluation import REPORT_FILE, evaluate_config
 from .inputs import Outputs, generate_config, serve_config, train_config
 from .layout import Layout
 from .plan import Step
 from .state import StepRecords, fingerprint
 
-COMMAND_OF_KIND = {"InstructDataset": "generate", "FineTune": "train", "ModelServer": "serve"}
+COMMAND_OF_KIND = {"InstructDataset": "generate", "FineTune": "train", "ModelServer": "serve", "Evaluation": "evaluate"}
 
 
 class StepFailed(RuntimeError):
@@ -99,8 +100,11 @@ class LocalRunner:
     def run(self, steps: list[Step], keep_serving: bool) -> list[StepReport]:
         self._steps = {step.key: step for step in steps}
         remaining_users = {s.key: sum(s.key in t.needs for t in steps) for s in steps}
+        # A server that only Evaluations ask is what is being evaluated, not a helper: it starts in
+        # its turn and serves on afterwards, as a server nothing needs does.
+        evaluated = {s.key for s in steps if all(t.manifest.kind == "Evaluation" for t in steps if s.key in t.needs)}
         for index, step in enumerate(steps, 1):
-            if step.manifest.kind == "ModelServer" and remaining_users[step.key]:
+            if step.manifest.kind == "ModelServer" and remaining_users[step.key] and step.key not in evaluated:
                 # A server others need (a teacher) starts only when a step that needs it runs:
                 # a re-run whose steps are all unchanged never loads it.
                 continue
@@ -108,7 +112,7 @@ class LocalRunner:
             self._timed(step, self._run_step)
             for need in step.needs:
                 remaining_users[need] -= 1
-                if remaining_users[need] == 0:
+                if remaining_users[need] == 0 and need not in evaluated:
                     self.stop_server(need)
         if not keep_serving:
             self.stop_all()
@@ -123,9 +127,12 @@ class LocalRunner:
 
     def _upstream_digest(self, key: tuple[str, str]) -> str | None:
         if key[0] == "ModelServer":
-            # What a server teaches with is its spec, not the port it happens to listen on.
+            # What a server teaches with is its spec, not the port it happens to listen on; and the
+            # model it serves, when an earlier step made it (an evaluation of a retrained model re-runs).
             spec = self._steps[key].manifest.resource.spec.to_wire()
-            return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+            made = [self.outputs[need].sha256 for need in self._steps[key].needs if need in self.outputs]
+            payload = {"spec": spec, "evaluatedModel": made} if made else spec
+            return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
         return self.outputs[key].sha256
 
     def _run_step(self, step: Step) -> StepReport:
@@ -162,6 +169,8 @@ class LocalRunner:
         nproc = 1
         if manifest.kind == "InstructDataset":
             config: Any = generate_config(manifest, self.layout, self.outputs)
+        elif manifest.kind == "Evaluation":
+            config = evaluate_config(manifest, self.layout, self.outputs)
         else:
             config = train_config(manifest, self.layout, self.outputs)
             assert isinstance(manifest.resource.spec, FineTuneSpec)
@@ -310,4 +319,9 @@ def _read_outputs(manifest: Manifest, location: str) -> Outputs:
     digest = result.artifact.sha256 if result is not None else None
     if isinstance(manifest.resource.spec, InstructDatasetSpec):
         return Outputs(location=location, sha256=digest, summary=summary)
+    if isinstance(manifest.resource.spec, EvaluationSpec):
+        # The report's summary carries the headline figures (score, judged, tokens, cost).
+        report = folder / REPORT_FILE
+        evaluation_summary = json.loads(report.read_text()) if report.exists() else {}
+        return Outputs(location=location, sha256=digest, summary=summary | evaluation_summary | {"report": str(report)})
     return Outputs(location=location, sha256=digest, summary=summary | {"modelPath": location})

@@ -33,9 +33,24 @@ def _details(report: StepReport) -> str:
         parts.append(str(summary.get("modelPath", report.outputs.location)))
         if (Path(report.outputs.location or "") / "loss_curve.png").exists():
             parts.append("loss_curve.png")
+    elif kind == "Evaluation":
+        parts.append(_score(summary))
+        parts.append(str(summary.get("report", report.outputs.location)))
     else:
         parts.append(f"{report.outputs.summary.get('page', '')}  API {report.outputs.url}")
     return ", ".join(p for p in parts if p)
+
+
+def _score(summary: dict[str, Any]) -> str:
+    """The headline of an evaluation: win rate, its interval, and the split."""
+    score = summary.get("score")
+    if not isinstance(score, dict):
+        return f"nothing judged ({summary.get('stopReason', 'no report')})"
+    wins, ties, losses = score.get("wins", 0), score.get("ties", 0), score.get("losses", 0)
+    return (
+        f"win rate {score['winRate']:.1%} (95% {score['winRateLow']:.1%}-{score['winRateHigh']:.1%}), "
+        f"{wins} wins / {ties} ties / {losses} losses of {summary.get('judged', wins + ties + losses)} judged"
+    )
 
 
 def summary_table(reports: list[StepReport], failed: Step | None = None) -> None:

@@ -22,6 +22,11 @@ SHRINK: dict[str, dict[str, dict[str, Any]]] = {
     "20-finetune.yaml": {
         "hyperparameters": {"maxSteps": 2, "maxSeqLength": 128, "globalBatchSize": 4, "microBatchSize": 2},
     },
+    "40-evaluation.yaml": {
+        "tasks": {"sampleSize": 3},
+        "generation": {"maxTokens": 24},
+        "judge": {"maxTokens": 32},
+    },
 }
 
 
