@@ -50,8 +50,10 @@ class StatusReporter:
             return False
         return True
 
-    def report_result(self, result: WorkloadResult, *, attempts: int = 5, first_delay_s: float = 0.5) -> bool:
-        """Write `status.result`; retried with doubling waits. False locally (no target); raises when it never got through."""
+    def report_result(self, result: WorkloadResult, *, attempts: int = 5, first_delay_s: float = 0.5,
+                      extra: dict[str, Any] | None = None) -> bool:
+        """Write `status.result` (and `extra` status fields in the same patch, so they land together);
+        retried with doubling waits. False locally (no target); raises when it never got through."""
         if self._target is None:
             return False
         delay = first_delay_s
@@ -59,7 +61,7 @@ class StatusReporter:
             try:
                 self._client().patch_namespaced_custom_object_status(
                     self._target.group, self._target.version, self._target.namespace, self._target.plural,
-                    self._target.name, {"status": {RESULT_KEY: result.to_wire()}},
+                    self._target.name, {"status": {**(extra or {}), RESULT_KEY: result.to_wire()}},
                 )
                 return True
             except Exception as exc:  # noqa: BLE001 - retried, then raised

@@ -16,6 +16,7 @@ from alpaca_operator.api.results import RESULT_KEY, WorkloadResult
 from alpaca_operator.api.workloads import DATASET_FILE
 
 from .report import StatusReporter
+from .storage import sha256_file
 
 
 def now() -> str:
@@ -48,6 +49,24 @@ def model_result(manifest: dict[str, Any], output: str, folder: Path) -> Workloa
         counts={"steps": int(manifest.get("steps") or 0)},
         tokens=int(manifest.get("tokens") or 0),
         finished_at=now(),
+    )
+
+
+def evaluation_result(summary: dict[str, Any], output: str, summary_file: Path) -> WorkloadResult:
+    """An evaluation's result, from its summary (jobs/evaluate/summary.py): the artifact is summary.json itself."""
+    score = summary.get("score") or {}
+    counts = {"tasks": summary["tasks"], "judged": summary["judged"], "unparsedVerdicts": summary["unparsedVerdicts"],
+              **{key: score[key] for key in ("wins", "ties", "losses") if key in score}}
+    size = summary_file.stat().st_size
+    return WorkloadResult(
+        artifact=Artifact(uri=f"{output.rstrip('/')}/{summary_file.name}", sha256=sha256_file(summary_file), size_bytes=size),
+        size_bytes=size,
+        records=summary["judged"],
+        counts=counts,
+        prompt_tokens=summary["promptTokens"],
+        completion_tokens=summary["completionTokens"],
+        cost_usd=summary["costUSD"],
+        finished_at=summary["finishedAt"],
     )
 
 

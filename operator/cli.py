@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "operator": ("alpaca_operator.runner", "run the kopf operator (all namespaces or a list; one active replica via peering)"),
     "validate": ("alpaca_operator.validate_cli", "validate manifests as the cluster would"),
     "generate": ("alpaca_jobs.generate.cli", "generate instruction data from seed tasks with a teacher model"),
+    "evaluate": ("alpaca_jobs.evaluate.cli", "judge a candidate model against a baseline, pairwise in both orders"),
     "serve": ("alpaca_jobs.serve.cli", "serve a model with an OpenAI-compatible API and a chat page"),
     "run": ("alpaca_operator.local.cli", "run manifests as a local pipeline (no cluster needed)"),
 }
