@@ -363,6 +363,14 @@ def autoscaler_stub(parent: Parent) -> Manifest:
             "metadata": {"name": autoscaler_name(parent.name), "namespace": parent.namespace}}
 
 
+def replicas_handover(parent: Parent, replicas: int) -> Manifest:
+    """The Deployment's replicas alone, applied by a manager of its own: it keeps the count set while
+    the operator's own apply leaves the field out, until the HPA's writes take it over."""
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": deployment_name(parent.name), "namespace": parent.namespace},
+            "spec": {"replicas": replicas}}
+
+
 def pod_selector(parent: str) -> str:
     """The server's pod selector as a string, as the scale subresource reports it."""
     return ",".join(f"{k}={v}" for k, v in sorted(selector(parent, SERVE).items()))

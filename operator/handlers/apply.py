@@ -15,7 +15,7 @@ from typing import Any
 
 from ..controller import Body, Controller, Key
 from ..observe import ChildState, Computed
-from ..reconcile import Plan
+from ..reconcile import HANDOVER_MANAGER, Plan
 from .common import Refused, WorkloadIdentity, apply_owned, ensure_owned, remove_owned
 
 Summarize = Callable[[dict[str, Any]], ChildState]
@@ -44,6 +44,8 @@ def applier(
         status = plan.status
         if plan.children:
             identity.ensure(ctl, namespace)
+            if plan.handover is not None:
+                ctl.cluster.apply(plan.handover, field_manager=HANDOVER_MANAGER)
             try:
                 if plan.apply:
                     ensured = apply_owned(ctl, body, plan.children, summarize, child)

@@ -33,6 +33,12 @@ class Plan:
     patch: tuple[Manifest, Manifest] | None = None
     # Children no longer wanted (a server's HPA once autoscaling is off): deleted when they are ours.
     remove: list[Manifest] = field(default_factory=list)
+    # Fields handed to another owner before the children are applied without them (a server's
+    # replicas, when an HPA takes over): applied under HANDOVER_MANAGER, which keeps them set.
+    handover: Manifest | None = None
+
+
+HANDOVER_MANAGER = "alpaca-operator-handover"
 
 
 def invalid_spec(error: Exception, reason: str = "InvalidSpec") -> Computed:

@@ -136,6 +136,7 @@ def reconcile(body: Body, child: ChildState | None, references: References, sett
         return Plan(invalid_spec(exc, reason="AdapterRefused"))
     children: list[dict[str, Any]] = []
     remove: list[dict[str, Any]] = []
+    handover: dict[str, Any] | None = None
     autoscaler_name = status.get("autoscalerName")
     if child is not None and dependency is not None and dependency.status != TRUE:
         # Already serving: an upstream that went away later does not take the server down.
@@ -152,6 +153,10 @@ def reconcile(body: Body, child: ChildState | None, references: References, sett
             hpa = build.autoscaler(parent, spec)
             children = [config_map, service, *([policy] if policy else []), *([hpa] if hpa else []), deployment]
             if hpa is not None:
+                if child is not None and not autoscaler_name:
+                    # The running count is handed over rather than dropped: dropped from the only
+                    # manager that set it, the API server would reset it to 1 until the HPA acts.
+                    handover = build.replicas_handover(parent, child.replicas)
                 autoscaler_name = hpa["metadata"]["name"]
             elif autoscaler_name:
                 # Autoscaling was turned off: the HPA goes, and replicas is the spec's again.
@@ -182,4 +187,4 @@ def reconcile(body: Body, child: ChildState | None, references: References, sett
     if last is None or (now - last).total_seconds() >= settings.cost_interval_seconds:
         pods = child.pods if child is not None else 0
         computed.fields.update(server_accrual(status, pods=pods, gpus_per_pod=spec.gpus_per_replica, pod_rate_usd=build.replica_rate(spec, settings), now=now))
-    return Plan(computed, children, apply=True, remove=remove)
+    return Plan(computed, children, apply=True, remove=remove, handover=handover)

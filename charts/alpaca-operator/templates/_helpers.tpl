@@ -78,6 +78,9 @@ The `settings` passthrough comes first so that the fields the chart owns always 
       "leaseDurationSeconds" .Values.leaderElection.leaseDurationSeconds
       "renewDeadlineSeconds" .Values.leaderElection.renewDeadlineSeconds
       "retryPeriodSeconds" .Values.leaderElection.retryPeriodSeconds) }}
+{{- with .Values.queue }}{{- if .name }}
+{{- $_ := set $owned "queue" (ternary (dict "name" .name "priorityClass" .priorityClass) (dict "name" .name) (ne (toString .priorityClass) "")) }}
+{{- end }}{{- end }}
 {{- toYaml (merge $owned (deepCopy .Values.settings)) }}
 {{- end }}
 
@@ -114,6 +117,11 @@ The rules the operator needs in each namespace it works in: exactly what it call
 - apiGroups: [""]
   resources: [services]
   verbs: [create, patch]
+# A ModelServer with spec.autoscaling: its HorizontalPodAutoscaler, applied the same way; read
+# back and deleted (ours only, by UID precondition) when autoscaling is turned off.
+- apiGroups: [autoscaling]
+  resources: [horizontalpodautoscalers]
+  verbs: [create, get, patch, delete]
 # A ModelServer with spec.networkPolicy: its NetworkPolicy, applied the same way.
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]

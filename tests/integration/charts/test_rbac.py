@@ -46,6 +46,7 @@ NOT_EXERCISED: dict[Permission, str] = {
     ("networking.k8s.io", "networkpolicies", "patch"): "a ModelServer with spec.networkPolicy",
     ("", "services", "create"): "server-side apply creates a missing Service: checked inside the PATCH, audited as patch",
     ("apps", "deployments", "create"): "server-side apply creates a missing Deployment: checked inside the PATCH, audited as patch",
+    ("autoscaling", "horizontalpodautoscalers", "create"): "server-side apply creates a missing HPA: checked inside the PATCH, audited as patch",
     ("kubeflow.org", "pytorchjobs", "get"): "a restarted operator reads back a PyTorchJob that already exists",
     ("apps", "deployments", "get"): "a restarted operator reads back a Deployment that already exists",
 }
@@ -134,6 +135,14 @@ def _play_the_chain(api_client: kubernetes.client.ApiClient, namespace: str) -> 
     # An edit rolls the Deployment and its config.
     custom.patch_namespaced_custom_object("alpaca.dev", "v1alpha1", namespace, "modelservers", "chat", {"spec": {"replicas": 2}})
     wait_for(lambda: apps.read_namespaced_deployment("chat-serve", namespace).spec.replicas == 2, what="the Deployment scaled")
+    # Autoscaling on (an HPA applied), then off (the HPA read back and deleted).
+    scaling = kubernetes.client.AutoscalingV2Api(api_client)
+    custom.patch_namespaced_custom_object("alpaca.dev", "v1alpha1", namespace, "modelservers", "chat",
+                                          {"spec": {"autoscaling": {"maxReplicas": 3, "podsMetric": {"name": "alpaca_serve_queue_depth", "averageValue": "4"}}}})
+    wait_for(lambda: scaling.read_namespaced_horizontal_pod_autoscaler("chat-serve", namespace), what="the HPA")
+    wait_for(lambda: status("modelservers", "chat").get("autoscalerName") == "chat-serve", what="the HPA recorded")
+    custom.patch_namespaced_custom_object("alpaca.dev", "v1alpha1", namespace, "modelservers", "chat", {"spec": {"autoscaling": None}})
+    wait_for(lambda: status("modelservers", "chat").get("autoscalerName") is None, what="the HPA removed")
 
     # The workloads' identity, made by the operator in the namespace it worked in.
     kubernetes.client.CoreV1Api(api_client).read_namespaced_service_account("alpaca-workload", namespace)

@@ -52,6 +52,19 @@ def test_autoscaling_adds_the_hpa_and_reports_the_deployments_count_and_selector
     assert scaled.children == [] and scaled.status.fields["replicas"] == 3
 
 
+def test_turning_autoscaling_on_hands_the_running_count_over_once() -> None:
+    fixed = modelserver.reconcile(body("ModelServer", {**SERVE, "replicas": 3}), None, {}, SETTINGS, NOW)
+    assert fixed.handover is None
+    on = modelserver.reconcile(body("ModelServer", {**SERVE, "autoscaling": SCALING}), serving(fixed, replicas=3), {}, SETTINGS, NOW)
+    assert on.handover == {"apiVersion": "apps/v1", "kind": "Deployment",
+                           "metadata": {"name": "x-serve", "namespace": "ns"}, "spec": {"replicas": 3}}
+    # Once the HPA is recorded, later edits never write a count again.
+    edited = modelserver.reconcile(body("ModelServer", {**SERVE, "autoscaling": {**SCALING, "maxReplicas": 5}}, {"autoscalerName": "x-serve"}),
+                                   serving(on, replicas=3), {}, SETTINGS, NOW)
+    assert edited.children and edited.handover is None
+    assert "replicas" not in edited.children[-1]["spec"]
+
+
 def test_turning_autoscaling_off_removes_the_hpa_and_gives_replicas_back_to_the_spec() -> None:
     on = modelserver.reconcile(body("ModelServer", {**SERVE, "autoscaling": SCALING}), None, {}, SETTINGS, NOW)
     off = modelserver.reconcile(body("ModelServer", {**SERVE, "replicas": 2}, {"autoscalerName": "x-serve"}), serving(on), {}, SETTINGS, NOW)
