@@ -40,7 +40,8 @@ def validation_points(records: list[dict[str, Any]]) -> list[tuple[int, float]]:
     return [(r["step"], r["validation_loss"]) for r in records if r.get("validation_loss") is not None]
 
 
-def plot_loss(records: list[dict[str, Any]], path: Path, title: str) -> None:
+def loss_figure(records: list[dict[str, Any]], title: str) -> Any:
+    """The training loss of every step, and the validation loss where it was measured."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display in a pod
@@ -58,6 +59,13 @@ def plot_loss(records: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    return fig
+
+
+def plot_loss(records: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = loss_figure(records, title)
     fig.savefig(path)
     plt.close(fig)
 
