@@ -16,7 +16,7 @@ def draw(score: Score, path: Path, *, candidate: str, baseline: str, judge: str)
     import matplotlib.pyplot as plt
 
     total = score.wins + score.ties + score.losses
-    fig, ax = plt.subplots(figsize=(8, 2.8), dpi=120)
+    fig, ax = plt.subplots(figsize=(8, 3), dpi=120)
     left = 0.0
     for name, count in (("win", score.wins), ("tie", score.ties), ("loss", score.losses)):
         share = count / total
@@ -31,7 +31,7 @@ def draw(score: Score, path: Path, *, candidate: str, baseline: str, judge: str)
         ax.plot([score.length_controlled_win_rate], [0.45], marker="D", color="#1565c0", linestyle="none",
                 label=f"length-controlled {score.length_controlled_win_rate:.2f}")
     ax.axvline(0.5, color="black", linewidth=0.8, linestyle=":")
-    ax.set_xlim(0, 1)
+    ax.set_xlim(-0.02, 1.02)  # room for a marker at either end
     ax.set_ylim(-0.4, 0.7)
     ax.set_yticks([])
     ax.set_xlabel("share of tasks (ties count half in the win rate)")
