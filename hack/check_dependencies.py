@@ -52,10 +52,12 @@ TARGETS = [
     Target("core", ["operator"], [r"operator/(local|testing|handlers|builders)/", r"operator/[^/]+\.py"]),
     Target("operator", ["operator"], [r"operator/(local|testing)/"]),
     # jobs/logs.py quiets transformers' own logging where a workload has transformers.
-    Target("generate", ["jobs"], [r"jobs/(train|serve)/", r"jobs/models\.py"], optional=["transformers"]),
-    Target("train", ["jobs"], [r"jobs/(generate|serve)/"]),
+    Target("generate", ["jobs"], [r"jobs/(train|serve|evaluate)/", r"jobs/models\.py"], optional=["transformers"]),
+    Target("train", ["jobs"], [r"jobs/(generate|serve|evaluate)/"]),
     # Serving pods report nothing onto the resource, so they carry no cluster client.
-    Target("serve", ["jobs"], [r"jobs/(generate|train)/", r"jobs/report\.py"]),
+    Target("serve", ["jobs"], [r"jobs/(generate|train|evaluate)/", r"jobs/report\.py"]),
+    # Evaluation reuses the generation's retry policy, teacher answer and output folder.
+    Target("evaluate", ["jobs"], [r"jobs/(train|serve)/", r"jobs/models\.py"], optional=["transformers"]),
     Target("all", ["operator/local"]),
     Target("test", ["tests", "bench", "operator/testing"]),
 ]
