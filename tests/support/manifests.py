@@ -148,6 +148,16 @@ INVALID: tuple[Invalid, ...] = (
         "spec.hyperparameters.globalBatchSize",
     ),
     Invalid("cel-lora-without-method", "FineTune", _set("spec.lora", {"r": 16}), "lora is only allowed with method: lora"),
+    Invalid(
+        "prompt-template-without-input-placeholder", "FineTune",
+        _set("spec.promptTemplate", {"withInput": "Do {instruction}.", "withoutInput": "Do {instruction}."}),
+        "spec.promptTemplate.withInput",
+    ),
+    Invalid(
+        "prompt-template-input-in-no-input-template", "FineTune",
+        _set("spec.promptTemplate", {"withInput": "{instruction} {input}", "withoutInput": "{instruction} {input}"}),
+        "spec.promptTemplate.withoutInput",
+    ),
     Invalid("bad-uri-scheme", "FineTune", _set("spec.output.uri", "ftp://models/x"), "spec.output.uri"),
     # The images carry no filesystem for Google Cloud Storage: refused here, not in the pod.
     Invalid("unwritable-uri-scheme", "FineTune", _set("spec.output.uri", "gs://models/x"), "spec.output.uri"),
