@@ -41,6 +41,7 @@ NOT_EXERCISED: dict[Permission, str] = {
     ("alpaca.dev", "instructdatasets/status", "get"): "held only to grant it to the workload Role",
     ("alpaca.dev", "finetunes/status", "get"): "held only to grant it to the workload Role",
     ("alpaca.dev", "modelservers/status", "get"): "held only to grant it to the workload Role",
+    ("alpaca.dev", "evaluations/status", "get"): "held only to grant it to the workload Role",
     ("batch", "jobs", "get"): "a restarted operator reads back a Job that already exists",
     ("networking.k8s.io", "networkpolicies", "create"): "a ModelServer with spec.networkPolicy (applied: audited as patch)",
     ("networking.k8s.io", "networkpolicies", "patch"): "a ModelServer with spec.networkPolicy",
@@ -132,6 +133,18 @@ def _play_the_chain(api_client: kubernetes.client.ApiClient, namespace: str) -> 
     wait_for(lambda: apps.read_namespaced_deployment("chat-serve", namespace), what="the Deployment")
     apps.patch_namespaced_deployment_status("chat-serve", namespace, {"status": {"replicas": 1, "readyReplicas": 1, "updatedReplicas": 1}})
     wait_for(lambda: status("modelservers", "chat").get("phase") == "Ready", what="the ModelServer Ready")
+    # The served model, evaluated against saved answers with the server itself judging.
+    create("evaluations", "Evaluation", "chat-eval", {
+        "candidate": {"modelServerRef": {"name": "chat"}}, "baseline": {"outputs": {"uri": "s3://answers/base.jsonl"}},
+        "judge": {"modelServerRef": {"name": "chat"}}, "output": {"pvc": {"claimName": "reports", "subPath": "eval"}},
+    })
+    wait_for(lambda: batch.read_namespaced_job("chat-eval-evaluate", namespace), what="the evaluation Job")
+    batch.patch_namespaced_job_status("chat-eval-evaluate", namespace, {"status": {
+        "startTime": _now_minus(60), "completionTime": _now_minus(0), "succeeded": 1,
+        "conditions": [{"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": _now_minus(0)},
+                       {"type": "Complete", "status": "True", "lastTransitionTime": _now_minus(0)}],
+    }})
+    wait_for(lambda: status("evaluations", "chat-eval").get("phase") == "Succeeded", what="the Evaluation Succeeded")
     # An edit rolls the Deployment and its config.
     custom.patch_namespaced_custom_object("alpaca.dev", "v1alpha1", namespace, "modelservers", "chat", {"spec": {"replicas": 2}})
     wait_for(lambda: apps.read_namespaced_deployment("chat-serve", namespace).spec.replicas == 2, what="the Deployment scaled")
