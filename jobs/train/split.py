@@ -27,8 +27,10 @@ class Split:
 
 def validation_size(rows: int, fraction: float) -> int:
     """How many rows to hold out: the fraction (rounded up), at least MIN_VALIDATION_ROWS, never more
-    than half of the rows, so training always keeps the larger part (and one row keeps all)."""
-    if fraction <= 0 or rows < 2:
+    than half of the rows, so training always keeps the larger part. A dataset that cannot spare
+    MIN_VALIDATION_ROWS and keep as many to train on holds nothing out: a loss over a row or two is
+    noise, and training needs them more."""
+    if fraction <= 0 or rows < 2 * MIN_VALIDATION_ROWS:
         return 0
     return min(max(math.ceil(fraction * rows), MIN_VALIDATION_ROWS), rows // 2)
 

@@ -115,8 +115,8 @@ def _train(config: TrainConfig, spec: FineTuneSpec, hp: Any, topology: distribut
     # Split before tokenizing: which rows are held out depends on the data and the seed only.
     parts = split.split(records, hp.validation_fraction, hp.seed)
     if hp.validation_fraction > 0 and not parts.validation:
-        log.warning("%s: no rows held out for validation (%d rows; one task fills more than half, or fewer than 2 rows)",
-                    dataset_path, len(records))
+        log.warning("%s: no rows held out for validation (%d rows: fewer than %d, or one task fills more than half)",
+                    dataset_path, len(records), 2 * split.MIN_VALIDATION_ROWS)
     examples, skipped = tokenize_dataset(dataset_path, parts.train, tokenizer, hp.max_seq_length, templates)
     held_out, held_skipped = tokenize_dataset(dataset_path, parts.validation, tokenizer, hp.max_seq_length, templates, held_out=True)
     skipped = sorted(skipped + held_skipped)

@@ -142,8 +142,8 @@ class Hyperparameters(ApiModel):
         ge=0,
         le=0.5,
         description=(
-            "Fraction of the dataset held out to measure validation loss (at least 8 rows when the dataset has 16 or more; "
-            "rows with the same instruction and input stay on one side). 0 trains on every row."
+            "Fraction of the rows held out to measure a validation loss: at least 8, at most half, none under 16 rows; "
+            "rows with the same instruction and input stay on one side. 0 trains on every row."
         ),
     )
     eval_every_steps: int = Field(

@@ -35,7 +35,8 @@ def test_the_same_rows_are_held_out_on_every_call_and_the_seed_changes_them() ->
 def test_a_small_fraction_still_holds_out_a_handful_and_never_more_than_half() -> None:
     assert validation_size(1000, 0.03) == 30
     assert validation_size(100, 0.03) == MIN_VALIDATION_ROWS
-    assert validation_size(10, 0.03) == 5
+    assert validation_size(16, 0.03) == MIN_VALIDATION_ROWS
+    assert validation_size(15, 0.5) == 0  # too few to spare a handful
     assert validation_size(1, 0.03) == 0
     assert validation_size(1000, 0.0) == 0
     assert len(split(rows(100), 0.03, seed=0).validation) == MIN_VALIDATION_ROWS
