@@ -121,17 +121,25 @@ async def _unless_disconnected(request: Request, work: Awaitable[object]) -> obj
 v1 = APIRouter(prefix="/v1")
 
 
+def _cards(state: ServerState) -> list[ModelCard]:
+    """The base model, then its adapters (with the base as their parent, as vLLM lists them)."""
+    base = state.options.served_model_name
+    adapters = state.serving.loaded.adapters if state.serving else ()
+    return [ModelCard(id=base), *(ModelCard(id=name, parent=base) for name in adapters)]
+
+
 @v1.get("/models")
 async def list_models(state: ServerState = Depends(_state)) -> ModelList:
-    return ModelList(data=[ModelCard(id=state.options.served_model_name)])
+    return ModelList(data=_cards(state))
 
 
 @v1.get("/models/{model:path}")
 async def get_model(model: str, state: ServerState = Depends(_state)) -> ModelCard:
-    if model != state.options.served_model_name:
+    card = next((c for c in _cards(state) if c.id == model), None)
+    if card is None:
         raise ApiError(404, f"The model `{model}` does not exist.", type="not_found_error", param="model",
                        code="model_not_found")
-    return ModelCard(id=model)
+    return card
 
 
 def _respond(result: object) -> Response:

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from alpaca_operator.api.common import BuiltinModel, ModelSource
 from alpaca_operator.api.modelserver import Batching, ModelServerSpec, ServedModel
-from alpaca_operator.api.workloads import ResolvedModel, ServeConfig
+from alpaca_operator.api.workloads import ResolvedModel, ServeAdapter, ServeConfig
 
 from alpaca_jobs import logs
 
@@ -39,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help=f"a builtin model ({', '.join(sorted(BUILTINS))}), a model folder or a URI")
     parser.add_argument("--gguf-file", help="a GGUF file inside the --model folder")
     parser.add_argument("--served-model-name", help="the model name clients send (default: the model's name)")
+    parser.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
+                        help="a LoRA adapter folder (peft) served on the model as NAME; repeat for more")
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1; a config defaults to 0.0.0.0)")
     parser.add_argument("--port", type=int, help="port to listen on (default 8000)")
     parser.add_argument("--api-key-env", help="name of the env var holding the Bearer token /v1 requires")
@@ -111,7 +113,16 @@ def build_config(args: argparse.Namespace) -> ServeConfig:
         if getattr(args, field) is not None:
             batching[field] = getattr(args, field)
     spec = config.spec.model_copy(update={"batching": Batching.model_validate(batching)})
+    if args.adapter:
+        updates["adapters"] = [*config.adapters, *(_adapter_from_flag(value) for value in args.adapter)]
     return ServeConfig.model_validate({**config.model_dump(), **updates, "spec": spec.model_dump()})
+
+
+def _adapter_from_flag(value: str) -> ServeAdapter:
+    name, sep, path = value.partition("=")
+    if not sep or not name or not path:
+        raise SystemExit(f"--adapter: expected NAME=PATH, got {value!r}")
+    return ServeAdapter(name=name, location=path if "://" in path else str(Path(path).resolve()))
 
 
 def read_api_key(env_name: str | None) -> str | None:
@@ -147,7 +158,11 @@ def run(args: argparse.Namespace) -> int:
         metrics_auth=args.metrics_auth,
         metrics_on_api_port=config.metrics_port is None,
     )
-    loader = functools.partial(load, config.model, device=args.device, dtype=args.dtype, prompt_format=args.prompt_format)
+    names = [config.served_model_name, *(a.name for a in config.adapters)]
+    if len(set(names)) != len(names):
+        raise SystemExit(f"adapters: every model name must differ, got {names}")
+    loader = functools.partial(load, config.model, device=args.device, dtype=args.dtype, prompt_format=args.prompt_format,
+                               adapters=config.adapters)
     server: uvicorn.Server | None = None
 
     def stop_on_failure() -> None:

@@ -30,6 +30,9 @@ from .text import Detokenizer, StopScanner
 
 log = logging.getLogger(__name__)
 
+# peft's name for "no adapter" in a mixed-adapter batch (peft.tuners.tuners_utils).
+BASE_ADAPTER = "__base__"
+
 
 class QueueFullError(Exception):
     """More sequences are waiting than the engine accepts."""
@@ -86,6 +89,8 @@ class _Sequence:
     sampler: RowSampler
     detokenizer: Detokenizer
     stops: StopScanner
+    # The LoRA adapter this sequence runs through (None: the base model).
+    adapter: str | None = None
     output: list[int] = field(default_factory=list)
     pending_logprobs: list[Sampled] = field(default_factory=list)
     finished: bool = False
@@ -121,7 +126,10 @@ class Engine:
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = next(iter(self.eos_ids), 0) if tokenizer.pad_token_id is None else tokenizer.pad_token_id
         self.device = next(model.parameters()).device
-        self._cache_keyword = batch.cache_keyword(model)
+        # A peft model takes the base model's keywords through **kwargs: ask the base which.
+        self._cache_keyword = batch.cache_keyword(model.get_base_model() if hasattr(model, "get_base_model") else model)
+        # Adapters loaded beside the base (a peft model): every forward names each row's adapter.
+        self.adapters: frozenset[str] = frozenset(getattr(model, "peft_config", None) or ())
         self._waiting: collections.deque[_Sequence] = collections.deque()
         self._rows: list[_Sequence] = []
         self._cache: DynamicCache | None = None
@@ -160,12 +168,17 @@ class Engine:
             self._thread.join(timeout)
 
     def submit(
-        self, prompts: Sequence[list[int]], params: SamplingParams, n: int, loop: asyncio.AbstractEventLoop
+        self, prompts: Sequence[list[int]], params: SamplingParams, n: int, loop: asyncio.AbstractEventLoop,
+        adapter: str | None = None,
     ) -> RequestHandle:
         """Queue `n` choices per prompt; choice i*n+j answers prompt i. Raises QueueFullError.
 
+        `adapter` names a loaded LoRA adapter to answer with (None: the base model). Sequences of
+        different adapters share batches: each row of a forward pass goes through its own.
         Before `start()` sequences wait in the queue (a caller may also drive `step()` itself).
         """
+        if adapter is not None and adapter not in self.adapters:
+            raise ValueError(f"adapter {adapter!r} is not loaded; loaded: {sorted(self.adapters)}")
         handle = RequestHandle(loop, len(prompts) * n, clock=lambda: self.forwards)
         sequences = []
         for i, prompt in enumerate(prompts):
@@ -174,7 +187,7 @@ class Engine:
                 choice_params = params if seed == params.seed else _with_seed(params, seed)
                 sequences.append(
                     _Sequence(handle, i * n + j, list(prompt), RowSampler.create(choice_params),
-                              Detokenizer(self.tokenizer), StopScanner(params.stop))
+                              Detokenizer(self.tokenizer), StopScanner(params.stop), adapter)
                 )
         with self._cond:
             if self._stopping or (self._thread is not None and not self._thread.is_alive()):
@@ -228,7 +241,11 @@ class Engine:
             admitted.append(self._waiting.popleft())
         return admitted
 
-    def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
+    def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor, cache: DynamicCache, rows: list[_Sequence]) -> torch.Tensor:
+        extra: dict[str, Any] = {}
+        if self.adapters:
+            # peft's mixed-adapter batches: each row through its own adapter, the base's rows through none.
+            extra["adapter_names"] = [s.adapter or BASE_ADAPTER for s in rows]
         out = self.model(
             input_ids=input_ids.to(self.device),
             attention_mask=mask.to(self.device),
@@ -236,6 +253,7 @@ class Engine:
             use_cache=True,
             logits_to_keep=1,
             **{self._cache_keyword: cache},
+            **extra,
         )
         self.forwards += 1
         return out.logits[:, -1, :]
@@ -248,7 +266,7 @@ class Engine:
             ids[row, width - len(seq.prompt) :] = torch.tensor(seq.prompt, dtype=torch.long)
             mask[row, width - len(seq.prompt) :] = 1
         cache = batch.new_cache()
-        logits = self._forward(ids, mask, cache)
+        logits = self._forward(ids, mask, cache, sequences)
         if self.on_step:
             self.on_step(len(sequences), int(mask.sum()))
         results = sample_rows(logits, [s.sampler for s in sequences], [s.output for s in sequences])
@@ -265,7 +283,7 @@ class Engine:
         assert self._cache is not None and self._mask is not None
         ids = torch.tensor(self._next, dtype=torch.long).unsqueeze(1)
         self._mask = torch.cat([self._mask, self._mask.new_ones((len(self._rows), 1))], dim=1)
-        logits = self._forward(ids, self._mask, self._cache)
+        logits = self._forward(ids, self._mask, self._cache, self._rows)
         self.steps += 1
         if self.on_step:
             self.on_step(len(self._rows), 0)

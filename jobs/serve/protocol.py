@@ -173,6 +173,7 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int = Field(default_factory=now)
     owned_by: str = "alpaca-operator"
+    parent: str | None = None  # an adapter's base model
 
 
 class ModelList(BaseModel):

@@ -49,6 +49,8 @@ class LoadedModel:
     prompt_style: PromptStyle
     context_length: int
     folder: Path | None = None
+    # LoRA adapters loaded on the model (a peft model), each served under its own name.
+    adapters: tuple[str, ...] = ()
 
 
 @dataclass
@@ -77,15 +79,24 @@ class OpenAIServing:
 
     # -- shared steps ---------------------------------------------------------------------
 
-    def _check_model(self, name: str) -> None:
-        if name != self.options.served_model_name:
-            raise ApiError(
-                404,
-                f"The model `{name}` does not exist; this server serves `{self.options.served_model_name}`.",
-                type="not_found_error",
-                param="model",
-                code="model_not_found",
-            )
+    def model_names(self) -> list[str]:
+        """What a request's `model` may name: the base model, then each adapter."""
+        return [self.options.served_model_name, *self.loaded.adapters]
+
+    def _check_model(self, name: str) -> str | None:
+        """The adapter a request's `model` names (None: the base model); 404 for anything else."""
+        if name == self.options.served_model_name:
+            return None
+        if name in self.loaded.adapters:
+            return name
+        served = ", ".join(f"`{n}`" for n in self.model_names())
+        raise ApiError(
+            404,
+            f"The model `{name}` does not exist; this server serves {served}.",
+            type="not_found_error",
+            param="model",
+            code="model_not_found",
+        )
 
     def _compile_format(self, request: ChatCompletionRequest | CompletionRequest) -> CompiledFormat | None:
         """The request's response_format as a grammar (None for plain text). Blocking: call off the loop."""
@@ -139,9 +150,9 @@ class OpenAIServing:
             grammar=grammar,
         )
 
-    def _submit(self, prompts: list[list[int]], params: SamplingParams, n: int) -> RequestHandle:
+    def _submit(self, prompts: list[list[int]], params: SamplingParams, n: int, adapter: str | None = None) -> RequestHandle:
         try:
-            handle = self.engine.submit(prompts, params, n, asyncio.get_running_loop())
+            handle = self.engine.submit(prompts, params, n, asyncio.get_running_loop(), adapter)
         except QueueFullError as error:
             self.metrics.rejected.inc()
             raise ApiError(
@@ -186,12 +197,12 @@ class OpenAIServing:
 
     async def chat(self, request: ChatCompletionRequest, request_id: str) -> ChatCompletion | AsyncIterator[str]:
         started = time.perf_counter()
-        self._check_model(request.model)
+        adapter = self._check_model(request.model)
         # Rendering and tokenizing a long prompt is CPU work: off the event loop.
         prompt = await asyncio.to_thread(self._chat_prompt, request)
         grammar = await asyncio.to_thread(self._compile_format, request)
         params = self._params(request, len(prompt), "messages", grammar)
-        handle = self._submit([prompt], params, request.n)
+        handle = self._submit([prompt], params, request.n, adapter)
         response_id = f"chatcmpl-{request_id}"
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
@@ -257,12 +268,12 @@ class OpenAIServing:
 
     async def completions(self, request: CompletionRequest, request_id: str) -> Completion | AsyncIterator[str]:
         started = time.perf_counter()
-        self._check_model(request.model)
+        adapter = self._check_model(request.model)
         texts = request.prompts()
         prompts = await asyncio.to_thread(lambda: [encode(t, self.loaded.tokenizer, chat=False) for t in texts])
         grammar = await asyncio.to_thread(self._compile_format, request)
         params = self._params(request, max(len(p) for p in prompts), "prompt", grammar)
-        handle = self._submit(prompts, params, request.n)
+        handle = self._submit(prompts, params, request.n, adapter)
         prompt_tokens = sum(len(p) for p in prompts) * request.n
         echoes = [texts[i // request.n] if request.echo else "" for i in range(handle.choices)]
         response_id = f"cmpl-{request_id}"
