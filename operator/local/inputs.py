@@ -110,4 +110,9 @@ def serve_config(manifest: Manifest, layout: Layout, upstream: dict[tuple[str, s
     else:
         assert spec.model.source is not None
         model = layout.model(spec.model.source)
-    return modelserver.serve_config(_parent(manifest, "modelservers"), spec, model, where(layout), port)
+    # Each adapter is its LoRA FineTune's adapter/ folder (the reconcile checks method and base).
+    adapters = tuple(
+        modelserver.adapter_input(a.name, i, Input(upstream[("FineTune", a.fine_tune_ref.name)].location or ""), 8)
+        for i, a in enumerate(spec.adapters)
+    )
+    return modelserver.serve_config(_parent(manifest, "modelservers"), spec, model, where(layout), port, adapters=adapters)

@@ -34,6 +34,8 @@ def references(manifest: Manifest) -> list[tuple[str, str, str]]:
         found.append(("spec.dataset.instructDatasetRef", "InstructDataset", spec.dataset.instruct_dataset_ref.name))
     if isinstance(spec, ModelServerSpec) and spec.model.fine_tune_ref:
         found.append(("spec.model.fineTuneRef", "FineTune", spec.model.fine_tune_ref.name))
+    if isinstance(spec, ModelServerSpec):
+        found.extend((f"spec.adapters[{i}].fineTuneRef", "FineTune", a.fine_tune_ref.name) for i, a in enumerate(spec.adapters))
     if isinstance(spec, EvaluationSpec):
         for role in ("candidate", "baseline", "judge"):
             if (ref := getattr(spec, role).model_server_ref) is not None:
