@@ -54,7 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-request-bytes", type=int, default=1 << 20,
                         help="larger request bodies get 413 before they are read (default 1 MiB)")
     parser.add_argument("--metrics-port", type=int,
-                        help="serve /metrics on this port of its own, and not on the API port (default: the API port)")
+                        help="serve /metrics on this port of its own, without the API key (a NetworkPolicy decides who "
+                             "reaches it), and not on the API port (default: the API port)")
     parser.add_argument("--metrics-auth", action="store_true",
                         help="/metrics needs the API key too (by default it is open, like the probes)")
     parser.add_argument(
@@ -112,10 +113,18 @@ def build_config(args: argparse.Namespace) -> ServeConfig:
     for field in ("max_batch_size", "max_queue", "max_new_tokens"):
         if getattr(args, field) is not None:
             batching[field] = getattr(args, field)
-    spec = config.spec.model_copy(update={"batching": Batching.model_validate(batching)})
-    if args.adapter:
-        updates["adapters"] = [*config.adapters, *(_adapter_from_flag(value) for value in args.adapter)]
-    return ServeConfig.model_validate({**config.model_dump(), **updates, "spec": spec.model_dump()})
+    try:
+        spec = config.spec.model_copy(update={"batching": Batching.model_validate(batching)})
+        if args.adapter:
+            updates["adapters"] = [*config.adapters, *(_adapter_from_flag(value) for value in args.adapter)]
+        return ServeConfig.model_validate({**config.model_dump(), **updates, "spec": spec.model_dump()})
+    except ValidationError as error:
+        raise SystemExit(f"alpaca serve: {_flag_errors(error)}") from None
+
+
+def _flag_errors(error: ValidationError) -> str:
+    """Pydantic's errors named by the flag that set the field (--max-batch-size, --metrics-port)."""
+    return "; ".join(f"--{str(e['loc'][-1]).replace('_', '-')}: {e['msg']}" for e in error.errors() if e["loc"])
 
 
 def _adapter_from_flag(value: str) -> ServeAdapter:

@@ -54,3 +54,15 @@ def test_error_params_name_fields_not_pydantic_types() -> None:
     assert field_path(("body", "messages", 0, "role")) == "messages[0].role"
     assert field_path(("body", "stop", "list[str]", 4)) == "stop[4]"
     assert field_path(("body",)) == "body"
+
+
+@pytest.mark.parametrize(("argv", "flag"), [(("--metrics-port", "70000"), "--metrics-port"),
+                                            (("--max-batch-size", "0"), "--max-batch-size")])
+def test_an_out_of_range_flag_is_named(argv: tuple[str, ...], flag: str) -> None:
+    with pytest.raises(SystemExit, match=f"{flag}: Input should be"):
+        cli.build_config(parse(*argv))
+
+
+def test_the_metrics_port_flag_lands_in_the_config() -> None:
+    assert cli.build_config(parse("--metrics-port", "9090")).metrics_port == 9090
+    assert cli.build_config(parse()).metrics_port is None
