@@ -10,7 +10,9 @@ Every system answers the same seed-task instructions greedily up to --max-tokens
 
 - ours: the real `alpaca serve` process (one per --dtypes entry), concurrent streaming `openai` clients, each
   sending --rounds requests one after the other (so new requests arrive while others stream);
-- llama.cpp: the real `llama-server` process with --clients parallel slots, the same clients;
+- llama.cpp: the real `llama-server` process with --clients parallel slots, the same clients, started with
+  exactly the flags a ModelServer with `runtime: llama-cpp` gets (operator/local/llama_cpp.py), so the
+  comparison is between the two CPU runtimes the project offers;
 - padded generate: transformers `model.generate` in this process on batches of --clients prompts,
   left-padded, every batch decoding until its longest answer ends (what batching without a server does).
 
@@ -157,12 +159,19 @@ def start_ours(port: int, batch: int, args: argparse.Namespace, dtype: str) -> s
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def start_llama(binary: Path, gguf: Path, port: int, slots: int, max_tokens: int, threads: int) -> subprocess.Popen:
-    threads = str(threads)
-    command = [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "--parallel", str(slots),
-               "--ctx-size", str(slots * (512 + max_tokens)), "--threads", threads, "--threads-batch", threads,
-               "--alias", "bench", "--no-webui"]
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def start_llama(binary: Path, port: int, slots: int, max_tokens: int, threads: int) -> subprocess.Popen:
+    """llama-server as local mode starts a ModelServer with runtime llama-cpp on the builtin GGUF."""
+    from alpaca_operator.api.modelserver import ModelServerSpec
+    from alpaca_operator.api.workloads import ResolvedModel, ServeConfig
+    from alpaca_operator.local import llama_cpp
+
+    spec = ModelServerSpec.model_validate({
+        "model": {"source": {"builtin": MODEL}}, "runtime": "llama-cpp", "resources": {"cpu": str(threads)},
+        "batching": {"maxBatchSize": slots, "maxNewTokens": max_tokens},
+    })
+    config = ServeConfig(name="bench", spec=spec, model=ResolvedModel(builtin=MODEL), served_model_name="bench",
+                         host="127.0.0.1", port=port)
+    return subprocess.Popen(llama_cpp.command(config, binary), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def cpu_seconds(process: psutil.Process) -> float:
@@ -270,7 +279,8 @@ def main() -> None:
     if "llama.cpp" not in skip and not binary.exists():
         raise SystemExit(f"llama-server not found at {binary}: run bench/build_llama_server.sh first")
     prompts = instructions(max(counts) * args.rounds)
-    print(f"model {gguf.name}; {args.max_tokens} tokens greedy; {args.rounds} requests per client; "
+    load_before = round(os.getloadavg()[0], 2)  # other work on the machine: figures only compare within a run
+    print(f"load average {load_before}; model {gguf.name}; {args.max_tokens} tokens greedy; {args.rounds} requests per client; "
           f"{args.threads} threads on {os.cpu_count()} CPUs", flush=True)
 
     dtypes = args.dtypes.split(",")
@@ -285,7 +295,7 @@ def main() -> None:
     if "llama.cpp" not in skip:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        results["llama.cpp"] = serve_and_race(start_llama(binary, gguf, port, max(counts), args.max_tokens, args.threads),
+        results["llama.cpp"] = serve_and_race(start_llama(binary, port, max(counts), args.max_tokens, args.threads),
                                               base + "/health", base + "/v1", "llama.cpp", prompts, counts, args)
     if "generate" not in skip:
         from alpaca_jobs.serve.loading import load
@@ -328,6 +338,8 @@ def main() -> None:
     print(f"identical greedy answers, ours vs generate: {same['generate']}; ours vs llama.cpp (Q4_1 as is): "
           f"{same['llama.cpp']}")
     top = max(counts)
+    load_after = round(os.getloadavg()[0], 2)
+    print(f"load average {load_before} before, {load_after} after")
     print(json.dumps({
         "bench": "serve_throughput",
         "ours": {c: r.summary() for c, r in results["ours"].items()},
@@ -343,6 +355,7 @@ def main() -> None:
         "rounds": args.rounds,
         "cpus": os.cpu_count(),
         "threads": args.threads,
+        "load_average": {"before": load_before, "after": load_after},
     }))
 
 
