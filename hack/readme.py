@@ -133,6 +133,9 @@ def check_quickstart() -> None:
         try:
             wait_for_ready(log, process, timeout_s=1800)
             times["pipeline until the chat server is up"] = time.monotonic() - start
+            # The pipeline ends with the Evaluation: its closing line and the table show the win rate.
+            if "win rate" not in log.read_text(errors="replace"):
+                raise SystemExit(f"the quickstart's Evaluation reported no win rate:\n{log.read_text()[-4000:]}")
             config = repo / ".alpaca/state/configs/ModelServer-quickstart-chat.json"
             step(f"chat through the openai client ({json.loads(config.read_text())['port']})")
             subprocess.run([str(repo / ".venv/bin/python"), "-c", CHAT, str(config)], cwd=repo, check=True)
