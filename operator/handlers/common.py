@@ -69,7 +69,12 @@ class WorkloadIdentity:
         if namespace in self._ready:
             return
         for manifest in workload_rbac(namespace, ctl.settings.workload_service_account):
-            ctl.cluster.create(manifest)
+            # The Role is applied, not only created: a namespace set up by an older operator gets
+            # the grants of kinds added since (a new kind's status), or its workloads could not report.
+            if manifest["kind"] == "Role":
+                ctl.cluster.apply(manifest)
+            else:
+                ctl.cluster.create(manifest)
         self._ready.add(namespace)
 
 

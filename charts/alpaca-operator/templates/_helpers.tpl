@@ -130,8 +130,12 @@ The rules the operator needs in each namespace it works in: exactly what it call
 - apiGroups: [""]
   resources: [serviceaccounts]
   verbs: [create]
+# The Role is server-side applied, so one made by an older operator gains the grants of new kinds.
 - apiGroups: [rbac.authorization.k8s.io]
-  resources: [roles, rolebindings]
+  resources: [roles]
+  verbs: [create, patch]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [rolebindings]
   verbs: [create]
 - apiGroups: [""]
   resources: [events]

@@ -42,6 +42,7 @@ NOT_EXERCISED: dict[Permission, str] = {
     ("alpaca.dev", "finetunes/status", "get"): "held only to grant it to the workload Role",
     ("alpaca.dev", "modelservers/status", "get"): "held only to grant it to the workload Role",
     ("alpaca.dev", "evaluations/status", "get"): "held only to grant it to the workload Role",
+    ("rbac.authorization.k8s.io", "roles", "create"): "server-side apply creates a missing Role: checked inside the PATCH, audited as patch",
     ("batch", "jobs", "get"): "a restarted operator reads back a Job that already exists",
     ("networking.k8s.io", "networkpolicies", "create"): "a ModelServer with spec.networkPolicy (applied: audited as patch)",
     ("networking.k8s.io", "networkpolicies", "patch"): "a ModelServer with spec.networkPolicy",

@@ -234,3 +234,24 @@ def test_finished_work_is_never_rerun_and_a_namesake_waits_for_the_old_job(
     config = json.loads(core.read_namespaced_config_map("again-evaluate-config", namespace).data["config.json"])
     assert config["baseline"] == {"label": "s3://answers/teacher.jsonl", "outputs": "s3://answers/teacher.jsonl"}
     assert "tasks" not in config, "no tasks given: the built-in evaluation tasks"
+
+
+def test_a_workload_role_made_before_evaluations_existed_gains_their_status(
+    start_operator, custom, api_client: kubernetes.client.ApiClient, control_plane: ControlPlane, namespace: str
+) -> None:
+    # What an older operator left in the namespace: the workloads' Role without the new kind.
+    rbac = kubernetes.client.RbacAuthorizationV1Api(api_client)
+    rbac.create_namespaced_role(namespace, {"metadata": {"name": "alpaca-workload"}, "rules": [
+        {"apiGroups": [GROUP], "resources": ["instructdatasets/status", "finetunes/status", "modelservers/status"], "verbs": ["get", "patch"]}]})
+    start_operator()
+    spec = {**SPEC, "candidate": JUDGE, "baseline": {"outputs": {"uri": "s3://answers/teacher.jsonl"}}, "tasks": {}}
+    _evaluation(custom, namespace, "after-upgrade", spec)
+    wait_for(lambda: kubernetes.client.BatchV1Api(api_client).read_namespaced_job("after-upgrade-evaluate", namespace), what="the Job")
+    role = rbac.read_namespaced_role("alpaca-workload", namespace)
+    assert any("evaluations/status" in (rule.resources or []) for rule in role.rules), role.rules
+    # So the workload can report.
+    token = control_plane.token_for_service_account(namespace, "alpaca-workload")
+    with control_plane.api_client(token) as workload:
+        kubernetes.client.CustomObjectsApi(workload).patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, "evaluations", "after-upgrade", {"status": {"progress": {"tasks": 8}}})
+    assert status_of(custom, namespace, "evaluations", "after-upgrade")["progress"]["tasks"] == 8
