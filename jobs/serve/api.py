@@ -124,7 +124,7 @@ v1 = APIRouter(prefix="/v1")
 def _cards(state: ServerState) -> list[ModelCard]:
     """The base model, then its adapters (with the base as their parent, as vLLM lists them)."""
     base = state.options.served_model_name
-    adapters = state.serving.loaded.adapters if state.serving else ()
+    adapters = state.serving.engine.adapter_order if state.serving else ()
     return [ModelCard(id=base), *(ModelCard(id=name, parent=base) for name in adapters)]
 
 
@@ -252,9 +252,14 @@ Loader = Callable[[], LoadedModel]
 
 
 def create_app(loader: Loader, options: ServeOptions, *, api_key: str | None = None,
-               on_fatal: Callable[[], None] | None = None) -> FastAPI:
-    """The server for one model. `loader` runs in a thread at startup; /readyz turns 200 when it returns."""
+               on_fatal: Callable[[], None] | None = None, watch: Callable[[Engine], Callable[[], None]] | None = None) -> FastAPI:
+    """The server for one model. `loader` runs in a thread at startup; /readyz turns 200 when it returns.
+
+    `watch(engine)`, once the engine runs, starts whatever follows the config (its adapters) and
+    returns how to stop it.
+    """
     state = ServerState(options=options, api_key=api_key or None)
+    stop_watching: list[Callable[[], None]] = []
 
     async def load() -> None:
         try:
@@ -278,6 +283,8 @@ def create_app(loader: Loader, options: ServeOptions, *, api_key: str | None = N
         engine.start()
         state.metrics.watch_engine(lambda: engine.waiting, lambda: engine.running)
         state.serving = OpenAIServing(loaded, engine, options, state.metrics)
+        if watch is not None:
+            stop_watching.append(watch(engine))
         log.info("serving %s (%s prompts)", options.served_model_name, loaded.prompt_style.format.value)
 
     @asynccontextmanager
@@ -290,6 +297,8 @@ def create_app(loader: Loader, options: ServeOptions, *, api_key: str | None = N
             # engine (requests whose clients went away) is finished before the process exits.
             state.stopping = True
             loading.cancel()
+            for stop in stop_watching:
+                stop()
             if state.engine is not None:
                 await asyncio.to_thread(state.engine.stop, 60.0)
 

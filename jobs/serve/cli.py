@@ -26,6 +26,9 @@ from alpaca_operator.api.workloads import ResolvedModel, ServeAdapter, ServeConf
 from alpaca_jobs import logs
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .engine import Engine
     from wsgiref.simple_server import WSGIServer
 
     from prometheus_client import CollectorRegistry
@@ -178,7 +181,17 @@ def run(args: argparse.Namespace) -> int:
         if server is not None:
             server.should_exit = True
 
-    app = create_app(loader, options, api_key=api_key, on_fatal=stop_on_failure)
+    config_file: Path | None = args.config if not args.adapter else None
+
+    def follow_adapters(engine: Engine) -> Callable[[], None]:
+        # The operator adds and removes adapters by rewriting the mounted config: follow it.
+        from .adapters import AdapterSync
+
+        assert config_file is not None
+        return AdapterSync(engine, config_file).start(config.adapters).stop
+
+    app = create_app(loader, options, api_key=api_key, on_fatal=stop_on_failure,
+                     watch=follow_adapters if config_file is not None else None)
     log.info(
         "starting %s on http://%s:%d (auth %s)",
         config.served_model_name, config.host, config.port, "on" if api_key else "off",

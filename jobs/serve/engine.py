@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,10 @@ BASE_ADAPTER = "__base__"
 
 class QueueFullError(Exception):
     """More sequences are waiting than the engine accepts."""
+
+
+class UnknownAdapterError(ValueError):
+    """A request named an adapter the engine does not serve (any more)."""
 
 
 class EngineStoppedError(Exception):
@@ -129,7 +134,9 @@ class Engine:
         # A peft model takes the base model's keywords through **kwargs: ask the base which.
         self._cache_keyword = batch.cache_keyword(model.get_base_model() if hasattr(model, "get_base_model") else model)
         # Adapters loaded beside the base (a peft model): every forward names each row's adapter.
-        self.adapters: frozenset[str] = frozenset(getattr(model, "peft_config", None) or ())
+        self.adapter_order: tuple[str, ...] = tuple(getattr(model, "peft_config", None) or ())
+        # Work that must not overlap a forward pass (loading or dropping an adapter), run between steps.
+        self._between: collections.deque[tuple[Callable[[], Any], Future[Any]]] = collections.deque()
         self._waiting: collections.deque[_Sequence] = collections.deque()
         self._rows: list[_Sequence] = []
         self._cache: DynamicCache | None = None
@@ -146,6 +153,44 @@ class Engine:
     @property
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def adapters(self) -> frozenset[str]:
+        return frozenset(self.adapter_order)
+
+    def between_steps(self, work: Callable[[], Any]) -> Future[Any]:
+        """Run `work` on the engine thread between two steps (no forward pass in flight); its result
+        or exception arrives on the returned future."""
+        future: Future[Any] = Future()
+        with self._cond:
+            self._between.append((work, future))
+            self._cond.notify()
+        return future
+
+    def add_adapter(self, name: str, load: Callable[[Any], Any]) -> Future[Any]:
+        """Between steps: `load(model)` returns the model with adapter `name` added (a peft model),
+        which then serves it; requests may name it from then on."""
+
+        def work() -> None:
+            self.model = load(self.model)
+            with self._cond:
+                self.adapter_order = (*[n for n in self.adapter_order if n != name], name)
+
+        return self.between_steps(work)
+
+    def remove_adapter(self, name: str, unload: Callable[[Any], None]) -> Future[Any]:
+        """Between steps: stop serving adapter `name` and `unload(model)` it, unless a waiting or
+        running sequence still answers through it (then the result is False: try again later)."""
+
+        def work() -> bool:
+            with self._cond:
+                if any(s.adapter == name for s in (*self._waiting, *self._rows) if not s.finished):
+                    return False
+                self.adapter_order = tuple(n for n in self.adapter_order if n != name)
+            unload(self.model)
+            return True
+
+        return self.between_steps(work)
 
     @property
     def waiting(self) -> int:
@@ -177,8 +222,6 @@ class Engine:
         different adapters share batches: each row of a forward pass goes through its own.
         Before `start()` sequences wait in the queue (a caller may also drive `step()` itself).
         """
-        if adapter is not None and adapter not in self.adapters:
-            raise ValueError(f"adapter {adapter!r} is not loaded; loaded: {sorted(self.adapters)}")
         handle = RequestHandle(loop, len(prompts) * n, clock=lambda: self.forwards)
         sequences = []
         for i, prompt in enumerate(prompts):
@@ -192,6 +235,9 @@ class Engine:
         with self._cond:
             if self._stopping or (self._thread is not None and not self._thread.is_alive()):
                 raise EngineStoppedError("the server is shutting down")
+            # Checked under the lock that adapter removal takes: a sequence never outlives its adapter.
+            if adapter is not None and adapter not in self.adapter_order:
+                raise UnknownAdapterError(f"adapter {adapter!r} is not served; served: {', '.join(self.adapter_order) or 'none'}")
             if len(self._waiting) + len(sequences) > self.max_queue:
                 raise QueueFullError(f"{len(self._waiting)} sequences are already waiting (max_queue {self.max_queue})")
             self._waiting.extend(sequences)
@@ -204,7 +250,7 @@ class Engine:
         torch.set_grad_enabled(False)
         while True:
             with self._cond:
-                while not self._waiting and not self._rows and not self._stopping:
+                while not self._waiting and not self._rows and not self._stopping and not self._between:
                     self._cond.wait()
                 if self._stopping and not self._waiting and not self._rows:
                     return
@@ -212,6 +258,7 @@ class Engine:
 
     def step(self) -> None:
         """One round: admit and prefill what fits, then decode one token for every running row."""
+        self._run_between()
         with self._cond:
             admitted = self._admit()
         try:
@@ -226,6 +273,19 @@ class Engine:
         except Exception as error:  # a failed forward pass fails its sequences, not the server
             log.exception("engine step failed")
             self._fail_all(admitted, error)
+
+    def _run_between(self) -> None:
+        while True:
+            with self._cond:
+                if not self._between:
+                    return
+                work, future = self._between.popleft()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(work())
+            except Exception as error:  # noqa: BLE001 - handed to whoever asked
+                future.set_exception(error)
 
     def _admit(self) -> list[_Sequence]:
         admitted: list[_Sequence] = []

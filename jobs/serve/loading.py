@@ -57,7 +57,8 @@ def attach_adapters(lm: Any, adapters: Sequence[ServeAdapter]) -> Any:
         return lm
     from peft import PeftModel
 
-    peft_model: Any = None
+    # A model that already carries adapters (a peft model) takes more in place.
+    peft_model: Any = lm if hasattr(lm, "peft_config") else None
     for adapter in adapters:
         folder = local_path(adapter.location)
         if not (folder / ADAPTER_CONFIG).is_file():

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .engine import Engine, EngineStoppedError, Event, QueueFullError, RequestHandle
+from .engine import Engine, EngineStoppedError, Event, QueueFullError, RequestHandle, UnknownAdapterError
 from .errors import ApiError, bad_request
 from .logprobs import TokenTexts, chat_content, completion_logprobs
 from .metrics import Metrics
@@ -81,13 +81,13 @@ class OpenAIServing:
 
     def model_names(self) -> list[str]:
         """What a request's `model` may name: the base model, then each adapter."""
-        return [self.options.served_model_name, *self.loaded.adapters]
+        return [self.options.served_model_name, *self.engine.adapter_order]
 
     def _check_model(self, name: str) -> str | None:
         """The adapter a request's `model` names (None: the base model); 404 for anything else."""
         if name == self.options.served_model_name:
             return None
-        if name in self.loaded.adapters:
+        if name in self.engine.adapters:
             return name
         served = ", ".join(f"`{n}`" for n in self.model_names())
         raise ApiError(
@@ -164,6 +164,8 @@ class OpenAIServing:
             ) from error
         except EngineStoppedError as error:
             raise ApiError(503, str(error), type="server_error", code="unavailable") from error
+        except UnknownAdapterError as error:  # removed between the model check and the submission
+            raise ApiError(404, str(error), type="not_found_error", param="model", code="model_not_found") from error
         self.metrics.prompt_tokens.inc(sum(len(p) for p in prompts) * n)
         return handle
 

@@ -265,7 +265,7 @@ def build(
         "securityContext": container_security(),
     }
     pod_labels = labels(parent.name, SERVE)
-    config_digest = spec_hash(cm["data"])
+    config_digest = rollout_digest(config)
     deployment: Manifest = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -308,6 +308,8 @@ def build(
         },
     }
     hashed: dict[str, object] = {"deployment": deployment["spec"]}
+    if adapters:
+        hashed["adapters"] = [a.name + "=" + a.input.location for a in adapters]
     if spec.autoscaling is not None:
         # The HPA owns the count: the field is left out, so server-side apply never takes it back.
         del deployment["spec"]["replicas"]
@@ -315,6 +317,22 @@ def build(
     if queue := queue_labels(spec.queue, settings):
         hashed["queue"] = queue
     return cm, stamp(deployment, parent, hashed), service
+
+
+def rollout_digest(config: ServeConfig) -> str:
+    """A digest of what a running pod would serve differently: the pods roll when it changes.
+
+    The replica count, autoscaling and queue change how many pods run, not what each one does, so
+    scaling never restarts the running ones. alpaca serve reloads its adapters from the mounted
+    config when the file changes, so adding or removing one (when it needs no new volume) does not
+    restart them either.
+    """
+    spec = config.spec.model_copy(update={"replicas": 1, "autoscaling": None, "queue": None})
+    kept = config
+    if config.spec.runtime is Runtime.TRANSFORMERS:
+        spec = spec.model_copy(update={"adapters": []})
+        kept = config.model_copy(update={"adapters": []})
+    return spec_hash(kept.model_copy(update={"spec": spec}).to_wire())
 
 
 def autoscaler_name(parent: str) -> str:

@@ -128,3 +128,138 @@ def test_an_adapter_folder_is_not_a_model(adapter_dirs: dict[str, Path]) -> None
 
     with pytest.raises(AdapterError, match="is a LoRA adapter, not a model"):
         load(ResolvedModel(location=str(adapter_dirs["french"])), device="cpu")
+
+
+def models(client: openai.OpenAI) -> list[str]:
+    return [m.id for m in client.models.list().data]
+
+
+def test_adapters_follow_the_config_file_without_a_restart(tiny_model_dir: Path, adapter_dirs, server_runner, tmp_path: Path) -> None:
+    """Added, served, then removed: the same process throughout."""
+    import json
+    import time
+
+    from alpaca_jobs.serve.adapters import AdapterSync
+    from alpaca_jobs.serve.loading import load
+    from alpaca_operator.api.workloads import ResolvedModel, ServeAdapter
+
+    french = ServeAdapter(name="french", location=str(adapter_dirs["french"]))
+    german = ServeAdapter(name="german", location=str(adapter_dirs["german"]))
+    loaded = load(ResolvedModel(location=str(tiny_model_dir)), device="cpu", adapters=[french])
+    config_file = tmp_path / "config.json"
+
+    def write(adapters: list[ServeAdapter]) -> None:
+        config = {"name": "x", "servedModelName": MODEL_NAME, "model": {"location": str(tiny_model_dir)},
+                  "spec": {"model": {"source": {"uri": "file:///base"}}}, "adapters": [a.model_dump() for a in adapters]}
+        config_file.write_text(json.dumps(config))
+
+    write([french])
+    with server_runner(loaded, max_new_tokens=512) as running:
+        client = openai.OpenAI(base_url=running.v1, api_key="unused", max_retries=0, timeout=120)
+        engine = running.app.state.server.serving.engine
+        sync = AdapterSync(engine, config_file, interval=0.05).start([french])
+        try:
+            assert models(client) == [MODEL_NAME, "french"]
+            write([french, german])
+            deadline = time.monotonic() + 60
+            while "german" not in models(client):
+                assert time.monotonic() < deadline, "the added adapter never appeared"
+                time.sleep(0.05)
+            content = PROMPTS[0]
+            assert ask(client, "german", content) == reference(tiny_model_dir, adapter_dirs["german"], loaded.tokenizer, content)
+
+            write([german])
+            deadline = time.monotonic() + 60
+            while "french" in models(client):
+                assert time.monotonic() < deadline, "the removed adapter stayed"
+                time.sleep(0.05)
+            with pytest.raises(openai.NotFoundError):
+                ask(client, "french", content)
+            assert ask(client, "german", content) == reference(tiny_model_dir, adapter_dirs["german"], loaded.tokenizer, content)
+        finally:
+            sync.stop()
+
+
+def test_an_adapter_still_answering_is_removed_only_after_its_last_sequence(tiny_model_dir: Path, adapter_dirs) -> None:
+    """The engine driven step by step: removal waits for the sequence through the adapter, and a
+    request for a removed adapter is refused rather than failing the batch it would join."""
+    import asyncio
+
+    from alpaca_jobs.serve.engine import Engine, UnknownAdapterError
+    from alpaca_jobs.serve.loading import load
+    from alpaca_jobs.serve.sampling import SamplingParams
+    from alpaca_operator.api.workloads import ResolvedModel, ServeAdapter
+
+    french = ServeAdapter(name="french", location=str(adapter_dirs["french"]))
+    loaded = load(ResolvedModel(location=str(tiny_model_dir)), device="cpu", adapters=[french])
+    engine = Engine(loaded.model, loaded.tokenizer)
+    loop = asyncio.new_event_loop()
+    try:
+        engine.submit([[1, 2, 3]], SamplingParams(max_tokens=5, temperature=0.0), 1, loop, "french")
+        removal = engine.remove_adapter("french", lambda model: model.delete_adapter("french"))
+        engine.step()
+        assert removal.result(0) is False and engine.adapter_order == ("french",)
+        while engine.running or engine.waiting:
+            engine.step()
+        removal = engine.remove_adapter("french", lambda model: model.delete_adapter("french"))
+        engine.step()
+        assert removal.result(0) is True and engine.adapter_order == ()
+        with pytest.raises(UnknownAdapterError):
+            engine.submit([[1, 2, 3]], SamplingParams(max_tokens=5, temperature=0.0), 1, loop, "french")
+    finally:
+        loop.close()
+
+
+def test_alpaca_serve_config_takes_an_added_adapter_in_the_same_process(tiny_model_dir: Path, adapter_dirs, tmp_path: Path) -> None:
+    """What a ModelServer's pod runs: `alpaca serve --config`, the file rewritten as the kubelet would."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config_file = tmp_path / "config.json"
+
+    def write(names: list[str]) -> None:
+        config = {"name": "demo", "servedModelName": "demo", "host": "127.0.0.1", "port": port,
+                  "model": {"location": str(tiny_model_dir)}, "spec": {"model": {"source": {"uri": f"file://{tiny_model_dir}"}}},
+                  "adapters": [{"name": n, "location": str(adapter_dirs[n])} for n in names]}
+        staged = tmp_path / "config.json.new"
+        staged.write_text(json.dumps(config))
+        staged.replace(config_file)  # one atomic swap, as the kubelet's symlink flip
+
+    write(["french"])
+    env = {**os.environ, "PYTHONSAFEPATH": "1", "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "alpaca_operator.cli", "serve", "--config", str(config_file)],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            try:
+                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "alpaca serve never became ready"
+            time.sleep(0.2)
+        client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=120)
+        assert models(client) == ["demo", "french"]
+        write(["french", "german"])
+        deadline = time.monotonic() + 60
+        while "german" not in models(client):
+            assert process.poll() is None and time.monotonic() < deadline, "the added adapter never appeared"
+            time.sleep(0.2)
+        assert models(client) == ["demo", "french", "german"]
+        assert ask(client, "german", PROMPTS[1])
+        assert process.poll() is None  # never restarted
+    finally:
+        process.terminate()
+        process.wait(timeout=60)

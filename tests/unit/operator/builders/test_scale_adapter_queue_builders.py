@@ -22,8 +22,11 @@ BASE = {"model": {"source": {"uri": "s3://models/base"}}}
 QUEUED = OperatorSettings.model_validate({"queue": {"name": "team-default"}})
 
 
-def server(settings: OperatorSettings = OperatorSettings(), adapters: tuple[modelserver.AdapterInput, ...] = (), **changes: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    spec = ModelServerSpec.model_validate({**BASE, **changes})
+def server(settings: OperatorSettings = OperatorSettings(), adapters: tuple[modelserver.AdapterInput, ...] = (),
+           adapters_spec: int = 0, **changes: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """`adapters_spec`: how many of ("fr", "de") spec.adapters names (the resolved ones come in `adapters`)."""
+    named = [{"name": n, "fineTuneRef": {"name": n}} for n in ("fr", "de")[:adapters_spec]]
+    spec = ModelServerSpec.model_validate({**BASE, **changes, **({"adapters": named} if named else {})})
     return modelserver.build(SERVER, spec, settings, ResolvedModel(location="s3://models/base"), Mounts(), adapters)
 
 
@@ -153,3 +156,36 @@ def test_the_default_queue_labels_the_generation_job() -> None:
 def test_a_queue_name_must_be_a_label_value(name: str) -> None:
     with pytest.raises(ValueError, match="queue"):
         ModelServerSpec.model_validate({**BASE, "queue": {"name": name}})
+
+
+# -- what rolls the pods ---------------------------------------------------------------------
+
+def rollout(deployment: dict[str, Any]) -> str:
+    return deployment["spec"]["template"]["metadata"]["annotations"]["alpaca.dev/config-hash"]
+
+
+def test_scaling_and_queues_never_roll_the_pods_but_a_serving_change_does() -> None:
+    _, base, _ = server()
+    _, scaled, _ = server(replicas=4)
+    _, auto, _ = server(autoscaling={"maxReplicas": 3, "podsMetric": {"name": "m", "averageValue": "1"}})
+    _, queued, _ = server(queue={"name": "q"})
+    assert rollout(base) == rollout(scaled) == rollout(auto) == rollout(queued)
+    # ...while each is still applied: the spec hash moves.
+    hashes = {d["metadata"]["annotations"]["alpaca.dev/spec-hash"] for d in (base, scaled, auto, queued)}
+    assert len(hashes) == 4
+    _, batched, _ = server(batching={"maxBatchSize": 4})
+    assert rollout(batched) != rollout(base)
+
+
+def test_alpaca_serve_takes_new_uri_adapters_without_a_restart_and_vllm_restarts() -> None:
+    one = (adapter("fr", 0, Storage(uri="s3://b/fr")),)
+    two = (*one, adapter("de", 1, Storage(uri="s3://b/de")))
+    _, without, _ = server()
+    cm_one, with_one, _ = server(adapters=one, adapters_spec=1)
+    cm_two, with_two, _ = server(adapters=two, adapters_spec=2)
+    assert rollout(without) == rollout(with_one) == rollout(with_two)
+    assert cm_one["data"] != cm_two["data"]  # the new set reaches the mounted config
+    assert with_one["metadata"]["annotations"]["alpaca.dev/spec-hash"] != with_two["metadata"]["annotations"]["alpaca.dev/spec-hash"]
+    _, vllm_one, _ = server(adapters=one, adapters_spec=1, runtime="vllm", gpusPerReplica=1)
+    _, vllm_two, _ = server(adapters=two, adapters_spec=2, runtime="vllm", gpusPerReplica=1)
+    assert rollout(vllm_one) != rollout(vllm_two)
