@@ -237,7 +237,7 @@ class ModelServerSpec(ApiModel):
 
 class ServedAdapter(StatusModel):
     name: ShortStr = Field(description="The model name clients send.")
-    model: Artifact = Field(description="The adapter's FineTune output.")
+    model: Artifact = Field(description="The adapter folder in its FineTune's output.")
 
 
 class ModelServerStatus(StatusBase):

@@ -83,7 +83,10 @@ def resolve_adapters(
         rank = tuned.lora.r if tuned.lora is not None else 8
         resolved = build.adapter_input(adapter.name, index, output, rank)
         found.append(resolved)
-        pinned.append({"name": adapter.name, "model": {"uri": resolved.input.location, **({"sha256": artifact.sha256} if artifact.sha256 else {})}})
+        # The FineTune's reported output (its uri, not a path inside this pod) with the adapter folder;
+        # no sha256: the FineTune's digest is of its merged model, not of the adapter.
+        where = output.pinned.uri if output.pinned is not None else artifact.uri
+        pinned.append({"name": adapter.name, "model": {"uri": f"{where.rstrip('/')}/adapter"}})
     if waiting:
         return (), [], Desired(ADAPTERS_READY, FALSE, "Waiting", "waiting for adapters: " + "; ".join(waiting))
     names = ", ".join(a.name for a in found)
