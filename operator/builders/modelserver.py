@@ -3,6 +3,7 @@ llama.cpp's `llama-server`."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from ..api.modelserver import ModelServerSpec, Runtime
@@ -138,6 +139,22 @@ def cpu_threads(spec: ModelServerSpec) -> int | None:
     return max(1, int(cores))
 
 
+# Kubernetes memory quantities: a number and a decimal or binary suffix.
+_MEMORY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([EPTGMK]i?)?$")
+_MEMORY_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+                 "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+
+
+def prompt_cache_mib(spec: ModelServerSpec) -> int | None:
+    """A quarter of the pod's memory limit for llama-server's prompt cache, whose default (8 GiB) would
+    outgrow a smaller pod and get it OOM-killed; None (the default) when the pod has no limit."""
+    memory = spec.resources.memory if spec.resources else None
+    match = _MEMORY.match(memory) if memory else None
+    if match is None:
+        return None
+    return int(float(match.group(1)) * _MEMORY_UNITS[match.group(2) or ""] / 4 / 2**20)
+
+
 def llama_server_args(config: ServeConfig, gguf: str) -> list[str]:
     """llama-server's flags for a ServeConfig (checked against `llama-server --help`), for the cluster and local mode.
 
@@ -158,6 +175,8 @@ def llama_server_args(config: ServeConfig, gguf: str) -> list[str]:
     ]
     if (threads := cpu_threads(config.spec)) is not None:
         args += ["--threads", str(threads), "--threads-batch", str(threads)]
+    if (cache := prompt_cache_mib(config.spec)) is not None:
+        args += ["--cache-ram", str(cache)]  # 0 turns the cache off
     return args
 
 

@@ -147,6 +147,14 @@ def test_llama_cpp_threads_follow_the_cpu_limit(cpu: str, threads: str) -> None:
     assert flag(command, "--threads") == threads and flag(command, "--threads-batch") == threads
 
 
+@pytest.mark.parametrize(("memory", "cache"), [("4Gi", "1024"), ("2G", "476"), ("512Mi", "128"), ("1Mi", "0")])
+def test_llama_cpp_prompt_cache_stays_within_a_quarter_of_the_memory_limit(memory: str, cache: str) -> None:
+    _, deployment, _ = build({"model": BUILTIN, "runtime": "llama-cpp", "resources": {"memory": memory}})
+    assert flag(container(deployment)["command"], "--cache-ram") == cache
+    _, unbounded, _ = build({"model": BUILTIN, "runtime": "llama-cpp"})
+    assert "--cache-ram" not in container(unbounded)["command"]
+
+
 def test_the_builtin_gguf_names_agree_with_the_workloads() -> None:
     from alpaca_jobs.models import builtin_files
 
@@ -167,7 +175,7 @@ def test_every_flag_the_builder_passes_is_one_llama_server_knows() -> None:
     if binary is None:
         pytest.skip("no llama-server binary (PATH, ALPACA_LLAMA_SERVER or bench/build_llama_server.sh's cache)")
     help_text = subprocess.run([str(binary), "--help"], capture_output=True, text=True, timeout=60).stdout
-    _, deployment, _ = build({"model": BUILTIN, "runtime": "llama-cpp", "resources": {"cpu": "2"}})
+    _, deployment, _ = build({"model": BUILTIN, "runtime": "llama-cpp", "resources": {"cpu": "2", "memory": "1Gi"}})
     for word in container(deployment)["command"][1:]:
         if word.startswith("--"):
             assert f"{word} " in help_text or f"{word}," in help_text, f"llama-server --help has no {word}"
