@@ -74,3 +74,33 @@ def test_local_files_and_keys(tmp_path: Path) -> None:
     assert config.candidate.outputs == "/data/mine.jsonl" and config.candidate.endpoint is None
     # A Secret key is a local environment variable named after it, as for a teacher.
     assert config.baseline.endpoint is not None and config.baseline.endpoint.api_key_env == "BASE_KEY"
+
+
+def test_the_evaluated_server_keeps_serving_and_the_teacher_stops_after_its_last_user(tmp_path: Path) -> None:
+    """The order of starts and stops, with the processes left out (the runner's own decisions)."""
+    from alpaca_operator.local.runner import LocalRunner, StepReport
+
+    events: list[str] = []
+
+    class Recording(LocalRunner):
+        def _start_server(self, step, ready_timeout_s: float = 600) -> StepReport:  # type: ignore[no-untyped-def, override]
+            events.append(f"start {step.manifest.name}")
+            self.servers[step.key] = None  # type: ignore[assignment]
+            self.outputs[step.key] = Outputs(url="http://127.0.0.1:9/v1", served_model_name=step.manifest.name)
+            return StepReport(step, "Ready", self.outputs[step.key])
+
+        def stop_server(self, key, timeout_s: float = 30) -> None:  # type: ignore[no-untyped-def, override]
+            if self.servers.pop(key, "gone") != "gone":
+                events.append(f"stop {key[1]}")
+
+        def _run_batch(self, step):  # type: ignore[no-untyped-def, override]
+            events.append(f"run {step.manifest.name}")
+            return Outputs(location=str(tmp_path / step.manifest.name), sha256=step.manifest.name)
+
+    runner = Recording(Layout(tmp_path), echo=False, say=lambda _line: None)
+    runner.run(plan(load([QUICKSTART])), keep_serving=True)
+    assert events == [
+        "start teacher", "run quickstart-data", "run quickstart-tune",
+        "start quickstart-chat", "run quickstart-eval", "stop teacher",
+    ]
+    assert set(runner.servers) == {("ModelServer", "quickstart-chat")}, "the evaluated model is served on"
