@@ -140,7 +140,13 @@ def reconcile(body: Body, child: ChildState | None, references: References, sett
     children: list[dict[str, Any]] = []
     remove: list[dict[str, Any]] = []
     handover: dict[str, Any] | None = None
-    autoscaler_name = status.get("autoscalerName")
+    recorded = status.get("autoscalerName")
+    autoscaler_name = recorded
+    if spec.autoscaling is None and recorded:
+        # Autoscaling was turned off: the HPA goes (again, harmlessly, until the status says so),
+        # and replicas is the spec's again.
+        remove.append(build.autoscaler_stub(parent))
+        autoscaler_name = None
     if child is not None and dependency is not None and dependency.status != TRUE:
         # Already serving: an upstream that went away later does not take the server down.
         dependency, pinned = None, status.get("model")
@@ -149,22 +155,19 @@ def reconcile(body: Body, child: ChildState | None, references: References, sett
             config_map, deployment, service = build.build(parent, spec, settings, model, mounts, adapters)
         except build.UnsupportedModel as exc:
             return Plan(invalid_spec(exc))
+        if spec.autoscaling is not None:
+            # Applied now, or already (the same hash): recorded even when a status write was lost.
+            autoscaler_name = build.autoscaler_name(meta["name"])
         if child is None or child.spec_hash != deployment["metadata"]["annotations"][SPEC_HASH_ANNOTATION]:
             # Replicas, resources, image, placement...: a server applies spec edits by rolling out,
             # and server-side apply removes what the spec no longer asks for.
             policy = build.network_policy(parent, spec)
             hpa = build.autoscaler(parent, spec)
             children = [config_map, service, *([policy] if policy else []), *([hpa] if hpa else []), deployment]
-            if hpa is not None:
-                if child is not None and not autoscaler_name:
-                    # The running count is handed over rather than dropped: dropped from the only
-                    # manager that set it, the API server would reset it to 1 until the HPA acts.
-                    handover = build.replicas_handover(parent, child.replicas)
-                autoscaler_name = hpa["metadata"]["name"]
-            elif autoscaler_name:
-                # Autoscaling was turned off: the HPA goes, and replicas is the spec's again.
-                remove.append(build.autoscaler_stub(parent))
-                autoscaler_name = None
+            if hpa is not None and child is not None and not recorded:
+                # The running count is handed over rather than dropped: dropped from the only
+                # manager that set it, the API server would reset it to 1 until the HPA acts.
+                handover = build.replicas_handover(parent, child.replicas)
             if child is None:
                 child = summarize_deployment(deployment)  # reported as the Deployment just made
     elif child is not None and adapters_ready is not None:

@@ -74,6 +74,17 @@ def test_turning_autoscaling_off_removes_the_hpa_and_gives_replicas_back_to_the_
     assert off.status.fields["autoscalerName"] is None and off.status.fields["replicas"] == 2
 
 
+def test_a_lost_status_write_neither_forgets_the_hpa_nor_stops_its_removal() -> None:
+    on = modelserver.reconcile(body("ModelServer", {**SERVE, "autoscaling": SCALING}), None, {}, SETTINGS, NOW)
+    # Applied, but the status saying so was never written: the next look records it all the same.
+    again = modelserver.reconcile(body("ModelServer", {**SERVE, "autoscaling": SCALING}), serving(on), {}, SETTINGS, NOW)
+    assert again.children == [] and again.handover is None and again.status.fields["autoscalerName"] == "x-serve"
+    # Turned off, the HPA deleted, the status not yet written: deleted again (a no-op) until it is.
+    off = modelserver.reconcile(body("ModelServer", SERVE), None, {}, SETTINGS, NOW)
+    retried = modelserver.reconcile(body("ModelServer", SERVE, {"autoscalerName": "x-serve"}), serving(off), {}, SETTINGS, NOW)
+    assert retried.children == [] and [r["kind"] for r in retried.remove] == ["HorizontalPodAutoscaler"]
+
+
 def test_a_server_never_autoscaled_removes_nothing() -> None:
     first = modelserver.reconcile(body("ModelServer", SERVE), None, {}, SETTINGS, NOW)
     edited = modelserver.reconcile(body("ModelServer", {**SERVE, "replicas": 2}), serving(first), {}, SETTINGS, NOW)
