@@ -266,3 +266,18 @@ def test_the_reconcile_and_its_builder_do_no_io() -> None:
                 imported.update(alias.name for alias in node.names)
         assert not {m for m in imported if m.split(".")[-1] in {"kube", "controller", "handlers", "kopf", "kubernetes", "requests"}
                     or m.startswith(("kubernetes", "kopf"))}, (path, imported)
+
+
+def test_the_crd_names_and_columns() -> None:
+    from alpaca_operator.api.kinds import EVALUATION
+    from alpaca_operator.crd.generate import crd
+
+    generated = crd(EVALUATION)
+    names = generated["spec"]["names"]
+    assert (names["plural"], names["shortNames"], names["categories"]) == ("evaluations", ["eval"], ["alpaca"])
+    version = generated["spec"]["versions"][0]
+    columns = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
+    assert columns == ["Phase", "Ready", "Win rate", "Cost", "Age"]
+    assert version["subresources"] == {"status": {}}
+    status = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    assert {"score", "progress", "report", "result", "serverCostUSD", "costUSD", "conditions", "observedGeneration"} <= set(status)
