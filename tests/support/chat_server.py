@@ -36,6 +36,8 @@ class Stats:
     received: Counter[str] = field(default_factory=Counter)  # by model
     answered: Counter[str] = field(default_factory=Counter)  # 200s by model
     asked: Counter[str] = field(default_factory=Counter)  # 200s by request fingerprint
+    # 200s by the bearer token they came with, then by fingerprint: which client asked what.
+    asked_with_key: dict[str, Counter[str]] = field(default_factory=dict)
     billed_prompt_tokens: Counter[str] = field(default_factory=Counter)  # by model
     billed_completion_tokens: Counter[str] = field(default_factory=Counter)
     bodies: list[dict[str, Any]] = field(default_factory=list)
@@ -106,6 +108,8 @@ class ChatServer:
             with self._lock:
                 self.stats.answered[model] += 1
                 self.stats.asked[fingerprint(body)] += 1
+                key = request.headers.get("authorization", "").removeprefix("Bearer ")
+                self.stats.asked_with_key.setdefault(key, Counter())[fingerprint(body)] += 1
                 self.stats.billed_prompt_tokens[model] += prompt_tokens
                 self.stats.billed_completion_tokens[model] += completion_tokens
             if self.delay_s:

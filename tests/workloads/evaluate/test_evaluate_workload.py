@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.chat_server import ChatServer, fingerprint
+from support.chat_server import ChatServer
 
 from alpaca_jobs.evaluate import stats
 from alpaca_jobs.evaluate.journal import JOURNAL_FILE, Journal
@@ -250,12 +250,19 @@ def _command(tmp_path: Path, config: EvaluateConfig) -> list[str]:
 
 
 def test_killed_it_resumes_without_asking_or_judging_anything_twice(tmp_path: Path) -> None:
+    """Each process gets its own API key, so the server can tell who asked what."""
     concurrency, tasks = 4, 24
     out = tmp_path / "out"
     with ChatServer(SCRIPTS, delay_s=0.1) as server:
-        command = _command(tmp_path, _config(server, out, judge="longer", sample=tasks, concurrency=concurrency))
+        config = _config(server, out, judge="longer", sample=tasks, concurrency=concurrency)
+        for side in (config.candidate, config.baseline):
+            assert side.endpoint is not None
+            side.endpoint.api_key_env = "EVAL_KEY"
+        config.judge.api_key_env = "EVAL_KEY"
+        command = _command(tmp_path, config)
         journal = out / JOURNAL_FILE
-        process = subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=tmp_path, env={**ENV, "EVAL_KEY": "killed"},
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while not (journal.exists() and journal.read_bytes().count(b'"kind":"verdict"') >= 4):
             assert process.poll() is None, "the run ended before it could be killed"
@@ -264,24 +271,26 @@ def test_killed_it_resumes_without_asking_or_judging_anything_twice(tmp_path: Pa
         process.send_signal(signal.SIGKILL)
         process.wait()
         at_kill = Journal(journal).load()
-        ended_at_kill = [e for e in at_kill if e.kind != "sent"]
-        assert not (out / "summary.json").exists()
-        answered_at_kill = sum(server.stats.answered.values())
-        resumed = subprocess.run(command, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+        ended_at_kill = {e.request for e in at_kill if e.kind != "sent"}
+        in_flight_at_kill = {e.request for e in at_kill if e.kind == "sent"} - ended_at_kill
+        assert 0 < len(ended_at_kill) < 4 * tasks and not (out / "summary.json").exists()
+        resumed = subprocess.run(command, cwd=tmp_path, env={**ENV, "EVAL_KEY": "resumed"},
+                                 capture_output=True, text=True, timeout=300)
         assert resumed.returncode == 0, resumed.stderr
-        asked = server.stats.asked
+        killed, second = server.stats.asked_with_key["killed"], server.stats.asked_with_key["resumed"]
 
-    score, rows = _check_report(out, tasks)
+    score, _ = _check_report(out, tasks)
     assert score.wins == tasks
     ended = [e for e in Journal(journal).load() if e.kind != "sent"]
-    # Every request ended once in the journal; what was journaled before the kill was never asked again.
+    # Every request ended once in the journal (4 a task: two answers, two verdicts).
     assert len(ended) == len({e.request for e in ended}) == 4 * tasks
-    # Only what was in flight at the kill (answered by the server, lost with the process) was asked twice.
-    repeated = sum(n - 1 for n in asked.values() if n > 1)
-    assert repeated == answered_at_kill - len(ended_at_kill) <= concurrency
-    summary = _summary(out)
-    assert summary["unrecordedRequests"] == len({e.request for e in at_kill if e.kind == "sent"} - {e.request for e in ended_at_kill})
-    assert all(fingerprint is not None for fingerprint in asked)
+    # The resumed process asked exactly what had not ended before the kill, each once.
+    assert set(second.values()) == {1} and sum(second.values()) == 4 * tasks - len(ended_at_kill)
+    assert set(killed.values()) == {1}
+    # Asked twice: only what the killed process had in flight and the server answered anyway.
+    twice = set(killed) & set(second)
+    assert len(twice) == sum(killed.values()) - len(ended_at_kill) <= len(in_flight_at_kill) <= concurrency
+    assert _summary(out)["unrecordedRequests"] == len(in_flight_at_kill)
 
 
 class _RecordingStatusApi:
