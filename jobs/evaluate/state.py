@@ -40,6 +40,10 @@ class EvaluationState:
             for key, text in answers.items():
                 self.answers[(key, role)] = text
         self.verdicts: dict[tuple[str, Order], Verdict] = {}
+        # Kept as entries arrive: progress is reported after every one, and a scan would be quadratic.
+        self.answered_count = sum(1 for task in self.tasks if self.answered(task.key))
+        self.judged_count = 0
+        self.unparsed_count = 0
         # Sent and not yet ended: request -> (role, prompt token bound, completion token bound).
         self.in_flight: dict[tuple[str, str, str | None], tuple[Role, int, int]] = {}
         self.requests: Counter[str] = Counter()  # answered requests by role
@@ -113,11 +117,18 @@ class EvaluationState:
         self.requests[entry.role] += 1
         self.prompt_tokens[entry.role] += entry.prompt_tokens
         self.completion_tokens[entry.role] += entry.completion_tokens
+        counted = entry.task in self.by_key  # a journal may hold tasks an earlier sample had
         if entry.kind == "answer":
+            was = self.answered(entry.task)
             self.answers[(entry.task, entry.role)] = entry.content or ""
+            self.answered_count += counted and not was and self.answered(entry.task)
         elif entry.kind == "verdict":
             assert entry.order is not None
+            was = self.judged(entry.task)
+            previous = self.verdicts.get((entry.task, entry.order))
             self.verdicts[(entry.task, entry.order)] = Verdict(entry.winner, entry.content or "")
+            self.judged_count += counted and not was and self.judged(entry.task)
+            self.unparsed_count += counted * ((entry.winner is None) - (previous is not None and previous.winner is None))
 
     # -- what is known ----------------------------------------------------------------------------
 
@@ -136,18 +147,18 @@ class EvaluationState:
 
     @property
     def unparsed_verdicts(self) -> int:
-        return sum(1 for (key, _), verdict in self.verdicts.items() if key in self.by_key and verdict.winner is None)
+        return self.unparsed_count
 
     @property
     def done(self) -> bool:
-        return all(self.judged(task.key) for task in self.tasks)
+        return self.judged_count == len(self.tasks)
 
     def progress(self) -> EvaluationProgress:
         return EvaluationProgress(
             tasks=len(self.tasks),
-            answered=sum(1 for task in self.tasks if self.answered(task.key)),
-            judged=len(self.judged_tasks),
-            unparsed_verdicts=self.unparsed_verdicts,
+            answered=self.answered_count,
+            judged=self.judged_count,
+            unparsed_verdicts=self.unparsed_count,
             prompt_tokens=sum(self.prompt_tokens.values()),
             completion_tokens=sum(self.completion_tokens.values()),
             cost_usd=round(self.cost_usd, 9),

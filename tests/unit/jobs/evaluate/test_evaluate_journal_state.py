@@ -68,3 +68,16 @@ def test_what_a_dead_process_left_in_flight_is_charged_at_its_worst_case() -> No
     assert state.spent_usd == pytest.approx((1000 * 1.0 + 114 * 4.0) / 1e6)
     state.apply(Entry("failed", key, "candidate", problem="timeout"))
     assert state.failed == {"timeout": 1} and state.consecutive_failures == 1
+
+
+def test_the_running_counts_match_a_count_from_scratch_whatever_the_journal_holds() -> None:
+    other = EvalTask("Not in this sample.")
+    state = EvaluationState(TASKS, {}, {"baseline": {t.key: "x" for t in (*TASKS, other)}})
+    for entry in [*_entries(TASKS[0].key), *_entries(other.key), *_entries(TASKS[1].key)[:4]]:
+        state.apply(entry)
+    # The same verdict journaled again (replayed twice) changes nothing.
+    state.apply(_entries(TASKS[0].key)[5])
+    scan = (sum(state.answered(t.key) for t in TASKS), sum(state.judged(t.key) for t in TASKS),
+            sum(1 for (k, _), v in state.verdicts.items() if k in state.by_key and v.winner is None))
+    assert (state.answered_count, state.judged_count, state.unparsed_count) == scan == (2, 1, 1)
+    assert not state.done
