@@ -93,18 +93,25 @@ class EvaluationState:
         Called after replaying the journal and before sending anything: every request still in
         flight then belonged to a process that is gone, and its answer will never come.
         """
-        lost = list(self.in_flight.items())
-        for _, (role, prompt_bound, completion_bound) in lost:
-            self.unrecorded_requests += 1
-            self.unrecorded_prompt_tokens[role] += prompt_bound
-            self.unrecorded_completion_tokens[role] += completion_bound
+        lost = list(self.in_flight.values())
+        for role, prompt_bound, completion_bound in lost:
+            self._charge_lost(role, prompt_bound, completion_bound)
         self.in_flight.clear()
         return len(lost)
+
+    def _charge_lost(self, role: Role, prompt_bound: int, completion_bound: int) -> None:
+        self.unrecorded_requests += 1
+        self.unrecorded_prompt_tokens[role] += prompt_bound
+        self.unrecorded_completion_tokens[role] += completion_bound
 
     # -- the journal ------------------------------------------------------------------------------
 
     def apply(self, entry: Entry) -> None:
         if entry.kind == "sent":
+            # Sent again while still in flight: only a later process resends, so the earlier send
+            # was lost with its process (replaying a journal of several killed processes).
+            if (lost := self.in_flight.get(entry.request)) is not None:
+                self._charge_lost(*lost)
             self.in_flight[entry.request] = (entry.role, entry.prompt_tokens, entry.completion_tokens)
             return
         self.in_flight.pop(entry.request, None)

@@ -337,3 +337,47 @@ def test_the_cli_speaks_json_logs_and_names_a_refusing_endpoint(tmp_path: Path) 
     assert "completed: judged 4 tasks" in records[-1]["message"] and "win rate 0.500" in records[-1]["message"]
     assert refused.returncode == 1
     assert "the judge endpoint refused the request with HTTP 404" in refused.stderr
+
+
+def test_kills_never_hide_spend_and_never_let_it_pass_the_budget(tmp_path: Path) -> None:
+    """Priced endpoints that bill every answer they send, the job killed while billed answers are on
+    their way back, then resumed until the budget stops it: what the endpoints billed is at most
+    what the summary counts (recorded, plus the worst case of what was lost in flight), and that
+    never passes the budget. (All 40 tasks would cost about $22 at these prices.)"""
+    budget, concurrency = 16.0, 4
+    price = {"inputUSDPerMillionTokens": 1000.0, "outputUSDPerMillionTokens": 1000.0}
+    out = tmp_path / "out"
+    with ChatServer(SCRIPTS, delay_s=0.2) as server:
+        config = _config(server, out, judge="longer", sample=None, judge_pricing=price, judge_max_tokens=32,
+                         budget=budget, concurrency=concurrency, generation={"maxTokens": 40})
+        assert config.candidate.endpoint is not None
+        config.candidate.endpoint.pricing = config.judge.pricing
+        command = _command(tmp_path, config)
+        journal = out / JOURNAL_FILE
+
+        def ended() -> int:
+            return sum(1 for e in Journal(journal).load() if e.kind != "sent") if journal.exists() else 0
+
+        for kill in range(2):
+            before = journal.read_bytes().count(b"\n") if journal.exists() else 0
+            process = subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + 60
+            while not (journal.exists() and journal.read_bytes().count(b"\n") >= before + 6 + kill
+                       and sum(server.stats.answered.values()) > ended()):
+                assert process.poll() is None, "the run ended before it could be killed"
+                assert time.monotonic() < deadline, "the run never got going"
+                time.sleep(0.01)
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+        final = subprocess.run(command, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+        assert final.returncode == 0, final.stderr
+        billed = sum(server.stats.billed_prompt_tokens[m] + server.stats.billed_completion_tokens[m]
+                     for m in ("candidate", "longer")) * 1000.0 / 1e6
+
+    summary = _summary(out)
+    assert summary["stopReason"] == StopReason.BUDGET_EXHAUSTED.value
+    assert 0 < summary["judged"] < 40
+    assert summary["unrecordedRequests"] > 0
+    assert billed > summary["costUSD"], "some answers were billed but lost with the killed processes"
+    assert billed <= summary["costUSD"] + summary["unrecordedCostUSD"] + 1e-9
+    assert summary["costUSD"] + summary["unrecordedCostUSD"] <= budget + 1e-9

@@ -81,3 +81,16 @@ def test_the_running_counts_match_a_count_from_scratch_whatever_the_journal_hold
             sum(1 for (k, _), v in state.verdicts.items() if k in state.by_key and v.winner is None))
     assert (state.answered_count, state.judged_count, state.unparsed_count) == scan == (2, 1, 1)
     assert not state.done
+
+
+def test_a_request_resent_by_a_later_process_charges_the_lost_first_send_on_replay() -> None:
+    """Two processes killed in turn, each with the same request in flight: a third replaying the
+    journal must charge both lost sends, not only the last."""
+    key = TASKS[0].key
+    sent = Entry("sent", key, "judge", "candidate_first", prompt_tokens=900, completion_tokens=64)
+    state = EvaluationState(TASKS, {"judge": JUDGE})
+    for entry in (sent, sent, sent, Entry("verdict", key, "judge", "candidate_first", content="A", winner="A",
+                                             prompt_tokens=300, completion_tokens=1)):
+        state.apply(entry)
+    assert state.unrecorded_requests == 2 and not state.in_flight
+    assert state.unrecorded_cost_usd == pytest.approx(2 * (900 * 1.0 + 64 * 4.0) / 1e6)
