@@ -50,6 +50,7 @@ class EvaluationState:
         self.prompt_tokens: Counter[str] = Counter()
         self.completion_tokens: Counter[str] = Counter()
         self.failed: Counter[str] = Counter()  # by problem
+        self.truncated: Counter[str] = Counter()  # answers and verdicts cut by max_tokens, by role
         self.retries: Counter[str] = Counter()
         self.consecutive_failures = 0
         # Requests an earlier process sent and died before recording, at their worst case, by role.
@@ -124,6 +125,7 @@ class EvaluationState:
         self.requests[entry.role] += 1
         self.prompt_tokens[entry.role] += entry.prompt_tokens
         self.completion_tokens[entry.role] += entry.completion_tokens
+        self.truncated[entry.role] += entry.finish_reason == "length"
         counted = entry.task in self.by_key  # a journal may hold tasks an earlier sample had
         if entry.kind == "answer":
             was = self.answered(entry.task)

@@ -89,6 +89,8 @@ def summary(state: EvaluationState, *, name: str, labels: dict[str, str], seed: 
             for role in ("candidate", "baseline")
         },
         "requests": {role: state.requests[role] for role in roles},
+        # Cut by max_tokens: a judge may hold a cut answer against it, and a cut verdict may be unreadable.
+        "truncated": {role: state.truncated[role] for role in roles},
         "failedRequests": dict(sorted(state.failed.items())),
         "retries": dict(sorted(state.retries.items())),
         "tokens": {role: {"prompt": state.prompt_tokens[role], "completion": state.completion_tokens[role]} for role in roles},

@@ -197,11 +197,14 @@ def test_a_judge_that_always_picks_the_candidate_in_plain_words_gives_one(tmp_pa
 
 def test_a_judge_answering_garbage_counts_ties_and_says_how_many_were_unparsed(tmp_path: Path) -> None:
     with ChatServer(SCRIPTS) as server:
-        outcome = evaluate(_config(server, tmp_path, judge="garbage", structured=False), keys={}, options=QUIET)
+        outcome = evaluate(_config(server, tmp_path, judge="garbage", structured=False, generation={"maxTokens": 4}),
+                           keys={}, options=QUIET)
     score, rows = _check_report(tmp_path, TASKS)
     assert outcome.stop_reason is StopReason.COMPLETED
     assert (score.ties, score.win_rate) == (TASKS, 0.5)
     assert outcome.summary["unparsedVerdicts"] == 2 * TASKS
+    # Answers cut at 4 tokens (the shortest, "Baseline:" and a 4-word instruction, has 5), the judge's 10 words under its 256.
+    assert outcome.summary["truncated"] == {"baseline": TASKS, "candidate": TASKS, "judge": 0}
     assert all(r["verdict_candidate_first"] is None and "Lorem" in r["judge_reply_candidate_first"] for r in rows)
 
 
