@@ -99,7 +99,9 @@ class Endpoint:
         attempt = 0
         while True:
             try:
-                completion = await self._client.chat.completions.create(model=self.model, messages=messages, n=1, **params)  # type: ignore[arg-type]
+                completion = await self._client.chat.completions.create(
+                    model=self.model, messages=messages, n=1, **params  # type: ignore[arg-type]
+                )
             except openai.APIResponseValidationError:
                 return Answer(None, None, 0, 0, problem=MALFORMED_RESPONSE, retries=dict(retries))
             except openai.APIError as exc:

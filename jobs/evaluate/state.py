@@ -70,7 +70,8 @@ class EvaluationState:
     @property
     def cost_usd(self) -> float:
         """What the recorded answers and verdicts billed."""
-        return sum(self.usd(r, self.prompt_tokens[r], self.completion_tokens[r]) for r in set(self.prompt_tokens) | set(self.completion_tokens))
+        roles = set(self.prompt_tokens) | set(self.completion_tokens)
+        return sum(self.usd(r, self.prompt_tokens[r], self.completion_tokens[r]) for r in roles)
 
     @property
     def unrecorded_cost_usd(self) -> float:

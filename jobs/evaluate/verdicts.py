@@ -19,15 +19,25 @@ _KEYS = ("winner", "verdict", "better", "preferred", "choice", "answer", "best")
 _TIE_WORDS = {"tie", "tied", "draw", "equal", "equally good", "both", "neither", "same", "none", "c"}
 # A label with the words judges wrap around it: "Output (a)", "answer B", "Response: A", "[[B]]".
 _LABEL = r"(?:(?:output|answer|response|assistant|model|option)\s*[:#]?\s*)?[\[\(\"'*]*\s*([ab])\s*[\]\)\"'*]*"
+_WHO = r"(?:output|answer|response|assistant|option)"
 _NAMED = [
-    # "[[A]]" (a common judge convention), "winner: B", "verdict is tie", "the better answer is A".
+    # "[[A]]" (a common judge convention; [[C]] is its tie).
     re.compile(r"\[\[\s*(a|b|c|tie)\s*\]\]"),
-    re.compile(r"\b(?:winner|verdict|decision|choice|preferred|preference)\b[^a-z\n]{0,4}(?:is\s+)?(?:that\s+)?" + r"(tie|draw|" + _LABEL + r")\b"),
-    re.compile(r"\b(?:better|best|preferred|winning)\s+(?:one|answer|output|response)\s+is\s+(?:the\s+)?" + r"(tie|" + _LABEL + r")\b"),
-    re.compile(r"\b(?:output|answer|response|assistant|option)\s*[\(\[]?\s*([ab])\s*[\)\]]?\s+(?:is|was|wins|seems)\s+(?:clearly\s+|slightly\s+|much\s+)?(?:better|the better|preferred|stronger|superior|more helpful|the winner)"),
-    re.compile(r"\bi\s+(?:prefer|choose|pick|select)\s+" + r"(" + _LABEL + r")\b"),
+    # "winner: B", "the verdict is tie", "my choice is Output (a)".
+    re.compile(r"\b(?:winner|verdict|decision|choice|preferred|preference)\b[^a-z\n]{0,4}(?:is\s+)?(?:that\s+)?"
+               r"(tie|draw|" + _LABEL + r")\b"),
+    # "the better answer is A".
+    re.compile(r"\b(?:better|best|preferred|winning)\s+(?:one|answer|output|response)\s+is\s+(?:the\s+)?(tie|" + _LABEL + r")\b"),
+    # "Output (a) is clearly better".
+    re.compile(r"\b" + _WHO + r"\s*[\(\[]?\s*([ab])\s*[\)\]]?\s+(?:is|was|wins|seems)\s+(?:clearly\s+|slightly\s+|much\s+)?"
+               r"(?:better|the better|preferred|stronger|superior|more helpful|the winner)"),
+    # "I prefer response B".
+    re.compile(r"\bi\s+(?:prefer|choose|pick|select)\s+(" + _LABEL + r")\b"),
 ]
-_TIE_SENTENCE = re.compile(r"\b(?:it'?s|it is|this is|a|call it a|result is a)\s+(?:tie|draw)\b|\bboth (?:answers |outputs |responses )?are (?:equally|just as) (?:good|bad|helpful)\b|\bequally good\b")
+_TIE_SENTENCE = re.compile(
+    r"\b(?:it'?s|it is|this is|a|call it a|result is a)\s+(?:tie|draw)\b"
+    r"|\bboth (?:answers |outputs |responses )?are (?:equally|just as) (?:good|bad|helpful)\b|\bequally good\b"
+)
 
 
 def normalise(value: object) -> Winner | None:
