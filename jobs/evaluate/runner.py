@@ -171,9 +171,12 @@ class Run:
         messages = rubric.judge_messages(task.instruction, task.input, first, second)
         judge = self.spec.judge
         params: dict[str, Any] = {"temperature": 0.0, "max_tokens": judge.max_tokens}
+        bound = _bound(messages)
         if judge.structured_output:
             params["response_format"] = rubric.response_format()
-        return messages, params, (_bound(messages), judge.max_tokens)
+            # Some APIs put the schema in front of the model, and bill it as prompt tokens.
+            bound += len(json.dumps(params["response_format"]).encode("utf-8"))
+        return messages, params, (bound, judge.max_tokens)
 
     def _task_worst_case(self, key: str) -> float:
         """What a task not yet started can bill at most: its answers still to ask, then two verdicts."""
