@@ -1,9 +1,12 @@
 """Reading the teacher's completion back into tasks.
 
 The teacher continues a numbered list; each item is `N. Instruction: ...`, `N. Input:` and
-`N. Output:`, items separated by `###`. Anything else in an item makes it malformed, and an item
-numbered past the list's last slot (a teacher that ignored the stop sequence) is not one that was
-asked for; both are counted, never raised.
+`N. Output:`, items separated by `###`. An item starts at its `N. Instruction:` header whatever
+separates it from the one before (small teachers write `-----`, blank lines or nothing instead of
+`###`), an item with no `N. Input:` has an empty input, and separator lines are not part of a field.
+Anything else in an item (fields out of order, repeated, or numbered apart from their item) makes it
+malformed, and an item numbered past the list's last slot (a teacher that ignored the stop
+sequence) is not one that was asked for; both are counted, never raised.
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .prompt import NO_INPUT, SEPARATOR, Task
+from .prompt import NO_INPUT, Task
 
-_FIELD_RE = re.compile(r"^[ \t]*\d+[ \t]*\.[ \t]*(Instruction|Input|Output)[ \t]*:", re.MULTILINE)
-_NUMBER_RE = re.compile(r"^\s*(\d+)[ \t]*\.")
+_FIELD_RE = re.compile(r"^[ \t]*(\d+)[ \t]*\.[ \t]*(Instruction|Input|Output)[ \t]*:", re.MULTILINE)
+_ITEM_RE = re.compile(r"^[ \t]*(\d+)[ \t]*\.[ \t]*Instruction[ \t]*:", re.MULTILINE)
 _STARTS_WITH_ITEM_RE = re.compile(r"^\s*\d+[ \t]*\.[ \t]*Instruction[ \t]*:")
-_EXPECTED = ["Instruction", "Input", "Output"]
+# Lines that only separate items: ###, -----, ***, ===.
+_RULE_RE = re.compile(r"^[ \t]*(#{2,}|-{3,}|\*{3,}|={3,})[ \t]*$", re.MULTILINE)
+_LAYOUTS = (["Instruction", "Input", "Output"], ["Instruction", "Output"])
 _NO_INPUT_MARKERS = {NO_INPUT.lower(), "<no input>", "no input", ""}
 
 MALFORMED = "malformed"
@@ -43,19 +48,18 @@ class Parsed:
     problem: str | None = None
 
 
-def _number(block: str) -> int:
-    match = _NUMBER_RE.match(block)
-    return int(match.group(1)) if match else 0
-
-
-def _parse_item(block: str) -> Parsed:
-    pieces = _FIELD_RE.split(block)
-    # split() with one group gives [before, name, text, name, text, name, text].
-    if len(pieces) != 7 or pieces[0].strip() or pieces[1::2] != _EXPECTED:
+def _parse_item(block: str, number: int) -> Parsed:
+    pieces = _FIELD_RE.split(_RULE_RE.sub("", block))
+    # split() with two groups gives [before, number, name, text, number, name, text, ...].
+    fields = [(int(pieces[i]), pieces[i + 1], pieces[i + 2]) for i in range(1, len(pieces), 3)]
+    if pieces[0].strip() or [name for _, name, _ in fields] not in _LAYOUTS:
         return Parsed(None, MALFORMED)
-    instruction = " ".join(pieces[2].split())
-    text_input = pieces[4].strip()
-    output = pieces[6].strip()
+    if any(field_number != number for field_number, _, _ in fields):
+        return Parsed(None, MALFORMED)
+    text = {name: value for _, name, value in fields}
+    instruction = " ".join(text["Instruction"].split())
+    text_input = text.get("Input", "").strip()
+    output = text["Output"].strip()
     if text_input.lower() in _NO_INPUT_MARKERS:
         text_input = ""
     if not instruction or not output:
@@ -72,11 +76,15 @@ def parse_completion(text: str, first_slot: int, *, truncated: bool, last_slot: 
     """
     if not _STARTS_WITH_ITEM_RE.match(text):
         text = f"{first_slot}. Instruction:{text}"
-    blocks = [block for block in text.split(SEPARATOR) if block.strip()]
-    items = [
-        Parsed(None, PAST_LAST_SLOT) if last_slot is not None and _number(block) > last_slot else _parse_item(block)
-        for block in blocks
-    ]
+    starts = list(_ITEM_RE.finditer(text))
+    items = []
+    for index, start in enumerate(starts):
+        number = int(start.group(1))
+        end = starts[index + 1].start() if index + 1 < len(starts) else len(text)
+        if last_slot is not None and number > last_slot:
+            items.append(Parsed(None, PAST_LAST_SLOT))
+        else:
+            items.append(_parse_item(text[start.start():end], number))
     if truncated and items:
         items[-1] = Parsed(None, TRUNCATED)
     return items

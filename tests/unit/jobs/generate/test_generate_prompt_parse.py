@@ -102,12 +102,32 @@ def test_the_last_item_is_dropped_when_the_completion_was_cut() -> None:
         "3. Instruction: Twice.\n3. Input:\nx\n3. Output:\ny\n3. Output:\nz\n",
         "3. Instruction:\n3. Input:\nx\n3. Output:\ny\n",  # empty instruction
         "3. Instruction: No output.\n3. Input:\nx\n3. Output:\n   \n",
-        "Preamble first.\n3. Instruction: A.\n3. Input:\nx\n3. Output:\ny\n",
+        "3. Instruction: Input only, the answer in it.\n3. Input:\nThe answer.\n",
+        "3. Instruction: Fields of other items.\n1. Input: A, B\n2. Output: A.\n",
     ],
 )
 def test_malformed_items_are_reported_not_raised(block: str) -> None:
     items = parse_completion(block, first_slot=3, truncated=False)
     assert [i.problem for i in items] == [MALFORMED]
+
+
+def test_a_preamble_is_malformed_and_the_item_after_it_is_still_read() -> None:
+    items = parse_completion("Preamble first.\n3. Instruction: A.\n3. Input:\nx\n3. Output:\ny\n", first_slot=3, truncated=False)
+    assert [i.problem for i in items] == [MALFORMED, None]
+    assert items[1].task == Task("A.", "x", "y")
+
+
+@pytest.mark.parametrize("separator", ["###\n", "\n-----\n\n", "\n", "***\n", ""])
+def test_an_item_starts_at_its_header_whatever_separates_it(separator: str) -> None:
+    text = _item(3, "Define entropy.", output="Disorder.") + separator + _item(4, "Define enthalpy.", "water", "Heat content.")
+    items = parse_completion(text, first_slot=3, truncated=False)
+    assert [i.task for i in items] == [Task("Define entropy.", "", "Disorder."), Task("Define enthalpy.", "water", "Heat content.")]
+
+
+def test_an_item_without_an_input_field_has_an_empty_input() -> None:
+    text = " Name a prime number.\n3. Output:\nSeven.\n-----\n4. Instruction: Name an even prime.\n4. Output:\nTwo.\n"
+    items = parse_completion(text, first_slot=3, truncated=False)
+    assert [i.task for i in items] == [Task("Name a prime number.", "", "Seven."), Task("Name an even prime.", "", "Two.")]
 
 
 def test_blank_blocks_between_separators_are_not_items() -> None:
