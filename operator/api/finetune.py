@@ -43,6 +43,18 @@ class Scheduler(str, Enum):
     CONSTANT = "constant"
 
 
+class Backend(str, Enum):
+    """The Kubeflow API that runs the training pods."""
+
+    PYTORCHJOB = "pytorchjob"  # Training Operator v1, kubeflow.org/v1 PyTorchJob
+    TRAINJOB = "trainjob"  # Trainer v2, trainer.kubeflow.org/v1alpha1 TrainJob on a training runtime
+
+
+class RuntimeKind(str, Enum):
+    CLUSTER = "ClusterTrainingRuntime"
+    NAMESPACED = "TrainingRuntime"
+
+
 class Precision(str, Enum):
     BF16 = "bf16"
     FP32 = "fp32"
@@ -177,6 +189,19 @@ class RunPolicy(ApiModel):
     )
 
 
+class RuntimeRef(ApiModel):
+    """The Trainer v2 runtime a TrainJob runs on. Its trainer step must be a replicated job with a
+    container, both named `node`, as in Trainer's own `torch-distributed`."""
+
+    name: Annotated[str, Field(min_length=1, max_length=253)] = Field(
+        default="torch-distributed", description="Name of the runtime."
+    )
+    kind: RuntimeKind = Field(
+        default=RuntimeKind.CLUSTER,
+        description="ClusterTrainingRuntime, or TrainingRuntime (in the FineTune's namespace).",
+    )
+
+
 _PLACEHOLDER_RULES = "only {instruction} and {input} are placeholders"
 
 
@@ -227,6 +252,11 @@ class FineTuneSpec(ApiModel):
         json_schema_extra={
             "x-kubernetes-validations": [
                 cel("self.method == 'lora' || !has(self.lora)", "lora is only allowed with method: lora", field_path=".lora"),
+                cel(
+                    "self.backend == 'trainjob' || !has(self.runtimeRef)",
+                    "runtimeRef is only allowed with backend: trainjob",
+                    field_path=".runtimeRef",
+                ),
             ]
         }
     )
@@ -268,7 +298,26 @@ class FineTuneSpec(ApiModel):
     budget_usd: USD | None = Field(
         default=None, alias="budgetUSD", description="Stop training when the cost reaches this many US dollars."
     )
-    run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Restart and cleanup policy.")
+    backend: Backend = Field(
+        default=Backend.PYTORCHJOB,
+        description=(
+            "pytorchjob (Kubeflow Training Operator, kubeflow.org/v1) or trainjob (Kubeflow Trainer v2, "
+            "trainer.kubeflow.org/v1alpha1 TrainJob)."
+        ),
+        json_schema_extra={"x-kubernetes-validations": [cel("self == oldSelf", "backend is immutable")]},
+    )
+    runtime_ref: RuntimeRef | None = Field(
+        default=None,
+        description="With backend: trainjob, the training runtime; Trainer's torch-distributed ClusterTrainingRuntime when unset.",
+        json_schema_extra={"x-kubernetes-validations": [cel("self == oldSelf", "runtimeRef is immutable")]},
+    )
+    run_policy: RunPolicy = Field(
+        default_factory=RunPolicy,
+        description=(
+            "Restart and cleanup policy (PyTorchJob). A TrainJob takes activeDeadlineSeconds only: its runtime "
+            "decides restarts and cleanup."
+        ),
+    )
     output: Storage = Field(
         description="Where the model, checkpoints, metrics and loss curve are written.",
         json_schema_extra={"x-kubernetes-validations": [cel("self == oldSelf", "output is immutable")]},
@@ -299,7 +348,7 @@ class FineTuneStatus(StatusBase):
     result: WorkloadResult | None = Field(
         default=None, description="What the workload produced, written by the workload when it succeeded."
     )
-    job_name: ShortStr | None = Field(default=None, description="The PyTorchJob.")
+    job_name: ShortStr | None = Field(default=None, description="The PyTorchJob or TrainJob.")
     start_time: Annotated[str, Field(max_length=64)] | None = Field(default=None, description="When training started.")
     completion_time: Annotated[str, Field(max_length=64)] | None = Field(default=None, description="When it finished.")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..api.finetune import FineTuneSpec
 from ..api.workloads import TrainConfig
 from ..cost import budget_deadline_seconds, hourly_rate, tighter_deadline
@@ -12,6 +14,7 @@ from .common import (
     CONFIG_FILE,
     IN_CLUSTER,
     Manifest,
+    Mounts,
     Parent,
     Where,
     compute_resources,
@@ -76,39 +79,69 @@ def train_config(parent: Parent, spec: FineTuneSpec, dataset: Input, where: Wher
     )
 
 
-def build(parent: Parent, spec: FineTuneSpec, settings: OperatorSettings, dataset: Input) -> tuple[Manifest, Manifest]:
-    """(ConfigMap, PyTorchJob) for one FineTune whose dataset is resolved."""
+@dataclass(frozen=True)
+class TrainPod:
+    """What a training pod is made of, whichever Kubeflow API runs it (PyTorchJob or TrainJob)."""
+
+    config_map: Manifest
+    image: str
+    command: list[str]
+    mounts: Mounts
+    resources: Manifest
+    labels: dict[str, str]
+    placement: Manifest
+    service_account: str
+    procs_per_node: int
+
+
+def train_pod(parent: Parent, spec: FineTuneSpec, settings: OperatorSettings, dataset: Input) -> TrainPod:
+    """The config, container and pod pieces of one FineTune whose dataset is resolved."""
     _, output_mounts = output_location(spec.output)
     cm_name = config_map_name(parent.name)
     cm = config_map(parent, cm_name, TRAIN, train_config(parent, spec, dataset))
-
     mounts = config_mounts(cm_name)
     mounts.extend(output_mounts)
     mounts.extend(dataset.mounts)
     mounts.extend(model_source(spec.base_model)[1])
     mounts.extend(shm_mount(spec.shm_size))
-
     gpus = spec.gpus.per_node
-    container: Manifest = {
-        "name": CONTAINER_NAME,
-        "image": spec.image or settings.images.train,
-        "imagePullPolicy": settings.images.pull_policy,
+    return TrainPod(
+        config_map=cm,
+        image=spec.image or settings.images.train,
         # torchrun (through a launcher that passes its workers' exit codes on, where torchrun
         # itself always exits 1) reads nnodes, node rank and the master's address from the PET_*
-        # variables the training operator injects; --no-python starts the `alpaca` console script.
-        "command": [*TRAIN_LAUNCHER, "--no-python", "alpaca", "train", "--config", CONFIG_FILE],
-        "volumeMounts": mounts.mounts,
-        "resources": compute_resources(spec.resources, {spec.gpus.resource_name: gpus}),
+        # variables the Kubeflow controller injects; --no-python starts the `alpaca` console script.
+        command=[*TRAIN_LAUNCHER, "--no-python", "alpaca", "train", "--config", CONFIG_FILE],
+        mounts=mounts,
+        resources=compute_resources(spec.resources, {spec.gpus.resource_name: gpus}),
+        labels=labels(parent.name, TRAIN),
+        # GPU-pool defaults apply to GPU pods only: a CPU run must not land on (or wait for) GPU nodes.
+        placement=placement(spec.placement, settings.gpu_pools.get(spec.gpus.type) if gpus > 0 else None),
+        service_account=settings.workload_service_account,
+        procs_per_node=max(gpus, 1),
+    )
+
+
+def build(parent: Parent, spec: FineTuneSpec, settings: OperatorSettings, dataset: Input) -> tuple[Manifest, Manifest]:
+    """(ConfigMap, PyTorchJob) for one FineTune whose dataset is resolved."""
+    pod = train_pod(parent, spec, settings, dataset)
+    cm = pod.config_map
+    container: Manifest = {
+        "name": CONTAINER_NAME,
+        "image": pod.image,
+        "imagePullPolicy": settings.images.pull_policy,
+        "command": list(pod.command),
+        "volumeMounts": pod.mounts.mounts,
+        "resources": pod.resources,
         "securityContext": container_security(),
     }
-    pod_labels = labels(parent.name, TRAIN)
+    pod_labels = pod.labels
     pod_spec: Manifest = {
-        "serviceAccountName": settings.workload_service_account,
+        "serviceAccountName": pod.service_account,
         "securityContext": pod_security(),
         "containers": [container],
-        "volumes": mounts.volumes,
-        # GPU-pool defaults apply to GPU pods only: a CPU run must not land on (or wait for) GPU nodes.
-        **placement(spec.placement, settings.gpu_pools.get(spec.gpus.type) if gpus > 0 else None),
+        "volumes": pod.mounts.volumes,
+        **pod.placement,
     }
 
     def replica(count: int) -> Manifest:
@@ -140,7 +173,7 @@ def build(parent: Parent, spec: FineTuneSpec, settings: OperatorSettings, datase
         "kind": "PyTorchJob",
         "metadata": {"name": job_name(parent.name), "namespace": parent.namespace, "labels": {**pod_labels, **queue_labels(spec.queue, settings)}},
         "spec": {
-            "nprocPerNode": str(max(gpus, 1)),
+            "nprocPerNode": str(pod.procs_per_node),
             "runPolicy": run_policy,
             "pytorchReplicaSpecs": replica_specs,
         },

@@ -22,17 +22,22 @@ from .common import WorkloadIdentity
 CHILDREN: tuple[tuple[str, str, str, str, str, Callable[[dict[str, Any]], ChildState]], ...] = (
     ("batch", "v1", "jobs", GENERATE, instructdataset.KIND, summarize_job),
     ("kubeflow.org", "v1", "pytorchjobs", TRAIN, finetune.KIND, summarize_pytorchjob),
+    # A FineTune with backend: trainjob. Unwatched (kopf skips it) where Trainer v2 is not installed.
+    ("trainer.kubeflow.org", "v1alpha1", "trainjobs", TRAIN, finetune.KIND, finetune.summarize_trainjob),
     ("apps", "v1", "deployments", SERVE, modelserver.KIND, summarize_deployment),
     ("batch", "v1", "jobs", EVALUATE, evaluation.KIND, evaluation.summarize),
 )
+
+KINDS = {"jobs": "Job", "pytorchjobs": "PyTorchJob", "trainjobs": "TrainJob", "deployments": "Deployment"}
 
 
 def register(registry: kopf.OperatorRegistry, ctl: Controller) -> None:
     """Register the reconcilers with the controller and the watches with kopf."""
     identity = WorkloadIdentity()
     summaries = {parent_kind: summarize for *_, parent_kind, summarize in CHILDREN}
+    summaries[finetune.KIND] = finetune.summarize  # two backends: by the child's kind
     primaries = {
-        parent_kind: (f"{group}/{version}" if group else version, {"jobs": "Job", "pytorchjobs": "PyTorchJob", "deployments": "Deployment"}[plural])
+        parent_kind: (f"{group}/{version}" if group else version, KINDS[plural])
         for group, version, plural, _, parent_kind, _ in CHILDREN
     }
     for module in (instructdataset, finetune, modelserver, evaluation):
@@ -55,7 +60,7 @@ def prime(ctl: Controller, namespaces: list[str]) -> None:
             for body in ctl.cluster.list(f"{GROUP}/{VERSION}", info.kind, info.plural, scope):
                 ctl.observe_parent(info.kind, None, body)
         for group, version, plural, component, parent_kind, summarize in CHILDREN:
-            kind = {"jobs": "Job", "pytorchjobs": "PyTorchJob", "deployments": "Deployment"}[plural]
+            kind = KINDS[plural]
             selector = f"{MANAGED_BY_LABEL}={MANAGED_BY},{COMPONENT}={component}"
             for body in ctl.cluster.list(f"{group}/{version}", kind, plural, scope, selector):
                 ctl.observe_child(parent_kind, None, body, summarize(body))

@@ -38,7 +38,9 @@ def applier(
         recorded = (body.get("status") or {}).get("jobName")
         if child is None and recorded:
             # The cache may simply not have seen it yet: ask before a reconcile calls it lost.
-            found = ctl.cluster.get({"apiVersion": primary[0], "kind": primary[1], "metadata": {"name": recorded, "namespace": namespace}})
+            # A kind whose backend is chosen per resource (FineTune) names the job's kind itself.
+            api_version, child_kind = kind.primary(body) if hasattr(kind, "primary") else primary
+            found = ctl.cluster.get({"apiVersion": api_version, "kind": child_kind, "metadata": {"name": recorded, "namespace": namespace}})
             child = summarize(found) if found is not None else None
         plan: Plan = kind.reconcile(body, child, references, ctl.settings, now)
         status = plan.status

@@ -146,6 +146,7 @@ def _write_owned(owner: Body, manifest: Body, write: Callable[[Body], Any]) -> A
     try:
         return write(manifest)
     except ApiException as exc:
-        if exc.status in (400, 403, 422):
+        # 404: the kind is not served (a FineTune with backend: trainjob where Trainer v2 is not installed).
+        if exc.status in (400, 403, 404, 422):
             raise Refused(manifest, exc) from None
         raise

@@ -1,27 +1,119 @@
-"""FineTune: wait for and pin the dataset's result, plan ConfigMap + PyTorchJob, account training."""
+"""FineTune: wait for and pin the dataset's result, plan ConfigMap + PyTorchJob or TrainJob, account training."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
 
-from ..api.finetune import FineTuneSpec
+from ..api.finetune import Backend, FineTuneSpec
 from ..api.instructdataset import InstructDatasetSpec
 from ..api.results import RESULT_KEY, WorkloadResult
 from ..builders import finetune as build
+from ..builders import trainjob
 from ..builders.common import Parent
 from ..builders.inputs import Input, dataset_direct, dataset_from_upstream
 from ..builders.queue import effective
 from ..conditions import FALSE, TRUE, Desired
-from ..observe import DATASET_READY, FAILED, PENDING, RUNNING, ChildState, finetune_status, lost, summarize_pytorchjob, terminal
+from ..observe import (
+    DATASET_READY,
+    FAILED,
+    PENDING,
+    RUNNING,
+    SPEC_APPLIED,
+    SUCCEEDED,
+    ChildState,
+    Computed,
+    finetune_status,
+    lost,
+    owner_uid,
+    summarize_pytorchjob,
+    terminal,
+)
+from ..naming import GENERATION_ANNOTATION, SPEC_HASH_ANNOTATION
 from ..settings import OperatorSettings
 from . import Body, Plan, References, cost_clock, foreign, invalid_spec, waiting_for_old_child
 from .queued import queued
 
 KIND = "FineTune"
 PLURAL = "finetunes"
+
+
+PYTORCHJOB = "PyTorchJob"
+# What each backend builds, and the (apiVersion, kind) of the job it records in status.jobName.
+BACKENDS = {
+    Backend.PYTORCHJOB: (build.build, (build.PYTORCHJOB_API_VERSION, PYTORCHJOB)),
+    Backend.TRAINJOB: (trainjob.build, (trainjob.TRAINJOB_API_VERSION, trainjob.KIND)),
+}
+
+
+def _backend(body: Body) -> Backend:
+    try:
+        return Backend((body.get("spec") or {}).get("backend") or Backend.PYTORCHJOB)
+    except ValueError:
+        return Backend.PYTORCHJOB  # an invalid spec; reconcile reports it
+
+
+def primary(body: Body) -> tuple[str, str]:
+    """(apiVersion, kind) of the job this FineTune's backend runs it as."""
+    return BACKENDS[_backend(body)][1]
+
+
+def summarize_trainjob(body: dict[str, Any]) -> ChildState:
+    """A trainer.kubeflow.org/v1alpha1 TrainJob (Trainer v2.3.0).
+
+    Its conditions are Complete, Failed (reason DeadlineExceeded past activeDeadlineSeconds, else
+    the JobSet's) and Suspended (True/Suspended, then False/Resumed). It has no start or completion
+    time: its pods hold their nodes from the moment it was created or last resumed (Kueue resumes
+    it on admission) until its Complete or Failed condition turned True. It runs once a child Job
+    has active or ready pods.
+    """
+    meta, spec, status = body.get("metadata") or {}, body.get("spec") or {}, body.get("status") or {}
+    conditions = status.get("conditions") or []
+    generation, digest = _stamps(meta)
+    resumed = next((c for c in conditions if c.get("type") == "Suspended" and c.get("status") == "False"), None)
+    started = (resumed or {}).get("lastTransitionTime") or meta.get("creationTimestamp")
+    common = {"name": meta.get("name", ""), "generation": generation, "spec_hash": digest, "owner_uid": owner_uid(meta)}
+    if done := _true(conditions, "Complete"):
+        return ChildState(phase=SUCCEEDED, reason="Completed", message=done.get("message", ""),
+                          start_time=started, completion_time=done.get("lastTransitionTime"), **common)
+    if failed := _true(conditions, "Failed"):
+        return ChildState(phase=FAILED, reason=failed.get("reason") or "JobFailed", message=failed.get("message", ""),
+                          start_time=started, completion_time=failed.get("lastTransitionTime"), **common)
+    if spec.get("suspend") or _true(conditions, "Suspended"):
+        return ChildState(phase=PENDING, reason="Suspended", message="the TrainJob is suspended", **common)
+    jobs = status.get("jobsStatus") or []
+    if any(int(job.get("active") or 0) + int(job.get("ready") or 0) > 0 for job in jobs):
+        return ChildState(phase=RUNNING, reason="Running", message="training is running", start_time=started, **common)
+    return ChildState(phase=PENDING, reason="JobCreated", message="waiting for the training pods", **common)
+
+
+def summarize(body: dict[str, Any]) -> ChildState:
+    """Either backend's job, by its kind."""
+    return summarize_trainjob(body) if body.get("kind") == trainjob.KIND else summarize_pytorchjob(body)
+
+
+def _true(conditions: list[dict[str, Any]], type_: str) -> dict[str, Any] | None:
+    return next((c for c in conditions if c.get("type") == type_ and c.get("status") == "True"), None)
+
+
+def _stamps(meta: dict[str, Any]) -> tuple[int | None, str | None]:
+    annotations = meta.get("annotations") or {}
+    generation = annotations.get(GENERATION_ANNOTATION)
+    return (int(generation) if generation and generation.isdigit() else None), annotations.get(SPEC_HASH_ANNOTATION)
+
+
+def _immutable(computed: Computed, child: ChildState) -> Computed:
+    """A spec edit that did not reach a TrainJob says why: the API server keeps runtimeRef,
+    initializer and trainer as they were created, so the operator never re-applies them."""
+    message = (f"spec changed after the TrainJob {child.name!r} was created; its runtimeRef, initializer and trainer "
+               "are immutable, so it keeps its spec (budget and price edits still apply to cost; recreate the "
+               "FineTune to train with the new spec)")
+    conditions = [Desired(SPEC_APPLIED, FALSE, "ImmutableTrainJob", message) if c.type == SPEC_APPLIED and c.status == FALSE else c
+                  for c in computed.conditions]
+    return replace(computed, conditions=conditions)
 
 
 def refs(body: Body) -> list[tuple[str, str]]:
@@ -63,12 +155,13 @@ def reconcile(body: Body, child: ChildState | None, references: References, sett
         spec = FineTuneSpec.model_validate(body.get("spec") or {})
     except ValidationError as exc:
         return Plan(invalid_spec(exc))
+    builder, (api_version, kind) = BACKENDS[spec.backend]
     if foreign(body, child):
         assert child is not None
-        return waiting_for_old_child(body, "PyTorchJob", child)
+        return waiting_for_old_child(body, kind, child)
     status: dict[str, Any] = body.get("status") or {}
     if child is None and status.get("jobName") and not terminal(status):
-        return Plan(lost(status, "PyTorchJob", "model"))
+        return Plan(lost(status, kind, "model"))
     dependency: Desired | None = None
     pinned = status.get("dataset")
     children = []
@@ -76,9 +169,9 @@ def reconcile(body: Body, child: ChildState | None, references: References, sett
         dataset, dependency = resolve_dataset(spec, references)
         if dataset is not None:
             parent = Parent(meta["name"], meta["namespace"], PLURAL, meta.get("generation"))
-            children = list(build.build(parent, spec, settings, dataset))
+            children = list(builder(parent, spec, settings, dataset))
             # Reported as the job just made (the applier creates it before the status is written).
-            child = summarize_pytorchjob(children[-1])
+            child = summarize(children[-1])
             # Pinned once, when training is set up: a later re-generation of the dataset does not
             # change what this FineTune consumed.
             if pinned is None and dataset.pinned is not None:
@@ -95,11 +188,14 @@ def reconcile(body: Body, child: ChildState | None, references: References, sett
         budget_is_deadline=build.budget_is_the_deadline(spec, settings),
         now=cost_clock(now, settings.cost_interval_seconds),
     )
-    computed = queued(computed, child, "PyTorchJob", effective(spec.queue, settings))
+    if spec.backend is Backend.TRAINJOB and child is not None:
+        computed = _immutable(computed, child)
+    computed = queued(computed, child, kind, effective(spec.queue, settings))
     patch = None
     if (child is not None and computed.fields.get("phase") == FAILED and child.phase in (PENDING, RUNNING)
             and child.reason != "Suspended"):
         # Out of budget before the deadline fired (a price edit, a restart): stop the pods, keep the job.
-        stub = {"apiVersion": build.PYTORCHJOB_API_VERSION, "kind": "PyTorchJob", "metadata": {"name": child.name, "namespace": meta["namespace"]}}
-        patch = (stub, {"spec": {"runPolicy": {"suspend": True}}})
+        stub = {"apiVersion": api_version, "kind": kind, "metadata": {"name": child.name, "namespace": meta["namespace"]}}
+        stop = {"suspend": True} if spec.backend is Backend.TRAINJOB else {"runPolicy": {"suspend": True}}
+        patch = (stub, {"spec": stop})
     return Plan(computed, children, patch=patch)
