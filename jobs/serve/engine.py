@@ -7,7 +7,9 @@ the batch as soon as they finish, or before the next forward pass once their cli
 so a long answer never holds a short one back and nobody computes for a closed connection.
 A failure in one sequence (unusable logits) ends that sequence alone; only a failed forward pass
 fails the sequences that were in it. Requests talk to the engine through a RequestHandle whose
-events arrive on an asyncio queue.
+events arrive on an asyncio queue. With LoRA adapters loaded (a peft model), each sequence names
+its adapter (or the base) and every forward pass routes each row through its own, so requests of
+different adapters share batches; adapters are added and dropped between steps only.
 """
 
 from __future__ import annotations
