@@ -106,6 +106,11 @@ The rules the operator needs in each namespace it works in: exactly what it call
 - apiGroups: [kubeflow.org]
   resources: [pytorchjobs]
   verbs: [create, get, list, watch, patch]
+# A FineTune with backend: trainjob runs as a Kubeflow Trainer v2 TrainJob; the same verbs
+# (patch: only spec.suspend, when its budget runs out).
+- apiGroups: [trainer.kubeflow.org]
+  resources: [trainjobs]
+  verbs: [create, get, list, watch, patch]
 # A ModelServer's Deployment, Service and config are server-side applied (patch; create when
 # missing, which the API server checks inside the same request).
 - apiGroups: [apps]

@@ -50,6 +50,11 @@ NOT_EXERCISED: dict[Permission, str] = {
     ("apps", "deployments", "create"): "server-side apply creates a missing Deployment: checked inside the PATCH, audited as patch",
     ("autoscaling", "horizontalpodautoscalers", "create"): "server-side apply creates a missing HPA: checked inside the PATCH, audited as patch",
     ("kubeflow.org", "pytorchjobs", "get"): "a restarted operator reads back a PyTorchJob that already exists",
+    ("trainer.kubeflow.org", "trainjobs", "create"): "a FineTune with backend: trainjob (tests/integration/operator/test_finetune_trainjob.py)",
+    ("trainer.kubeflow.org", "trainjobs", "get"): "a restarted operator reads back a TrainJob that already exists",
+    ("trainer.kubeflow.org", "trainjobs", "patch"): "a FineTune on a TrainJob out of budget before its deadline suspends it",
+    ("trainer.kubeflow.org", "trainjobs", "list"): "kopf and the cache priming list TrainJobs where Trainer v2 is installed",
+    ("trainer.kubeflow.org", "trainjobs", "watch"): "kopf watches TrainJobs where Trainer v2 is installed",
     ("apps", "deployments", "get"): "a restarted operator reads back a Deployment that already exists",
 }
 
