@@ -62,6 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--validation-fraction", type=float, help="fraction of rows held out for the validation loss (0: none)")
     parser.add_argument("--eval-every", type=int, help="measure the validation loss every N steps (and after the last)")
+    parser.add_argument("--gguf", choices=["f32", "f16", "q8_0"], help="also write model.gguf for llama.cpp (spec.export.gguf)")
     parser.add_argument("--no-packing", action="store_true", help="length-grouped padded batches instead of packing")
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep the last checkpoint after success")
     parser.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
@@ -122,6 +123,8 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         data["base_model"] = base_model_from_flag(args.base_model).model_dump(exclude_none=True)
     if args.method:
         spec["method"] = args.method
+    if args.gguf:
+        spec["export"] = {"gguf": args.gguf}
     if args.gpus is not None:
         spec.setdefault("gpus", {})["per_node"] = args.gpus
     return TrainConfig.model_validate(data)

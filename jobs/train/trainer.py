@@ -19,7 +19,7 @@ from alpaca_jobs.storage import Store, cache_root, is_remote, local_path, publis
 from alpaca_operator.api.finetune import FineTuneSpec, LoRA, Method, Precision, TrainingProgress
 from alpaca_operator.api.workloads import TrainConfig
 
-from . import attention, checkpoint, collate, distributed, plan, reporting, split, validation
+from . import attention, checkpoint, collate, distributed, gguf_export, plan, reporting, split, validation
 from . import model as model_io
 from .data import DatasetError, Example, Record, read_records, tokenize
 from .prompts import MARKER_FILE, PromptTemplates, marker
@@ -225,6 +225,7 @@ def _train(config: TrainConfig, spec: FineTuneSpec, hp: Any, topology: distribut
         model_io.save(full, base_config, tokenizer, out, lora=lora, templates=templates)
         (out / MARKER_FILE).write_text(json.dumps(marker(templates), indent=2) + "\n")
         digest, shards = model_io.weights_digest(out)
+        exported = _export_gguf(spec, out, config.name)
         records = metrics.read() if metrics is not None else []
         if records:
             reporting.plot_loss(records, out / reporting.LOSS_CURVE, f"{config.name}: loss")
@@ -247,6 +248,7 @@ def _train(config: TrainConfig, spec: FineTuneSpec, hp: Any, topology: distribut
             "sharding": sharding,
             "durationSeconds": round(time.monotonic() - start, 3),
             "prompts": {"withInput": templates.with_input, "noInput": templates.no_input},
+            **({"gguf": exported} if exported else {}),
         }
         reporting.write_manifest(out, manifest)
         result = model_result(manifest, config.output, out)
@@ -257,6 +259,16 @@ def _train(config: TrainConfig, spec: FineTuneSpec, hp: Any, topology: distribut
         report(result, reporter)
     distributed.barrier()
     return manifest
+
+
+def _export_gguf(spec: FineTuneSpec, out: Path, name: str) -> dict[str, str] | None:
+    """model.gguf beside the saved folder when spec.export.gguf asks for it (what runtime llama-cpp serves)."""
+    kind = spec.export.gguf if spec.export is not None else None
+    if kind is None:
+        return None
+    target = gguf_export.export(out, out / gguf_export.GGUF_FILE, kind, name=name)
+    log.info("wrote %s (%s, %d bytes)", target.name, kind.value, target.stat().st_size)
+    return {"file": target.name, "type": kind.value, "sha256": sha256_file(target)}
 
 
 def _peak_rss_bytes() -> int:

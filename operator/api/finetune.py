@@ -60,6 +60,29 @@ class Precision(str, Enum):
     FP32 = "fp32"
 
 
+class GGUFType(str, Enum):
+    """How a GGUF export stores its weight matrices (norms stay float32 in each)."""
+
+    F32 = "f32"
+    F16 = "f16"
+    Q8_0 = "q8_0"
+
+
+GGUF_FILE = "model.gguf"  # in the output folder, with spec.export.gguf
+
+
+class Export(ApiModel):
+    """Other formats written next to the Hugging Face model folder."""
+
+    gguf: GGUFType | None = Field(
+        default=None,
+        description=(
+            "Also write model.gguf (llama.cpp's format, what a ModelServer with runtime llama-cpp serves): "
+            "f32 (greedy answers as transformers'), f16 (half the size; rounding may flip near-tied tokens) or q8_0."
+        ),
+    )
+
+
 class DatasetSource(ApiModel):
     """Training data: an InstructDataset (waited for, then pinned by digest) or a JSONL file."""
 
@@ -321,6 +344,11 @@ class FineTuneSpec(ApiModel):
     output: Storage = Field(
         description="Where the model, checkpoints, metrics and loss curve are written.",
         json_schema_extra={"x-kubernetes-validations": [cel("self == oldSelf", "output is immutable")]},
+    )
+    export: Export | None = Field(
+        default=None,
+        description="Formats written besides the model folder, e.g. {gguf: f16} for runtime llama-cpp.",
+        json_schema_extra={"x-kubernetes-validations": [cel("self == oldSelf", "export is immutable")]},
     )
     image: ShortStr | None = Field(default=None, description="Overrides the operator's train image.")
     queue: Queue | None = Field(
