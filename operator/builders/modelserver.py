@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..api.finetune import GGUF_FILE, FineTuneSpec
 from ..api.modelserver import ModelServerSpec, Runtime
 from ..api.workloads import ResolvedModel, ServeAdapter, ServeConfig
 from ..cost import hourly_rate
@@ -116,8 +117,8 @@ def gguf_path(model: ResolvedModel, builtin_folder: str = LLAMA_CPP_MODELS) -> s
         return f"{builtin_folder.rstrip('/')}/{model.gguf_file or BUILTIN_GGUF[model.builtin]}"
     if not model.gguf_file or model.location is None:
         raise UnsupportedModel(
-            "model: runtime llama-cpp serves a GGUF file: a builtin model or a source with ggufFile "
-            "(a FineTune's output is a transformers folder)"
+            "model: runtime llama-cpp serves a GGUF file: a builtin model, a source with ggufFile, "
+            "or a FineTune whose spec.export.gguf is set"
         )
     location = model.location
     if "://" in location:
@@ -128,6 +129,19 @@ def gguf_path(model: ResolvedModel, builtin_folder: str = LLAMA_CPP_MODELS) -> s
             )
         location = location.removeprefix("file://")
     return f"{location.rstrip('/')}/{model.gguf_file}"
+
+
+def fine_tune_gguf(runtime: Runtime, name: str, tuned: FineTuneSpec) -> str | None:
+    """The file a FineTune's output is served from by this runtime: for llama-cpp the GGUF file its
+    spec.export.gguf made training write beside the model folder; None (the folder) for the others."""
+    if runtime is not Runtime.LLAMA_CPP:
+        return None
+    if tuned.export is None or tuned.export.gguf is None:
+        raise UnsupportedModel(
+            f"model.fineTuneRef: runtime llama-cpp serves a GGUF file and FineTune {name!r} writes none "
+            "(its output is a transformers folder): set the FineTune's spec.export.gguf (f16, f32 or q8_0)"
+        )
+    return GGUF_FILE
 
 
 def cpu_threads(spec: ModelServerSpec) -> int | None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..api import FineTuneSpec, InstructDatasetSpec, ModelServerSpec
 from ..api.common import Artifact, SecretKeyRef
+from ..api.modelserver import Runtime
 from ..api.workloads import DATASET_FILE, GenerateConfig, ResolvedModel, ServeConfig, TrainConfig
 from ..builders import finetune, instructdataset, modelserver
 from ..builders.common import Parent, Where
@@ -106,7 +107,10 @@ def serve_config(manifest: Manifest, layout: Layout, upstream: dict[tuple[str, s
     if spec.model.fine_tune_ref is not None:
         trained = upstream[("FineTune", spec.model.fine_tune_ref.name)]
         assert trained.location
-        model = ResolvedModel(location=trained.location)
+        # The GGUF file the FineTune's manifest says it wrote (spec.export.gguf); without one,
+        # runtime llama-cpp refuses the folder naming that field (builders.modelserver.gguf_path).
+        exported = trained.summary.get("gguf") if spec.runtime is Runtime.LLAMA_CPP else None
+        model = ResolvedModel(location=trained.location, gguf_file=exported["file"] if isinstance(exported, dict) else None)
     else:
         assert spec.model.source is not None
         model = layout.model(spec.model.source)

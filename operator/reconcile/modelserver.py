@@ -107,6 +107,9 @@ def resolve_model(
     upstream = references.get(("FineTune", ref.name))
     if upstream is None:
         return None, Mounts(), None, Desired(MODEL_READY, FALSE, "NotFound", f"FineTune {ref.name!r} does not exist; re-checked periodically")
+    tuned = FineTuneSpec.model_validate(upstream.get("spec") or {})
+    # Checked before waiting: a FineTune that exports no GGUF never will (spec.export is immutable).
+    gguf_file = build.fine_tune_gguf(spec.runtime, ref.name, tuned)
     status: dict[str, Any] = upstream.get("status") or {}
     phase = status.get("phase")
     if phase == FAILED:
@@ -116,9 +119,9 @@ def resolve_model(
     if not status.get(RESULT_KEY):
         return None, Mounts(), None, Desired(MODEL_READY, FALSE, "WaitingForResult", f"FineTune {ref.name!r} succeeded; waiting for its workload's result (model and sha256)")
     artifact = WorkloadResult.model_validate(status[RESULT_KEY]).artifact
-    resolved = model_from_upstream(FineTuneSpec.model_validate(upstream.get("spec") or {}).output, artifact)
+    resolved = model_from_upstream(tuned.output, artifact)
     pinned = resolved.pinned.to_wire() if resolved.pinned else None
-    return ResolvedModel(location=resolved.location), resolved.mounts, pinned, Desired(MODEL_READY, TRUE, "Pinned", f"serving the model of FineTune {ref.name!r}")
+    return ResolvedModel(location=resolved.location, gguf_file=gguf_file), resolved.mounts, pinned, Desired(MODEL_READY, TRUE, "Pinned", f"serving the model of FineTune {ref.name!r}")
 
 
 def reconcile(body: Body, child: ChildState | None, references: References, settings: OperatorSettings, now: datetime) -> Plan:
@@ -132,7 +135,10 @@ def reconcile(body: Body, child: ChildState | None, references: References, sett
         return waiting_for_old_child(body, "Deployment", child)
     status: dict[str, Any] = body.get("status") or {}
     parent = Parent(meta["name"], meta["namespace"], PLURAL, meta.get("generation"))
-    model, mounts, pinned, dependency = resolve_model(spec, references)
+    try:
+        model, mounts, pinned, dependency = resolve_model(spec, references)
+    except build.UnsupportedModel as exc:
+        return Plan(invalid_spec(exc))
     try:
         adapters, pinned_adapters, adapters_ready = resolve_adapters(meta["name"], spec, references)
     except AdapterRefused as exc:
