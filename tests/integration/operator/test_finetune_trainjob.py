@@ -32,6 +32,24 @@ SPEC = {
 }
 
 
+def test_without_trainer_installed_the_finetune_says_so(start_operator, custom, control_plane: ControlPlane, namespace: str) -> None:
+    # First in the module: the TrainJob CRD is installed by the fixture of the tests below.
+    with control_plane.api_client() as client:
+        served = {r.name for r in kubernetes.client.CustomObjectsApi(client).get_api_resources(GROUP, VERSION).resources} if _group_served(client) else set()
+    if PLURAL in served:
+        pytest.skip("the TrainJob CRD is already installed in this control plane")
+    start_operator()
+    create(custom, namespace, "finetunes", "FineTune", "nowhere", SPEC)
+    blocked = wait_for(lambda: (s := status_of(custom, namespace, "finetunes", "nowhere")).get("phase") == "Blocked" and s, what="Blocked")
+    ready = condition(blocked, "Ready")
+    assert ready["reason"] == "TrainJobNotFound" and "TrainJob 'nowhere-train'" in ready["message"]
+
+
+def _group_served(client: kubernetes.client.ApiClient) -> bool:
+    groups = kubernetes.client.ApisApi(client).get_api_versions().groups
+    return any(g.name == GROUP for g in groups)
+
+
 @pytest.fixture(scope="module")
 def trainjob_crd(control_plane: ControlPlane) -> Iterator[None]:
     """Trainer v2.3.0's TrainJob CRD, Established (left installed: CRDs are cluster-wide and the
