@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Copies Kubeflow Trainer's TrainJob CRD and its `torch-distributed` ClusterTrainingRuntime out of
-# the Go module github.com/kubeflow/trainer/v2 at the pinned version, into manifests/ beside this
-# script, and checks each file against SHA256SUMS. `go mod download` verifies the module itself
+# the Go module github.com/kubeflow/trainer/v2 at the version go.mod beside this script pins (the
+# module the controller is built from, with JobSet), into manifests/, and checks each file against
+# SHA256SUMS. `go mod download` verifies the module itself
 # against the Go checksum database, so the files are upstream's, byte for byte.
 #
 #   hack/tools/trainer/fetch-manifests.sh          # fetch (network) and check
@@ -9,8 +10,8 @@
 set -euo pipefail
 
 MODULE=github.com/kubeflow/trainer/v2
-VERSION=v2.3.0
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+VERSION="$(awk -v m="$MODULE" '$1 == m { print $2; exit }' "$HERE/go.mod")"
 OUT="$HERE/manifests"
 FILES=(
   manifests/base/crds/trainer.kubeflow.org_trainjobs.yaml
