@@ -201,3 +201,25 @@ def test_backend_is_immutable_and_runtime_ref_needs_it(trainjob_crd, custom, nam
     with pytest.raises(ApiException) as refused:
         create(custom, namespace, "finetunes", "FineTune", "mixed", {**SPEC, "backend": "pytorchjob", "runtimeRef": {"name": "torch-distributed"}})
     assert refused.value.status == 422 and "runtimeRef is only allowed with backend: trainjob" in refused.value.body
+
+
+def test_a_restart_finds_its_trainjob_and_a_deleted_one_is_never_run_again(trainjob_crd, start_operator, custom, namespace: str) -> None:
+    first = start_operator()
+    for name in ("kept", "gone"):
+        create(custom, namespace, "finetunes", "FineTune", name, SPEC)
+        wait_for(lambda name=name: _trainjob(custom, namespace, f"{name}-train"), what=f"the {name} TrainJob")
+        _play_status(custom, namespace, f"{name}-train", [], active=1)
+        _phase(custom, namespace, name, "Running")
+    uids = {name: _trainjob(custom, namespace, f"{name}-train")["metadata"]["uid"] for name in ("kept", "gone")}
+    first.stop()
+
+    # While the operator is away: one finishes, the other is deleted before its outcome was seen.
+    _play_status(custom, namespace, "kept-train", [_cond("Complete", "True", "AllJobsCompleted", now_minus(0))], active=0)
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "gone-train")
+
+    start_operator()
+    _phase(custom, namespace, "kept", "Succeeded")
+    lost = _phase(custom, namespace, "gone", "Failed")
+    assert condition(lost, "Ready")["reason"] == "TrainJobLost"
+    jobs = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
+    assert [(j["metadata"]["name"], j["metadata"]["uid"]) for j in jobs] == [("kept-train", uids["kept"])], "a TrainJob was made again"
