@@ -189,7 +189,7 @@ class Hyperparameters(ApiModel):
 class GPUs(ApiModel):
     """The accelerators: nodes x GPUs per node. Zero GPUs means a CPU run (gloo)."""
 
-    nodes: int = Field(default=1, ge=1, le=512, description="Pods in the PyTorchJob (Master + Workers).")
+    nodes: int = Field(default=1, ge=1, le=512, description="Training pods: the PyTorchJob's Master + Workers, or the TrainJob's numNodes.")
     per_node: int = Field(default=8, ge=0, le=16, description="GPUs per pod (torchrun nproc per node).")
     type: Annotated[str, Field(max_length=128)] = Field(
         default="nvidia-a100-80gb", description="GPU type, the key of the operator's price table and GPU-pool defaults."
@@ -200,7 +200,7 @@ class GPUs(ApiModel):
 
 
 class RunPolicy(ApiModel):
-    """Passed to the PyTorchJob's runPolicy."""
+    """Passed to the PyTorchJob's runPolicy (a TrainJob takes activeDeadlineSeconds only)."""
 
     backoff_limit: int = Field(default=3, ge=0, le=100, description="Restarts before the job is Failed.")
     active_deadline_seconds: int | None = Field(
