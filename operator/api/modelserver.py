@@ -197,7 +197,7 @@ class ModelServerSpec(ApiModel):
     )
     runtime: Runtime = Field(
         default=Runtime.TRANSFORMERS, description="transformers (alpaca serve, CPU or GPU), vllm (GPU) or llama-cpp (llama.cpp's llama-server "
-        "on a GGUF file, CPU: the builtin model or a source with ggufFile)."
+        "on a GGUF file, CPU: the builtin model, a source with ggufFile, or a FineTune with export.gguf)."
     )
     replicas: int = Field(default=1, ge=0, le=1000, description="Pods serving the model.")
     gpus_per_replica: int = Field(
