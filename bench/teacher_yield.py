@@ -1,6 +1,7 @@
 """Teacher yield, numbered vs structured mode, and the cost of a schema in `alpaca serve`.
 
     PYTHONSAFEPATH=1 .venv/bin/python bench/teacher_yield.py [--requests 16] [--clients 16] [--overhead-clients 16] [--overhead-requests 2]
+    PYTHONSAFEPATH=1 .venv/bin/python bench/teacher_yield.py --settings [--requests 16] [--clients 16]
 
 One process serves the builtin SmolLM2-135M-Instruct with the real `alpaca serve` app (uvicorn on
 127.0.0.1). Against it, in the same run:
@@ -9,6 +10,10 @@ One process serves the builtin SmolLM2-135M-Instruct with the real `alpaca serve
   (Alpaca's format, the baseline) and once structured (a JSON array under a json_schema
   response_format). The answers go through the generator's own teacher client, parser, filters and
   ROUGE-L (GenerationState), so the kept counts are what `alpaca generate` would keep.
+- settings (`--settings`, instead of the two above): numbered mode with the quickstart's generation
+  settings as examples/quickstart/10-dataset.yaml has them now (ours) against the settings it had
+  before (8 slots, maxTokens 384: the baseline), the same request seeds; kept per completion token
+  is what sets the quickstart's generation time on a CPU teacher.
 - overhead: `--overhead-clients` concurrent openai clients, each sending `--overhead-requests` chat requests
   one after another, with and without a schema; completion tokens per second of wall time.
 """
@@ -40,8 +45,17 @@ from alpaca_operator.api.instructdataset import TeacherAPI, TeacherFormat  # noq
 from alpaca_operator.api.workloads import GenerateConfig  # noqa: E402
 
 MODEL = "smollm2"
-# The quickstart's generation settings (examples/quickstart/10-dataset.yaml).
+QUICKSTART_DATASET = Path(__file__).resolve().parents[1] / "examples" / "quickstart" / "10-dataset.yaml"
+# The quickstart's generation settings before they were tuned by this benchmark's --settings run.
 GENERATION = {"numExamples": 1_000_000, "instructionsPerRequest": 8, "maxTokens": 384, "temperature": 0.7, "topP": 0.9}
+
+
+def quickstart_generation() -> dict[str, Any]:
+    """The generation settings examples/quickstart/10-dataset.yaml declares now."""
+    import yaml
+
+    declared = yaml.safe_load(QUICKSTART_DATASET.read_text())["spec"]["generation"]
+    return {**declared, "numExamples": 1_000_000}
 
 
 def start_server(max_batch_size: int) -> tuple[str, Any]:
@@ -71,19 +85,21 @@ def start_server(max_batch_size: int) -> tuple[str, Any]:
     raise RuntimeError("alpaca serve did not become ready")
 
 
-def _config(base_url: str, teacher_format: TeacherFormat) -> GenerateConfig:
+def _config(base_url: str, teacher_format: TeacherFormat, generation: dict[str, Any] | None = None) -> GenerateConfig:
     return GenerateConfig.model_validate({
         "name": "bench",
         "spec": {"teacher": {"baseURL": base_url, "model": MODEL, "api": "completions", "format": teacher_format.value},
-                 "generation": GENERATION, "output": {"uri": "file:///unused"}},
+                 "generation": generation or GENERATION, "output": {"uri": "file:///unused"}},
         "output": "unused", "teacherURL": base_url, "teacherModel": MODEL,
         "pricing": {"inputUSDPerMillionTokens": 0.0, "outputUSDPerMillionTokens": 0.0},
     })
 
 
-async def teacher_yield(base_url: str, teacher_format: TeacherFormat, requests: int, clients: int) -> dict[str, Any]:
+async def teacher_yield(
+    base_url: str, teacher_format: TeacherFormat, requests: int, clients: int, generation_settings: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """`requests` teacher requests, `clients` at a time, read as the generator reads them."""
-    config = _config(base_url, teacher_format)
+    config = _config(base_url, teacher_format, generation_settings)
     spec = config.spec
     generation = spec.generation
     seeds = [s.as_task() for s in load_seed_tasks()]
@@ -126,6 +142,7 @@ async def teacher_yield(base_url: str, teacher_format: TeacherFormat, requests: 
         "malformed_fraction": round(malformed / max(1, state.generated), 3),
         "filtered": dict(sorted(state.filtered.items())),
         "seconds": round(seconds, 1),
+        "seconds_per_kept": round(seconds / len(state.kept), 2) if state.kept else None,
         "examples": [t.as_record() for t in state.kept[:3]],
     }
 
@@ -170,11 +187,31 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16, help="requests in flight at once")
     parser.add_argument("--overhead-clients", type=int, default=16, help="concurrent clients in the overhead part")
     parser.add_argument("--overhead-requests", type=int, default=2, help="chat requests per client in the overhead part")
+    parser.add_argument("--settings", action="store_true", help="compare the quickstart's settings, old and current (numbered mode)")
     parser.add_argument("--skip-yield", action="store_true")
     parser.add_argument("--skip-overhead", action="store_true")
     args = parser.parse_args()
     base_url, _server = start_server(max(args.clients, args.overhead_clients))
     report: dict[str, Any] = {"bench": "teacher_yield", "ours": {}, "baseline": {}}
+    if args.settings:
+        import os
+
+        report["bench"] = "teacher_yield_settings"
+        report["load_average"] = os.getloadavg()
+        current = quickstart_generation()
+        before = asyncio.run(teacher_yield(base_url, TeacherFormat.NUMBERED, args.requests, args.clients))
+        print("before    ", json.dumps(before), flush=True)
+        now = asyncio.run(teacher_yield(base_url, TeacherFormat.NUMBERED, args.requests, args.clients, current))
+        print("now       ", json.dumps(now), flush=True)
+        report["settings"] = {"baseline": GENERATION, "ours": current}
+        for key in ("kept_per_request", "kept_per_1k_tokens", "kept_per_1k_completion_tokens", "malformed_fraction", "seconds_per_kept"):
+            report["ours"][key] = now[key]
+            report["baseline"][key] = before[key]
+        base = before["kept_per_1k_completion_tokens"]
+        report["ratio"] = round(now["kept_per_1k_completion_tokens"] / base, 2) if base else None
+        report["load_average_after"] = os.getloadavg()
+        print(json.dumps(report))
+        return
     if not args.skip_yield:
         numbered = asyncio.run(teacher_yield(base_url, TeacherFormat.NUMBERED, args.requests, args.clients))
         print("numbered  ", json.dumps(numbered), flush=True)

@@ -16,7 +16,7 @@ QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart"
 # Per file: spec fields merged over what the example declares.
 SHRINK: dict[str, dict[str, dict[str, Any]]] = {
     "10-dataset.yaml": {
-        "generation": {"numExamples": 3, "instructionsPerRequest": 6, "maxTokens": 320},
+        "generation": {"numExamples": 3},
         "teacher": {"maxConcurrency": 4},
     },
     "20-finetune.yaml": {
