@@ -271,7 +271,14 @@ class InstructDatasetSpec(ApiModel):
     seed_tasks: SeedTasks = Field(default_factory=SeedTasks, description="The human-written seed tasks.")
     prompt_template: PromptTemplate | None = Field(
         default=None,
-        description="Your own prompt text (ConfigMap key, PVC file or URI) instead of the built-in one; see its placeholders.",
+        description=(
+            "Your own prompt text (ConfigMap key, PVC file or URI; Alpaca's prompt.txt works as is) instead of the "
+            "built-in one: the text shown before the example tasks. Placeholders filled in per request: {total} "
+            "(tasks in a request), {shown} (example tasks), {open} (new tasks wanted); numbered format also "
+            "{no_input} and {separator}, whose numbered examples and open slot always follow the text; structured "
+            "format also {examples} (the examples as JSON, placed after the text when not named). Any other "
+            "{word} fails the job at its start."
+        ),
     )
     generation: Generation = Field(default_factory=Generation, description="How the teacher is prompted.")
     filters: Filters = Field(default_factory=Filters, description="Which generated tasks are kept.")
