@@ -24,6 +24,9 @@ _STARTS_WITH_ITEM_RE = re.compile(r"^\s*\d+[ \t]*\.[ \t]*Instruction[ \t]*:")
 # Lines that only separate items: ###, -----, ***, ===.
 _RULE_RE = re.compile(r"^[ \t]*(#{2,}|-{3,}|\*{3,}|={3,})[ \t]*$", re.MULTILINE)
 _LAYOUTS = (["Instruction", "Input", "Output"], ["Instruction", "Output"])
+# The built-in prompt's list header ("Tasks 1 to 8:"), which a teacher sometimes starts again after
+# its last item: not part of that item's output.
+_LIST_HEADER_RE = re.compile(r"\n[ \t]*Tasks \d+ to \d+:[ \t]*$")
 _NO_INPUT_MARKERS = {NO_INPUT.lower(), "<no input>", "no input", ""}
 
 MALFORMED = "malformed"
@@ -59,7 +62,7 @@ def _parse_item(block: str, number: int) -> Parsed:
     text = {name: value for _, name, value in fields}
     instruction = " ".join(text["Instruction"].split())
     text_input = text.get("Input", "").strip()
-    output = text["Output"].strip()
+    output = _LIST_HEADER_RE.sub("", text["Output"].rstrip()).strip()
     if text_input.lower() in _NO_INPUT_MARKERS:
         text_input = ""
     if not instruction or not output:

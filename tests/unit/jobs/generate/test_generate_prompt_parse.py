@@ -187,3 +187,12 @@ def test_structured_prompt_shows_examples_as_json_and_the_schema_bounds_the_answ
     assert task["instruction"]["pattern"] == task["output"]["pattern"] == r"\S" and "pattern" not in task["input"]
     with pytest.raises(ValueError):
         build_structured_prompt(examples, 0)
+
+
+def test_a_list_header_started_again_after_the_last_item_is_not_part_of_its_output() -> None:
+    text = _item(3, "Name a season.", output="Winter.\n\nTasks 9 to 18:\n###\n")
+    (item,) = parse_completion(text, first_slot=3, truncated=False)
+    assert item.task == Task("Name a season.", "", "Winter.")
+    # Only a header on a line of its own and at the end: a sentence that mentions tasks stays.
+    text = _item(3, "Plan a day.", output="Tasks 1 to 3: wake, work, sleep.")
+    assert parse_completion(text, first_slot=3, truncated=False)[0].task.output == "Tasks 1 to 3: wake, work, sleep."
