@@ -221,9 +221,10 @@ def _stored(tensor: torch.Tensor, kind: GGUFType) -> tuple[Any, gguf.GGMLQuantiz
 
 
 def _load_state(folder: Path) -> dict[str, torch.Tensor]:
+    """The weights in the dtype they were saved in (each is widened to float32 only while it is written)."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype="auto")
     return dict(model.state_dict())
 
 

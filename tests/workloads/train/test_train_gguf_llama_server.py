@@ -1,16 +1,17 @@
 """A tuned model exported to GGUF answers in llama.cpp's `llama-server` as it does in transformers.
 
 Two models: SmolLM2-135M-Instruct (the built-in's weights, saved as training saves a tuned model, with
-the instruction chat template) in f32 and f16, and a short real fine-tune of the tiny test Llama run
+the instruction chat template) in f32, f16 and q8_0, and a short real fine-tune of the tiny test Llama run
 with `--gguf f32`; then a FineTune + llama-cpp ModelServer in local mode, answering the openai client.
 
 Tolerance, and why. The two engines sum in different orders (and f16 rounds weights and, in llama.cpp's
 f16 matrix products, activations too), so log-probabilities differ by a small amount: measured on
-SmolLM2-135M's 30 layers, at most 1.4e-3 nats in f32 and 1.0e-2 in f16. The tests allow TOLERANCE[kind]
-(about 5x that) on the log-probability llama-server reports for each token it picks, and require the
-token to be transformers' greedy choice at that step, unless transformers' own top two are within
-2 x TOLERANCE there: such a near-tie may flip within the allowed error, and after a flip the two
-continuations are different texts, so the comparison of that prompt stops. Equal picks at every step,
+SmolLM2-135M's 30 layers, at most 4.1e-3 nats in f32, 1.0e-2 in f16 and 0.15 in q8_0 (8-bit blocks).
+The tests allow TOLERANCE[kind] (3 to 5 times that) on the log-probability llama-server reports for
+each token it picks, and require the token to be transformers' greedy choice at that step, unless
+transformers' own top two are within 2 x TOLERANCE there: such a near-tie may flip within the allowed
+error, and after a flip the two continuations are different texts, so the comparison of that prompt
+stops. `pytest -s` prints the largest deviation seen and the tokens compared. Equal picks at every step,
 teacher-forced along llama-server's answer, are what transformers' greedy generate would produce.
 
 Needs a llama-server binary ($ALPACA_LLAMA_SERVER, `llama-server` on PATH, or the one
@@ -36,7 +37,7 @@ from alpaca_jobs.storage import sha256_file
 from alpaca_operator.api.finetune import GGUF_FILE, GGUFType
 from alpaca_operator.local import llama_cpp
 
-TOLERANCE = {GGUFType.F32: 0.01, GGUFType.F16: 0.05}
+TOLERANCE = {GGUFType.F32: 0.02, GGUFType.F16: 0.05, GGUFType.Q8_0: 0.5}
 NEW_TOKENS = 32
 CONVERSATIONS = [
     [{"role": "user", "content": "Give three tips for staying healthy."}],
@@ -94,7 +95,7 @@ def compare_greedy(folder: Path, base: str, kind: GGUFType) -> int:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     tolerance = TOLERANCE[kind]
-    compared = 0
+    compared, largest = 0, 0.0
     for messages in CONVERSATIONS:
         ids = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
         answer = httpx.post(f"{base}/completion", timeout=300, json={
@@ -113,7 +114,9 @@ def compare_greedy(folder: Path, base: str, kind: GGUFType) -> int:
                     f"{messages}: step {step}: llama-server picked {token}, transformers {best} by {margin:.4f} nats")
                 break  # a near-tie within the tolerance flipped: the texts part here
             assert abs(float(ours[token]) - theirs) <= tolerance, (messages, step, float(ours[token]), theirs)
+            largest = max(largest, abs(float(ours[token]) - theirs))
             compared += 1
+    print(f"{folder.name} {kind.value}: {compared} tokens equal, largest |log-probability difference| {largest:.2e} nats")
     return compared
 
 
@@ -154,7 +157,7 @@ def smollm2_tuned(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     shutil.rmtree(folder, ignore_errors=True)  # half a gigabyte
 
 
-@pytest.mark.parametrize("kind", [GGUFType.F32, GGUFType.F16])
+@pytest.mark.parametrize("kind", list(GGUFType))
 def test_smollm2_in_gguf_answers_as_transformers_greedy(llama_server: Path, smollm2_tuned: Path, tmp_path: Path,
                                                          kind: GGUFType) -> None:
     from alpaca_jobs.train.gguf_export import export
