@@ -280,6 +280,9 @@ class FineTuneSpec(ApiModel):
                     "runtimeRef is only allowed with backend: trainjob",
                     field_path=".runtimeRef",
                 ),
+                # The field's own rule compares values; this one also stops it being added or removed
+                # later, when training may already have run without (or with) the export.
+                cel("has(self.export) == has(oldSelf.export)", "export is immutable", field_path=".export"),
             ]
         }
     )
