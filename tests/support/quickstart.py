@@ -23,7 +23,7 @@ SHRINK: dict[str, dict[str, dict[str, Any]]] = {
         "hyperparameters": {"maxSteps": 2, "maxSeqLength": 128, "globalBatchSize": 4, "microBatchSize": 2},
     },
     "40-evaluation.yaml": {
-        "tasks": {"sampleSize": 3},
+        "tasks": {"sampleSize": 2},
         "generation": {"maxTokens": 24},
         "judge": {"maxTokens": 32},
     },

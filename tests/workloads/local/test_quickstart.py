@@ -70,12 +70,17 @@ def test_quickstart_runs_end_to_end_then_skips_what_is_unchanged(tmp_path: Path)
     assert (model_dir / "loss_curve.png").stat().st_size > 0
     trained = json.loads((model_dir / "manifest.json").read_text())
     assert trained["steps"] == 2
+    # The quickstart ends with the tuned model judged against its base: every sampled task judged.
+    report = json.loads((state / "pvc" / "alpaca" / "quickstart" / "evaluation" / "summary.json").read_text())
+    assert report["judged"] == report["tasks"] == 2 and report["score"] is not None
+    assert (state / "pvc" / "alpaca" / "quickstart" / "evaluation" / "win_rate.png").stat().st_size > 0
+    assert "win rate" in first_log.read_text()
 
     # Nothing changed: the dataset and the model are reused, the teacher is never even loaded.
     second_log = tmp_path / "second.log"
     rerun = _alpaca_run(str(manifests), "--state-dir", str(state), "--exit", log=second_log)
     assert rerun.wait(timeout=600) == 0, second_log.read_text()[-4000:]
     output = second_log.read_text()
-    assert output.count("unchanged since the last run: skipped") == 2
+    assert output.count("unchanged since the last run: skipped") == 3
     assert "needs ModelServer teacher" not in output
     assert json.loads((dataset_dir / "manifest.json").read_text()) == manifest
