@@ -116,6 +116,8 @@ def tokenize(
     """
     if tokenizer.eos_token_id is None:
         raise DatasetError("the tokenizer has no EOS token; cannot mark where responses end")
+    if not records:  # fast tokenizers refuse an empty batch; nothing held out is a valid split
+        return [], []
     prompts = tokenizer([templates.render(r.instruction, r.input) for r in records], add_special_tokens=True)["input_ids"]
     responses = tokenizer([r.output for r in records], add_special_tokens=False)["input_ids"]
     examples: list[Example] = []

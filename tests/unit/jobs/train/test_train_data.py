@@ -108,3 +108,16 @@ def test_truncation_cuts_the_response_never_the_prompt() -> None:
     assert skipped == [2]
     assert len(examples[0]) == prompt_len + 3
     assert [t for t in examples[0].labels if t != IGNORE_INDEX] == [ord("a"), ord("b"), ord("c")]
+
+
+def test_no_records_tokenize_to_nothing_with_a_fast_tokenizer() -> None:
+    """A dataset too small to hold rows out gives an empty validation part; the fast tokenizer
+    refuses an empty batch, so tokenize must not hand it one."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<unk>")), eos_token="</s>", unk_token="<unk>"
+    )
+    assert tokenize([], tokenizer, max_seq_length=64) == ([], [])
