@@ -6,10 +6,20 @@ replays the journal (state.py) and asks only what has no answer yet, so nothing 
 twice; a request that was in flight when the process died is charged at its worst case, because
 the endpoint may have billed it. A kill in the middle of a write leaves at most a torn last line,
 which is cut off (nothing was built on it).
+
+Every entry carries the fingerprint of the request it belongs to: the endpoint (url, model) and
+the exact messages and parameters sent. An answer's fingerprint so covers the contestant and the
+generation settings; a verdict's covers the judge, its max_tokens and structured output, the
+rubric's text and both answers. A resumed job reuses only entries whose fingerprint is that of the
+request it would send now: after the spec changed, what the new settings would ask differently is
+asked again. Entries of other fingerprints stay in the file, never moved aside: the journal stays
+one append-only file (the one the store keeps), it records what was paid, and going back to an
+earlier spec reuses what that spec already got.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -38,6 +48,7 @@ class Entry:
     completion_tokens: int = 0
     problem: str | None = None
     retries: dict[str, int] = field(default_factory=dict)
+    fp: str | None = None  # fingerprint(...) of the request; None (older journals): never reused
 
     @property
     def request(self) -> tuple[str, str, str | None]:
@@ -53,6 +64,13 @@ class Entry:
         if data.pop("v", None) != VERSION:
             raise ValueError("unknown journal version")
         return cls(**data)
+
+
+def fingerprint(url: str, model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> str:
+    """What produced an entry, as the sha256 of a canonical JSON of the request to the endpoint."""
+    canonical = json.dumps({"url": url, "model": model, "messages": messages, "params": params},
+                           sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 class JournalError(RuntimeError):

@@ -33,7 +33,7 @@ from alpaca_jobs.results import evaluation_result
 
 from . import chart, rubric
 from .endpoint import Endpoint, EndpointRejected, resolve_api_key
-from .journal import JOURNAL_FILE, Entry, Journal, Order, Role
+from .journal import JOURNAL_FILE, Entry, Journal, Order, Role, fingerprint
 from .outputs import answers_for, load_outputs
 from .state import CONTESTANTS, ORDERS, EvaluationState
 from .summary import judgement_rows, score, summary
@@ -178,6 +178,42 @@ class Run:
             bound += len(json.dumps(params["response_format"]).encode("utf-8"))
         return messages, params, (bound, judge.max_tokens)
 
+    def _fingerprint(self, role: Role, messages: list[dict[str, str]], params: dict[str, Any]) -> str:
+        end = self.config.judge if role == "judge" else self.contestants[role].endpoint
+        assert end is not None
+        return fingerprint(end.url, end.model, messages, params)
+
+    def _current_fingerprint(self, key: str, role: Role, order: Order | None) -> str | None:
+        """The fingerprint of the request this run would send for an entry; None: it sends none."""
+        if key not in self.state.by_key:
+            return None
+        if role == "judge":
+            if order is None or not self.state.answered(key):
+                return None
+            messages, params, _ = self._judge_request(key, order)
+        else:
+            if self.contestants[role].endpoint is None:  # answers written beforehand replace asking
+                return None
+            messages, params, _ = self._answer_request(key, role)
+        return self._fingerprint(role, messages, params)
+
+    def _replay(self, entries: list[Entry]) -> int:
+        """Apply the journal's entries this run would have made itself; returns how many were not.
+
+        Run in journal order, so a verdict is checked against the answers reused before it. An
+        entry of another spec (settings, model, judge, rubric, answers, or a task out of the sample)
+        is a request of another evaluation: not reused, and not billed to this one, neither what it
+        recorded nor, if it was lost in flight, its worst case. The reused entries count as they
+        were paid once; what the new settings ask is billed as it comes.
+        """
+        stale = 0
+        for entry in entries:
+            if entry.fp is not None and entry.fp == self._current_fingerprint(entry.task, entry.role, entry.order):
+                self.state.apply(entry)
+            else:
+                stale += 1
+        return stale
+
     def _task_worst_case(self, key: str) -> float:
         """What a task not yet started can bill at most: its answers still to ask, then two verdicts."""
         task = self.state.by_key[key]
@@ -234,22 +270,22 @@ class Run:
             self.output.push(JOURNAL_FILE)
 
     async def _ask(self, endpoint: Endpoint, key: str, role: Role, order: Order | None,
-                   messages: list[dict[str, str]], params: dict[str, Any]) -> Entry:
+                   messages: list[dict[str, str]], params: dict[str, Any], fp: str) -> Entry:
         try:
             answer = await endpoint.complete(messages, **params)
         except GaveUp as exc:
             log.warning("%s request for task %s given up: %s", role, key, exc)
-            return Entry("failed", key, role, order, problem=exc.reason, retries=exc.retries)
+            return Entry("failed", key, role, order, problem=exc.reason, retries=exc.retries, fp=fp)
         if answer.content is None:  # a body that was no chat completion: asked again by a rerun
             return Entry("failed", key, role, order, problem=answer.problem, prompt_tokens=answer.prompt_tokens,
-                         completion_tokens=answer.completion_tokens, retries=answer.retries)
+                         completion_tokens=answer.completion_tokens, retries=answer.retries, fp=fp)
         if role == "judge":
             return Entry("verdict", key, role, order, content=answer.content, winner=parse_verdict(answer.content),
                          finish_reason=answer.finish_reason, prompt_tokens=answer.prompt_tokens,
-                         completion_tokens=answer.completion_tokens, problem=answer.problem, retries=answer.retries)
+                         completion_tokens=answer.completion_tokens, problem=answer.problem, retries=answer.retries, fp=fp)
         return Entry("answer", key, role, None, content=answer.content, finish_reason=answer.finish_reason,
                      prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens,
-                     problem=answer.problem, retries=answer.retries)
+                     problem=answer.problem, retries=answer.retries, fp=fp)
 
     def _sync_in_background(self) -> None:
         """One fsync for every entry appended since the last, off the event loop."""
@@ -271,10 +307,11 @@ class Run:
                             blocked = chosen is False
                             break
                         key, role, order, messages, params, bound = chosen
-                        sent = Entry("sent", key, role, order, prompt_tokens=bound[0], completion_tokens=bound[1])
+                        fp = self._fingerprint(role, messages, params)
+                        sent = Entry("sent", key, role, order, prompt_tokens=bound[0], completion_tokens=bound[1], fp=fp)
                         self.journal.append(sent)  # on record before it leaves
                         self.state.apply(sent)
-                        task = asyncio.create_task(self._ask(endpoints[role], key, role, order, messages, params))
+                        task = asyncio.create_task(self._ask(endpoints[role], key, role, order, messages, params, fp))
                         in_flight[task] = sent.request
                 if not in_flight:
                     if stop is not None:
@@ -312,8 +349,8 @@ class Run:
     async def execute(self) -> Outcome:
         self._fetch_journal()
         replayed = self.journal.load()
-        for entry in replayed:
-            self.state.apply(entry)
+        if stale := self._replay(replayed):
+            log.info("%d journal entries were made under other settings, tasks or answers: not reused", stale)
         if replayed:
             log.info("resumed from %d journal entries: %d of %d tasks judged", len(replayed),
                      len(self.state.judged_tasks), len(self.state.tasks))
