@@ -7,7 +7,8 @@ is won when the candidate wins both orders or one and ties the other, lost the o
 and tied otherwise: a judge that always prefers one position produces ties, not wins. The figures
 (stats.py): the win rate with ties as half, its 95% bootstrap interval, and a length-controlled
 win rate. Every request is journaled (journal.py) so a killed job resumes without asking or
-paying twice; runner.py drives it within a budget, summary.py and chart.py write the report:
+paying twice, and a rerun after the spec changed reuses only what the new spec would ask the
+same (each entry keeps its request's fingerprint); runner.py drives it within a budget, summary.py and chart.py write the report:
 
     judgements.jsonl   per task: instruction, input, both answers, both verdicts, outcome
     summary.json       the Score, counts, tokens and cost by role, labels (the result's artifact)

@@ -5,7 +5,8 @@ Locally:    alpaca evaluate --output ./eval --candidate-url http://127.0.0.1:800
                 --baseline-url http://127.0.0.1:8002/v1 --baseline-model base \\
                 --judge-url http://127.0.0.1:8000/v1 --judge-model teacher --sample-size 20
 
-Rerunning the same command resumes from the journal in the output folder. Exit status: 0 when
+Rerunning the same command resumes from the journal in the output folder; with other settings,
+models or tasks it reuses only the answers and verdicts those would get the same. Exit status: 0 when
 every task was judged or the budget stopped the run cleanly, 1 when an endpoint failed or refused,
 2 when the configuration or an input file cannot be used, 130 when interrupted.
 """
