@@ -225,9 +225,11 @@ def test_finished_work_is_never_rerun_and_a_namesake_waits_for_the_old_job(
     assert waiting["phase"] == "Pending", "the old run's phase is not inherited"
     assert batch.read_namespaced_job("again-evaluate", namespace).metadata.uid == old_job.metadata.uid
 
-    # The old children go: the new evaluation runs with its own.
-    batch.delete_namespaced_job("again-evaluate", namespace, propagation_policy="Background")
+    # The old children go, the old Job last: while it is there the new evaluation waits, so what
+    # comes after it is the new evaluation's own (deleting the config second would race the
+    # operator, which writes its new config as soon as the Job is gone).
     core.delete_namespaced_config_map("again-evaluate-config", namespace)
+    batch.delete_namespaced_job("again-evaluate", namespace, propagation_policy="Background")
     fresh = wait_for(lambda: (j := batch.read_namespaced_job("again-evaluate", namespace))
                      and j.metadata.uid != old_job.metadata.uid and j, what="the new Job")
     assert fresh.metadata.owner_references[0].uid == second["metadata"]["uid"]
