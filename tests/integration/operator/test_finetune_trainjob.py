@@ -106,7 +106,8 @@ def test_the_trainjob_is_created_owned_and_followed_to_succeeded(trainjob_crd, s
     assert spec["trainer"]["command"][:3] == ["python", "-m", "alpaca_jobs.train.launch"]
     pod = spec["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"pool": "a100"} and any(v.get("emptyDir", {}).get("medium") == "Memory" for v in pod["volumes"])
-    assert status_of(custom, namespace, "finetunes", "alpaca-7b").get("jobName") == "alpaca-7b-train"
+    # The status is written after the create it reports: wait for it, do not read it at once.
+    wait_for(lambda: status_of(custom, namespace, "finetunes", "alpaca-7b").get("jobName") == "alpaca-7b-train", what="jobName")
 
     # Trainer's part: admitted (Suspended False/Resumed) an hour ago, its JobSet's pods running since.
     _play_status(custom, namespace, "alpaca-7b-train", [_cond("Suspended", "False", "Resumed", now_minus(3600))], active=1)
