@@ -9,16 +9,15 @@ a request that still fails is given up with its reason. A refusal that retrying 
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 
+from alpaca_jobs.api_keys import ApiKeyError, resolve_api_key  # noqa: F401 - the endpoints' keys
 from alpaca_jobs.generate.retry import RetryPolicy, parse_retry_after
 from alpaca_jobs.generate.teacher import MALFORMED_RESPONSE, Answer, GaveUp, read_completion
 
@@ -27,28 +26,6 @@ _RETRYABLE_STATUS = {408, 409, 429}
 
 class EndpointRejected(RuntimeError):
     """An endpoint refused a request in a way that retrying cannot fix."""
-
-
-class ApiKeyError(ValueError):
-    """An API key that was named but cannot be found."""
-
-
-def resolve_api_key(env_name: str | None, role: str, environ: dict[str, str] | None = None) -> str | None:
-    """The key from the named env var, or from the file named by `<NAME>_FILE` (a mounted Secret)."""
-    if env_name is None:
-        return None
-    env = os.environ if environ is None else environ
-    if value := env.get(env_name, "").strip():
-        return value
-    if file := env.get(f"{env_name}_FILE"):
-        try:
-            value = Path(file).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ApiKeyError(f"cannot read the {role} API key file {file} (from {env_name}_FILE): {exc.strerror}") from None
-        if value:
-            return value
-        raise ApiKeyError(f"the {role} API key file {file} (from {env_name}_FILE) is empty")
-    raise ApiKeyError(f"the {role} API key is expected in the environment variable {env_name}, which is not set")
 
 
 def _retryable(exc: Exception) -> tuple[str, float | None] | None:

@@ -14,16 +14,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 
 from alpaca_operator.api.instructdataset import TeacherFormat
 from alpaca_operator.api.workloads import GenerateConfig
-from alpaca_jobs import storage
+from alpaca_jobs import api_keys, storage
 from alpaca_jobs.report import StatusReporter
 from alpaca_jobs.results import add_to_manifest, dataset_result, report
 
@@ -70,21 +68,11 @@ class RunOptions:
 
 
 def resolve_api_key(env_name: str | None, environ: dict[str, str] | None = None) -> str | None:
-    """The key from the named env var, or from the file named by `<NAME>_FILE` (a mounted Secret)."""
-    if env_name is None:
-        return None
-    env = os.environ if environ is None else environ
-    if value := env.get(env_name, "").strip():
-        return value
-    if file := env.get(f"{env_name}_FILE"):
-        try:
-            value = Path(file).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read the teacher API key file {file} (from {env_name}_FILE): {exc.strerror}") from None
-        if value:
-            return value
-        raise ConfigError(f"the teacher API key file {file} (from {env_name}_FILE) is empty")
-    raise ConfigError(f"the teacher API key is expected in the environment variable {env_name}, which is not set")
+    """The teacher's key from the named env var or its `<NAME>_FILE`; a bad config when missing."""
+    try:
+        return api_keys.resolve_api_key(env_name, "teacher", environ)
+    except api_keys.ApiKeyError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def load_prompt_template(location: str | None, teacher_format: TeacherFormat) -> str | None:
