@@ -41,6 +41,7 @@ class Stats:
     billed_prompt_tokens: Counter[str] = field(default_factory=Counter)  # by model
     billed_completion_tokens: Counter[str] = field(default_factory=Counter)
     bodies: list[dict[str, Any]] = field(default_factory=list)
+    held: int = 0  # answers billed and now waiting for `release`
 
 
 class ChatServer:
@@ -48,6 +49,10 @@ class ChatServer:
         self.scripts = scripts
         self.delay_s = delay_s
         self.stats = Stats()
+        # Cleared, every answer is billed and then held until it is set again: a test can kill its
+        # client while answers it paid for are certainly still on their way.
+        self.release = threading.Event()
+        self.release.set()
         self._lock = threading.Lock()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -114,6 +119,13 @@ class ChatServer:
                 self.stats.billed_completion_tokens[model] += completion_tokens
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)
+            if not self.release.is_set():
+                with self._lock:
+                    self.stats.held += 1
+                while not self.release.is_set():
+                    await asyncio.sleep(0.01)
+                with self._lock:
+                    self.stats.held -= 1
             return JSONResponse({
                 "id": f"chatcmpl-{sum(self.stats.received.values())}",
                 "object": "chat.completion",

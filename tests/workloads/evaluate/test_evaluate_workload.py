@@ -358,20 +358,23 @@ def test_kills_never_hide_spend_and_never_let_it_pass_the_budget(tmp_path: Path)
         command = _command(tmp_path, config)
         journal = out / JOURNAL_FILE
 
-        def ended() -> int:
-            return sum(1 for e in Journal(journal).load() if e.kind != "sent") if journal.exists() else 0
-
         for kill in range(2):
             before = journal.read_bytes().count(b"\n") if journal.exists() else 0
             process = subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
             deadline = time.monotonic() + 60
-            while not (journal.exists() and journal.read_bytes().count(b"\n") >= before + 6 + kill
-                       and sum(server.stats.answered.values()) > ended()):
+            while not (journal.exists() and journal.read_bytes().count(b"\n") >= before + 6 + kill):
                 assert process.poll() is None, "the run ended before it could be killed"
                 assert time.monotonic() < deadline, "the run never got going"
                 time.sleep(0.01)
+            # From here the server bills and holds every answer: the kill lands while some are paid for.
+            server.release.clear()
+            while server.stats.held == 0:
+                assert process.poll() is None, "the run ended before it could be killed"
+                assert time.monotonic() < deadline, "no request was in flight to kill"
+                time.sleep(0.01)
             process.send_signal(signal.SIGKILL)
             process.wait()
+            server.release.set()
         final = subprocess.run(command, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
         assert final.returncode == 0, final.stderr
         billed = sum(server.stats.billed_prompt_tokens[m] + server.stats.billed_completion_tokens[m]
