@@ -1,8 +1,8 @@
 """The checkpoint: an append-only journal of the teacher's answers, written before they are used.
 
 Every request is journaled twice: once as `sent` before it goes out, with the most it can cost
-(its prompt's token bound and max_tokens), and once when it is answered (or given up), before its
-tasks are filtered. A killed process loses nothing that it used, and a request that was in flight
+(its prompt's token bound and max_tokens), and once when it is answered (or given up, or cancelled
+once the run has all it needs from a teacher that charges nothing), before its tasks are filtered. A killed process loses nothing that it used, and a request that was in flight
 when it died (sent, never answered) is known: the teacher may have billed it, so it counts as spent
 at its worst case. The dataset is a pure function of the
 journal and the configuration, so a restarted run replays the journal to get back exactly what it had
@@ -22,12 +22,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
-# sent: on its way (worst case in the token fields); answered / failed: its end; submitted: a Batch
-# API batch created (content = its id); withdrawn: planned for a batch that was never submitted.
-Outcome = Literal["sent", "answered", "failed", "submitted", "withdrawn"]
-VERSION = 2
-# Version 1 journals (no `sent` records) read the same way: nothing of theirs is in flight.
-_READABLE = {1, VERSION}
+# sent: on its way (worst case in the token fields); answered / failed: its end; cancelled: its end
+# when the run stopped waiting for it (worst case in the token fields: its answer never came back);
+# submitted: a Batch API batch created (content = its id); withdrawn: planned for a batch that was
+# never submitted.
+Outcome = Literal["sent", "answered", "failed", "cancelled", "submitted", "withdrawn"]
+VERSION = 3
+# Version 1 journals (no `sent` records) read the same way: nothing of theirs is in flight. Version 3
+# added `cancelled`; every other record is still written as version 2, so that a reader of version 2
+# reads any journal without cancellations, and refuses (rather than misreads) one with them.
+_WITHOUT_CANCELLED = 2
+_READABLE = {1, _WITHOUT_CANCELLED, VERSION}
 
 
 @dataclass(frozen=True)
@@ -37,7 +42,8 @@ class Record:
     outcome: Outcome
     content: str | None = None
     finish_reason: str | None = None
-    # Billed usage of an answer; for `sent`, the most the request can bill (prompt bound, max_tokens).
+    # Billed usage of an answer; for `sent` and `cancelled`, the most the request can bill (prompt
+    # bound, max_tokens).
     prompt_tokens: int = 0
     completion_tokens: int = 0
     problem: str | None = None  # why an answered request was unusable, or why a request failed
@@ -45,7 +51,8 @@ class Record:
     batch: str | None = None  # the key of the Batch API batch the request went in
 
     def to_json(self) -> str:
-        return json.dumps({"v": VERSION, **asdict(self)}, ensure_ascii=False, separators=(",", ":"))
+        version = VERSION if self.outcome == "cancelled" else _WITHOUT_CANCELLED
+        return json.dumps({"v": version, **asdict(self)}, ensure_ascii=False, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, line: str) -> Record:

@@ -52,6 +52,14 @@ class Manifest(StatusModel):
         default=0, ge=0, alias="unrecordedCostUSD",
         description="The most they can have cost; the budget counts it on top of costUSD.",
     )
+    cancelled_requests: int = Field(
+        default=0, ge=0,
+        description="Requests cancelled in flight once the target was reached (only at an in-cluster teacher, whose tokens are free).",
+    )
+    cancelled_cost_usd: float = Field(
+        default=0, ge=0, alias="cancelledCostUSD",
+        description="The most they can have cost (prompt bound + maxTokens at the prices), counted like unrecordedCostUSD.",
+    )
     budget_usd: float | None = Field(default=None, alias="budgetUSD")
     pricing: TokenPricing = Field(default_factory=TokenPricing)
     seed_tasks: int = Field(ge=0, description="Seed tasks the run started from.")

@@ -4,7 +4,8 @@ The loop keeps up to `maxConcurrency` requests in flight. Each request is journa
 sent, with the most it can cost; each answer is journaled and only then parsed and filtered, in the
 order answers arrive; that order is the journal's, so replaying the journal rebuilds the same
 dataset. Requests already in flight when the run decides to stop are still awaited and journaled:
-they are paid for, and a later run with a larger target uses them. Requests in flight when a
+they are paid for, and a later run with a larger target uses them; at an in-cluster teacher, whose
+tokens are free, those still in flight at the target are cancelled instead (and journaled so). Requests in flight when a
 process is killed are charged at their worst case when the next one starts, and the budget
 reserves the worst case of every request in flight, so no sequence of kills spends past it.
 """
@@ -236,15 +237,49 @@ class Run:
         self.journal.append(sent)
         self.state.apply(sent)
 
+    @property
+    def _cancels_at_target(self) -> bool:
+        """Whether answers still in flight at the target are cancelled rather than awaited.
+
+        An in-cluster teacher (a ModelServer) charges nothing per token, so waiting for answers the
+        target no longer needs only costs time, and closing their connections frees the server
+        (`alpaca serve` drops a closed connection's sequence before its next forward pass). An API
+        teacher may bill a request whether or not its answer is read: those answers are awaited and
+        journaled, and a later run with a larger target uses them.
+        """
+        return self.spec.teacher.model_server_ref is not None
+
+    async def _cancel(self, in_flight: dict[asyncio.Task[Record], tuple[int, int]], progress: _Progress) -> None:
+        """Cancel every request in flight and journal how each ended, in request order.
+
+        One that was answered before its cancellation took effect is recorded as answered; the others
+        as cancelled, with their worst case, which the budget counts (nothing at a free teacher)."""
+        for task in in_flight:
+            task.cancel()
+        await asyncio.gather(*in_flight, return_exceptions=True)
+        for task, (request, first_slot) in sorted(in_flight.items(), key=lambda item: item[1][0]):
+            if not task.cancelled() and not isinstance(task.exception(), TeacherRejected):
+                self._record(task.result(), progress)
+                continue
+            prompt_bound, completion_bound = self.state.in_flight[request]
+            self._record(
+                Record(request, first_slot, "cancelled", prompt_tokens=prompt_bound, completion_tokens=completion_bound),
+                progress,
+            )
+        in_flight.clear()
+
     async def _run_at_once(self, teacher: Teacher, progress: _Progress) -> StopReason:
         """Up to maxConcurrency requests in flight, each answer recorded as it arrives."""
-        in_flight: dict[asyncio.Task[Record], int] = {}
+        # Each task's request number and first open slot.
+        in_flight: dict[asyncio.Task[Record], tuple[int, int]] = {}
         next_request = self.state.last_request + 1
         stop: StopReason | None = None
         try:
             while True:
                 if stop is None:
                     stop = self._stop_reason()
+                if stop is StopReason.COMPLETED and in_flight and self._cancels_at_target:
+                    await self._cancel(in_flight, progress)
                 if stop is None:
                     while len(in_flight) < self.concurrency and not self._enough_in_flight(len(in_flight)):
                         prompt, first_slot = self._prompt(next_request)
@@ -253,7 +288,7 @@ class Run:
                             break
                         self._send(next_request, first_slot, bound)
                         task = asyncio.create_task(self._ask(teacher, next_request, prompt, first_slot))
-                        in_flight[task] = next_request
+                        in_flight[task] = (next_request, first_slot)
                         next_request += 1
                     if not in_flight:
                         # Nothing running and nothing may start: only the budget says no.
@@ -263,7 +298,7 @@ class Run:
                     return stop
                 done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                 rejected: BaseException | None = None
-                for task in sorted(done, key=in_flight.__getitem__):
+                for task in sorted(done, key=lambda t: in_flight[t][0]):
                     del in_flight[task]
                     if isinstance(error := task.exception(), TeacherRejected):
                         rejected = error  # record the other answers first: they are paid for
@@ -426,6 +461,8 @@ class Run:
             unrecorded_prompt_tokens=state.unrecorded_prompt_tokens,
             unrecorded_completion_tokens=state.unrecorded_completion_tokens,
             unrecorded_cost_usd=round(state.unrecorded_cost_usd, 9),
+            cancelled_requests=state.cancelled_requests,
+            cancelled_cost_usd=round(state.cancelled_cost_usd, 9),
             budget_usd=budget,
             pricing=self.config.pricing,
             seed_tasks=len(state.seeds),

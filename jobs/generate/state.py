@@ -58,6 +58,10 @@ class GenerationState:
         self.unrecorded_requests = 0
         self.unrecorded_prompt_tokens = 0
         self.unrecorded_completion_tokens = 0
+        # Requests this run cancelled in flight once it had its target (their worst-case tokens).
+        self.cancelled_requests = 0
+        self.cancelled_prompt_tokens = 0
+        self.cancelled_completion_tokens = 0
 
     @property
     def done(self) -> bool:
@@ -85,9 +89,14 @@ class GenerationState:
         return self.usd(self.unrecorded_prompt_tokens, self.unrecorded_completion_tokens)
 
     @property
+    def cancelled_cost_usd(self) -> float:
+        """The most the requests cancelled in flight can have billed (nothing, at an in-cluster teacher)."""
+        return self.usd(self.cancelled_prompt_tokens, self.cancelled_completion_tokens)
+
+    @property
     def spent_usd(self) -> float:
         """What the budget is charged: recorded cost plus the worst case of what was never recorded."""
-        return self.cost_usd + self.unrecorded_cost_usd
+        return self.cost_usd + self.unrecorded_cost_usd + self.cancelled_cost_usd
 
     def settle_in_flight(self) -> int:
         """Count what an earlier process left in flight as spent at its worst case; returns how many.
@@ -129,6 +138,12 @@ class GenerationState:
         self.slot_of.pop(record.request, None)
         if record.outcome == "withdrawn":
             return 0  # never sent: nothing to count
+        if record.outcome == "cancelled":
+            # Sent, then abandoned: whatever the teacher did for it is counted at its worst case.
+            self.cancelled_requests += 1
+            self.cancelled_prompt_tokens += record.prompt_tokens
+            self.cancelled_completion_tokens += record.completion_tokens
+            return 0
         self.retries.update(record.retries)
         if record.outcome == "failed":
             self.failed_requests[record.problem or "unknown"] += 1

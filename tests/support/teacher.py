@@ -66,6 +66,8 @@ class Stats:
     batches_created: Counter[str] = field(default_factory=Counter)
     batch_billed_prompt_tokens: int = 0
     batch_billed_completion_tokens: int = 0
+    # Requests whose client closed the connection before their delayed answer was sent.
+    disconnected: int = 0
 
 
 class TeacherServer:
@@ -81,8 +83,10 @@ class TeacherServer:
         reply: Callable[[int, str], str] | None = None,
         keep_prompts: bool = False,
         batch_delay_s: float = 0.2,
+        delay_for: Callable[[int], float] | None = None,
     ) -> None:
         self.delay_s = delay_s
+        self.delay_for = delay_for  # the delay of the Nth request (from 1), instead of delay_s
         self.seed = seed
         self.bait_every = bait_every
         self.repeat_first_header = repeat_first_header
@@ -204,8 +208,10 @@ class TeacherServer:
             # Answered (and billed) on arrival, sent back after the delay: a client that dies
             # while waiting has still been charged, as by a paid API.
             response = self._answer(number, body, fault, chat=chat)
-            if self.delay_s:
-                await asyncio.sleep(self.delay_s)
+            delay = self.delay_for(number) if self.delay_for is not None else self.delay_s
+            if delay and await _left_within(request, delay):
+                with self._lock:
+                    self.stats.disconnected += 1
             with self._lock:
                 self.stats.by_status[response.status_code] += 1
                 if response.status_code == 200 and fault not in (BAD_JSON, NO_CHOICES):
@@ -350,6 +356,20 @@ class TeacherServer:
             text = text[: list(re.finditer(r"\S+", text))[max_tokens - 1].end()]
             finish_reason = "length"
         return text, finish_reason
+
+
+async def _left_within(request: Request, seconds: float) -> bool:
+    """Waits `seconds`, or less if the client closes the connection first; True if it did."""
+
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    try:
+        await asyncio.wait_for(gone(), seconds)
+    except TimeoutError:
+        return False
+    return True
 
 
 def _structured_count(body: dict[str, Any]) -> int | None:

@@ -135,3 +135,33 @@ def test_journals_written_before_sent_records_existed_still_resume(tmp_path: Pat
     (tmp_path / "responses.jsonl").write_text(old + "\n")
     (record,) = Journal(tmp_path / "responses.jsonl").load()
     assert record.outcome == "answered" and record.completion_tokens == 2
+
+
+def test_a_cancelled_request_ends_once_and_counts_at_its_worst_case_apart_from_kills() -> None:
+    pricing = TokenPricing(input_usd_per_million_tokens=2, output_usd_per_million_tokens=10)
+    journal = [
+        Record(0, 4, "sent", prompt_tokens=400, completion_tokens=300),
+        Record(1, 4, "sent", prompt_tokens=450, completion_tokens=300),
+        _answer(0, "Describe the water cycle in three short sentences."),
+        Record(1, 4, "cancelled", prompt_tokens=450, completion_tokens=300),
+    ]
+    state = GenerationState(SEEDS, _spec(1), pricing)
+    for record in journal:
+        state.apply(record)
+    # Nothing is left in flight, so a restart charges nothing more for it.
+    assert state.settle_in_flight() == 0 and state.unrecorded_requests == 0
+    assert (state.cancelled_requests, state.cancelled_prompt_tokens, state.cancelled_completion_tokens) == (1, 450, 300)
+    assert state.requests == 1 and sum(state.failed_requests.values()) == 0
+    assert state.cancelled_cost_usd == pytest.approx((450 * 2 + 300 * 10) / 1e6)
+    assert state.spent_usd == pytest.approx(state.cost_usd + state.cancelled_cost_usd)
+
+
+def test_only_cancelled_records_need_the_newer_journal_version(tmp_path: Path) -> None:
+    """A reader of version 2 reads every record but a cancellation, which it refuses by its version."""
+    journal = Journal(tmp_path / "responses.jsonl")
+    journal.append(Record(0, 4, "sent", prompt_tokens=10, completion_tokens=20))
+    journal.append(Record(0, 4, "cancelled", prompt_tokens=10, completion_tokens=20))
+    journal.close()
+    versions = [json.loads(line)["v"] for line in (tmp_path / "responses.jsonl").read_text().splitlines()]
+    assert versions == [2, 3]
+    assert [r.outcome for r in Journal(tmp_path / "responses.jsonl").load()] == ["sent", "cancelled"]
