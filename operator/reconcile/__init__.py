@@ -7,12 +7,16 @@ requests; the table tests in tests/unit/operator/reconcile/ read it directly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+from pydantic import BaseModel, ValidationError
+
+from ..builders.common import Parent
 from ..conditions import FALSE, Desired
-from ..observe import FAILED, PENDING, READY, ChildState, Computed
+from ..observe import FAILED, PENDING, READY, ChildState, Computed, kept, lost, terminal
 
 Body = dict[str, Any]
 Manifest = dict[str, Any]
@@ -62,6 +66,50 @@ def waiting_for_old_child(owner: Body, kind: str, child: ChildState) -> Plan:
 def foreign(owner: Body, child: ChildState | None) -> bool:
     """A child of our name that another UID owns (a deleted namesake's, awaiting garbage collection)."""
     return child is not None and child.owner_uid != owner["metadata"]["uid"]
+
+
+Spec = TypeVar("Spec", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class Opened(Generic[Spec]):
+    """What a reconcile goes on from: its parsed spec, its current status, and itself as a parent."""
+
+    spec: Spec
+    status: dict[str, Any]
+    parent: Parent
+
+
+def open_resource(
+    body: Body,
+    child: ChildState | None,
+    spec_model: type[Spec],
+    plural: str,
+    child_kind: str | Callable[[Spec], str],
+    artifact_field: str | None = None,
+) -> Opened[Spec] | Plan:
+    """The checks every reconcile starts with, or the Plan that ends it there: a spec it cannot act
+    on, or a namesake's child (of `child_kind`, which may follow from the spec) still in the way.
+
+    With `artifact_field` (batch kinds: the status field of what the work produced), finished work
+    is kept as it is and a child lost before its outcome was seen is never run again.
+    """
+    try:
+        spec = spec_model.model_validate(body.get("spec") or {})
+    except ValidationError as exc:
+        return Plan(invalid_spec(exc))
+    kind = child_kind if isinstance(child_kind, str) else child_kind(spec)
+    if foreign(body, child):
+        assert child is not None
+        return waiting_for_old_child(body, kind, child)
+    status: dict[str, Any] = body.get("status") or {}
+    if artifact_field is not None and child is None:
+        if terminal(status):
+            return Plan(kept(status))
+        if status.get("jobName"):
+            return Plan(lost(status, kind, artifact_field))
+    meta = body["metadata"]
+    return Opened(spec, status, Parent(meta["name"], meta["namespace"], plural, meta.get("generation")))
 
 
 def cost_clock(now: datetime, interval: float) -> datetime:

@@ -12,15 +12,9 @@ import dataclasses
 from datetime import datetime
 from typing import Any
 
-from pydantic import ValidationError
-
-from ..api.common import SecretKeyRef
 from ..api.evaluation import EvaluationSpec
-from ..api.modelserver import ModelServerSpec
 from ..builders import evaluation as build
-from ..builders.common import Parent
 from ..builders.inputs import TeacherServer
-from ..builders.modelserver import replica_rate
 from ..conditions import FALSE, TRUE, Desired
 from ..cost import Ledger, accrue, round_usd
 from ..observe import (
@@ -32,7 +26,6 @@ from ..observe import (
     ChildState,
     Computed,
     kept,
-    lost,
     parse_time,
     running_since,
     stamp_time,
@@ -41,7 +34,8 @@ from ..observe import (
 )
 from ..settings import OperatorSettings
 from ..teacher_hosts import refusal
-from . import Body, Plan, References, cost_clock, foreign, invalid_spec, waiting_for_old_child
+from . import Body, Plan, References, cost_clock, invalid_spec, open_resource
+from .servers import hourly_usd, ready_server
 
 KIND = "Evaluation"
 PLURAL = "evaluations"
@@ -61,49 +55,22 @@ def summarize(body: dict[str, Any]) -> ChildState:
     return dataclasses.replace(child, message=child.message.replace("generation Job", "evaluation Job"))
 
 
-def _server(name: str, body: Body, settings: OperatorSettings) -> TeacherServer:
-    status = body.get("status") or {}
-    spec = ModelServerSpec.model_validate(body.get("spec") or {})
-    auth = spec.auth.api_key_secret_ref if spec.auth else None
-    return TeacherServer(
-        name=name,
-        url=status["url"],
-        served_model_name=status.get("servedModelName") or name,
-        api_key_secret_ref=SecretKeyRef(name=auth.name, key=auth.key) if auth else None,
-        hourly_usd=replica_rate(spec, settings) * max(spec.replicas, 1),
-    )
-
-
 def servers(spec: EvaluationSpec, references: References, settings: OperatorSettings) -> tuple[dict[str, TeacherServer], list[Desired]]:
     """The Ready ModelServers by name, and a condition per side that is one (False: what it waits for)."""
     ready: dict[str, TeacherServer] = {}
     conditions: list[Desired] = []
     for role, ref in build.server_refs(spec):
-        body = references.get(("ModelServer", ref.name))
-        if body is None:
-            conditions.append(Desired(SERVER_READY[role], FALSE, "NotFound", f"{role}: ModelServer {ref.name!r} does not exist; re-checked periodically"))
-            continue
-        status = body.get("status") or {}
-        if status.get("phase") != "Ready" or not status.get("url"):
-            conditions.append(Desired(
-                SERVER_READY[role], FALSE, "Waiting",
-                f"{role}: waiting for ModelServer {ref.name!r} to be Ready (phase {status.get('phase') or 'unknown'})",
-            ))
-            continue
-        ready[ref.name] = _server(ref.name, body, settings)
-        conditions.append(Desired(SERVER_READY[role], TRUE, "Ready", f"{role}: ModelServer {ref.name!r} at {status['url']}"))
+        server, condition = ready_server(ref.name, references, settings, SERVER_READY[role], prefix=f"{role}: ")
+        if server is not None:
+            ready[ref.name] = server
+        conditions.append(condition)
     return ready, conditions
 
 
 def servers_hourly(spec: EvaluationSpec, references: References, settings: OperatorSettings) -> float:
     """What the distinct in-cluster servers it asks cost per hour (one server asked twice counts once)."""
-    total = 0.0
-    for name in dict.fromkeys(ref.name for _, ref in build.server_refs(spec)):
-        body = references.get(("ModelServer", name))
-        if body is not None:
-            server_spec = ModelServerSpec.model_validate(body.get("spec") or {})
-            total += replica_rate(server_spec, settings) * max(server_spec.replicas, 1)
-    return total
+    bodies = (references.get(("ModelServer", name)) for name in dict.fromkeys(ref.name for _, ref in build.server_refs(spec)))
+    return sum((hourly_usd(body, settings) for body in bodies if body is not None), 0.0)
 
 
 def _host_refusal(resolved: build.Resolved, settings: OperatorSettings) -> str | None:
@@ -118,19 +85,10 @@ def _host_refusal(resolved: build.Resolved, settings: OperatorSettings) -> str |
 
 
 def reconcile(body: Body, child: ChildState | None, references: References, settings: OperatorSettings, now: datetime) -> Plan:
-    meta = body["metadata"]
-    try:
-        spec = EvaluationSpec.model_validate(body.get("spec") or {})
-    except ValidationError as exc:
-        return Plan(invalid_spec(exc))
-    if foreign(body, child):
-        assert child is not None
-        return waiting_for_old_child(body, "Job", child)
-    status: dict[str, Any] = body.get("status") or {}
-    if child is None and terminal(status):
-        return Plan(kept(status))
-    if child is None and status.get("jobName"):
-        return Plan(lost(status, "Job", "report"))
+    opened = open_resource(body, child, EvaluationSpec, PLURAL, "Job", "report")
+    if isinstance(opened, Plan):
+        return opened
+    spec, status, parent = opened.spec, opened.status, opened.parent
     dependencies: list[Desired] = []
     children = []
     if child is None:
@@ -142,13 +100,12 @@ def reconcile(body: Body, child: ChildState | None, references: References, sett
                 return Plan(invalid_spec(exc))
             if (why := _host_refusal(resolved, settings)) is not None:
                 return Plan(invalid_spec(ValueError(why), reason="EndpointHostRefused"))
-            parent = Parent(meta["name"], meta["namespace"], PLURAL, meta.get("generation"))
             children = list(build.build(parent, spec, settings, resolved))
             # Reported as the Job just made (the applier creates it before the status is written).
             child = summarize(children[-1])
     computed = evaluation_status(
         spec, status,
-        generation=meta.get("generation"),
+        generation=parent.generation,
         child=child,
         dependencies=dependencies,
         servers_hourly_usd=servers_hourly(spec, references, settings),

@@ -6,14 +6,11 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from pydantic import ValidationError
-
 from ..api.finetune import Backend, FineTuneSpec
 from ..api.instructdataset import InstructDatasetSpec
 from ..api.results import RESULT_KEY, WorkloadResult
 from ..builders import finetune as build
 from ..builders import trainjob
-from ..builders.common import Parent
 from ..builders.inputs import Input, dataset_direct, dataset_from_upstream
 from ..builders.queue import effective
 from ..conditions import FALSE, TRUE, Desired
@@ -27,14 +24,12 @@ from ..observe import (
     ChildState,
     Computed,
     finetune_status,
-    lost,
     owner_uid,
     summarize_pytorchjob,
-    terminal,
 )
 from ..naming import GENERATION_ANNOTATION, SPEC_HASH_ANNOTATION
 from ..settings import OperatorSettings
-from . import Body, Plan, References, cost_clock, foreign, invalid_spec, waiting_for_old_child
+from . import Body, Plan, References, cost_clock, open_resource
 from .queued import queued
 
 KIND = "FineTune"
@@ -151,24 +146,17 @@ def resolve_dataset(spec: FineTuneSpec, references: References) -> tuple[Input |
 
 def reconcile(body: Body, child: ChildState | None, references: References, settings: OperatorSettings, now: datetime) -> Plan:
     meta = body["metadata"]
-    try:
-        spec = FineTuneSpec.model_validate(body.get("spec") or {})
-    except ValidationError as exc:
-        return Plan(invalid_spec(exc))
+    opened = open_resource(body, child, FineTuneSpec, PLURAL, lambda spec: BACKENDS[spec.backend][1][1], "model")
+    if isinstance(opened, Plan):
+        return opened
+    spec, status, parent = opened.spec, opened.status, opened.parent
     builder, (api_version, kind) = BACKENDS[spec.backend]
-    if foreign(body, child):
-        assert child is not None
-        return waiting_for_old_child(body, kind, child)
-    status: dict[str, Any] = body.get("status") or {}
-    if child is None and status.get("jobName") and not terminal(status):
-        return Plan(lost(status, kind, "model"))
     dependency: Desired | None = None
     pinned = status.get("dataset")
     children = []
-    if child is None and not terminal(status):
+    if child is None:
         dataset, dependency = resolve_dataset(spec, references)
         if dataset is not None:
-            parent = Parent(meta["name"], meta["namespace"], PLURAL, meta.get("generation"))
             children = list(builder(parent, spec, settings, dataset))
             # Reported as the job just made (the applier creates it before the status is written).
             child = summarize(children[-1])

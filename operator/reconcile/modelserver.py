@@ -5,20 +5,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import ValidationError
-
 from ..api.finetune import FineTuneSpec, Method
 from ..api.modelserver import ModelServerSpec
 from ..api.results import RESULT_KEY, WorkloadResult
 from ..api.workloads import ResolvedModel
 from ..builders import modelserver as build
-from ..builders.common import Mounts, Parent
+from ..builders.common import Mounts
 from ..builders.inputs import model_from_upstream, model_source
 from ..conditions import FALSE, TRUE, Desired
 from ..naming import SPEC_HASH_ANNOTATION
 from ..observe import FAILED, MODEL_READY, ChildState, parse_time, server_accrual, server_status, summarize_deployment
 from ..settings import OperatorSettings
-from . import Body, Plan, References, foreign, invalid_spec, waiting_for_old_child
+from . import Body, Plan, References, invalid_spec, open_resource
 
 KIND = "ModelServer"
 PLURAL = "modelservers"
@@ -126,15 +124,10 @@ def resolve_model(
 
 def reconcile(body: Body, child: ChildState | None, references: References, settings: OperatorSettings, now: datetime) -> Plan:
     meta = body["metadata"]
-    try:
-        spec = ModelServerSpec.model_validate(body.get("spec") or {})
-    except ValidationError as exc:
-        return Plan(invalid_spec(exc))
-    if foreign(body, child):
-        assert child is not None
-        return waiting_for_old_child(body, "Deployment", child)
-    status: dict[str, Any] = body.get("status") or {}
-    parent = Parent(meta["name"], meta["namespace"], PLURAL, meta.get("generation"))
+    opened = open_resource(body, child, ModelServerSpec, PLURAL, "Deployment")
+    if isinstance(opened, Plan):
+        return opened
+    spec, status, parent = opened.spec, opened.status, opened.parent
     try:
         model, mounts, pinned, dependency = resolve_model(spec, references)
     except build.UnsupportedModel as exc:
