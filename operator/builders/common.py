@@ -176,6 +176,53 @@ def container_security() -> Manifest:
     }
 
 
+def workload_files(parent: Parent, config_map_name: str, component: str, config: ApiModel, output: Storage) -> tuple[Manifest, Mounts]:
+    """The workload's config file, and the mounts of it and of the output it writes (more follow)."""
+    mounts = config_mounts(config_map_name)
+    mounts.extend(output_location(output)[1])
+    return config_map(parent, config_map_name, component, config), mounts
+
+
+def container(
+    name: str, image: str, command: list[str], mounts: Mounts, resources: Manifest, *,
+    pull_policy: str, env: list[Manifest] | None = None, **fields: Any,
+) -> Manifest:
+    """A workload container with no privilege to gain; keys arrive in `env` only as Secret references."""
+    out: Manifest = {"name": name, "image": image, "imagePullPolicy": pull_policy, "command": list(command)}
+    if env is not None:
+        out["env"] = env
+    return {**out, **fields, "volumeMounts": mounts.mounts, "resources": resources, "securityContext": container_security()}
+
+
+def pod_spec(service_account: str, containers: list[Manifest], mounts: Mounts, **fields: Any) -> Manifest:
+    """A workload pod: its ServiceAccount, non-root, its volumes, and what the kind adds (restart
+    policy, placement, no API token)."""
+    return {
+        "serviceAccountName": service_account,
+        "securityContext": pod_security(),
+        "containers": containers,
+        "volumes": mounts.volumes,
+        **fields,
+    }
+
+
+def batch_job(
+    parent: Parent, name: str, component: str, pod: Manifest, *, backoff_limit: int, extra_labels: dict[str, str] | None = None
+) -> Manifest:
+    """A batch/v1 Job running one workload pod that is never restarted in place: a retry is a new
+    pod, which resumes from what the workload saved."""
+    pod_labels = labels(parent.name, component)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "namespace": parent.namespace, "labels": {**pod_labels, **(extra_labels or {})}},
+        "spec": {
+            "backoffLimit": backoff_limit,
+            "template": {"metadata": {"labels": dict(pod_labels)}, "spec": {**pod, "restartPolicy": "Never"}},
+        },
+    }
+
+
 def stamp(manifest: Manifest, parent: Parent, hashed: object) -> Manifest:
     """Record which generation a child was built from and a digest of what was built."""
     annotations = manifest["metadata"].setdefault("annotations", {})

@@ -13,7 +13,7 @@ from ..api.common import LocalObjectReference, SecretKeyRef
 from ..api.evaluation import Contestant, EvaluationSpec, JSONLFile, Judge
 from ..api.instructdataset import TokenPricing
 from ..api.workloads import EvaluateConfig, ResolvedContestant, ResolvedEndpoint
-from ..naming import EVALUATE, child_name, labels
+from ..naming import EVALUATE, child_name
 from ..settings import OperatorSettings
 from .common import (
     CONFIG_FILE,
@@ -22,14 +22,13 @@ from .common import (
     Mounts,
     Parent,
     Where,
+    batch_job,
     compute_resources,
-    config_map,
-    config_mounts,
-    container_security,
-    output_location,
-    pod_security,
+    container,
+    pod_spec,
     secret_env,
     stamp,
+    workload_files,
 )
 from .inputs import TeacherServer
 
@@ -180,12 +179,8 @@ def _config_map_file(volume: str, source: JSONLFile | None, folder: str, file_na
 
 def build(parent: Parent, spec: EvaluationSpec, settings: OperatorSettings, resolved: Resolved) -> tuple[Manifest, Manifest]:
     """(ConfigMap, Job) for one Evaluation."""
-    _, output_mounts = output_location(spec.output)
     cm_name = config_map_name(parent.name)
-    cm = config_map(parent, cm_name, EVALUATE, evaluate_config(parent, spec, resolved))
-
-    mounts = config_mounts(cm_name)
-    mounts.extend(output_mounts)
+    cm, mounts = workload_files(parent, cm_name, EVALUATE, evaluate_config(parent, spec, resolved), spec.output)
     tasks = spec.tasks
     mounts.extend(_config_map_file("tasks", JSONLFile(config_map_ref=tasks.config_map_ref) if tasks.config_map_ref else None, "tasks", TASKS_FILE))
     for role, side in (("candidate", resolved.candidate), ("baseline", resolved.baseline)):
@@ -195,34 +190,11 @@ def build(parent: Parent, spec: EvaluationSpec, settings: OperatorSettings, reso
         for role, endpoint in resolved.endpoints()
         if endpoint.api_key is not None
     ]
-    container: Manifest = {
-        "name": EVALUATE,
-        "image": spec.image or settings.images.evaluate,
-        "imagePullPolicy": settings.images.pull_policy,
-        "command": ["alpaca", "evaluate", "--config", CONFIG_FILE],
-        "env": env,
-        "volumeMounts": mounts.mounts,
-        "resources": compute_resources(spec.resources),
-        "securityContext": container_security(),
-    }
-    pod_labels = labels(parent.name, EVALUATE)
-    job: Manifest = {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {"name": job_name(parent.name), "namespace": parent.namespace, "labels": dict(pod_labels)},
-        "spec": {
-            # The evaluator journals every verdict, so a retried pod resumes: nothing is judged (or paid) twice.
-            "backoffLimit": BACKOFF_LIMIT,
-            "template": {
-                "metadata": {"labels": dict(pod_labels)},
-                "spec": {
-                    "serviceAccountName": settings.workload_service_account,
-                    "securityContext": pod_security(),
-                    "restartPolicy": "Never",
-                    "containers": [container],
-                    "volumes": mounts.volumes,
-                },
-            },
-        },
-    }
+    evaluator = container(
+        EVALUATE, spec.image or settings.images.evaluate, ["alpaca", "evaluate", "--config", CONFIG_FILE], mounts,
+        compute_resources(spec.resources), pull_policy=settings.images.pull_policy, env=env,
+    )
+    pod = pod_spec(settings.workload_service_account, [evaluator], mounts)
+    # The evaluator journals every verdict, so a retried pod resumes: nothing is judged (or paid) twice.
+    job = batch_job(parent, job_name(parent.name), EVALUATE, pod, backoff_limit=BACKOFF_LIMIT)
     return cm, stamp(job, parent, {"job": job["spec"], "config": cm["data"]})

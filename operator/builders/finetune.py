@@ -18,14 +18,12 @@ from .common import (
     Parent,
     Where,
     compute_resources,
-    config_map,
-    config_mounts,
-    container_security,
-    pod_security,
-    output_location,
+    container,
     placement,
+    pod_spec,
     shm_mount,
     stamp,
+    workload_files,
 )
 from .inputs import Input, model_source
 
@@ -96,11 +94,7 @@ class TrainPod:
 
 def train_pod(parent: Parent, spec: FineTuneSpec, settings: OperatorSettings, dataset: Input) -> TrainPod:
     """The config, container and pod pieces of one FineTune whose dataset is resolved."""
-    _, output_mounts = output_location(spec.output)
-    cm_name = config_map_name(parent.name)
-    cm = config_map(parent, cm_name, TRAIN, train_config(parent, spec, dataset))
-    mounts = config_mounts(cm_name)
-    mounts.extend(output_mounts)
+    cm, mounts = workload_files(parent, config_map_name(parent.name), TRAIN, train_config(parent, spec, dataset), spec.output)
     mounts.extend(dataset.mounts)
     mounts.extend(model_source(spec.base_model)[1])
     mounts.extend(shm_mount(spec.shm_size))
@@ -126,23 +120,9 @@ def build(parent: Parent, spec: FineTuneSpec, settings: OperatorSettings, datase
     """(ConfigMap, PyTorchJob) for one FineTune whose dataset is resolved."""
     pod = train_pod(parent, spec, settings, dataset)
     cm = pod.config_map
-    container: Manifest = {
-        "name": CONTAINER_NAME,
-        "image": pod.image,
-        "imagePullPolicy": settings.images.pull_policy,
-        "command": list(pod.command),
-        "volumeMounts": pod.mounts.mounts,
-        "resources": pod.resources,
-        "securityContext": container_security(),
-    }
+    trainer = container(CONTAINER_NAME, pod.image, pod.command, pod.mounts, pod.resources, pull_policy=settings.images.pull_policy)
     pod_labels = pod.labels
-    pod_spec: Manifest = {
-        "serviceAccountName": pod.service_account,
-        "securityContext": pod_security(),
-        "containers": [container],
-        "volumes": pod.mounts.volumes,
-        **pod.placement,
-    }
+    template_spec = pod_spec(pod.service_account, [trainer], pod.mounts, **pod.placement)
 
     def replica(count: int) -> Manifest:
         return {
@@ -151,7 +131,7 @@ def build(parent: Parent, spec: FineTuneSpec, settings: OperatorSettings, datase
             # from the last checkpoint; bad config, data or model (2, 3, 4) fail the job at once
             # instead of failing again on every retry up to backoffLimit.
             "restartPolicy": "ExitCode",
-            "template": {"metadata": {"labels": dict(pod_labels)}, "spec": pod_spec},
+            "template": {"metadata": {"labels": dict(pod_labels)}, "spec": template_spec},
         }
 
     replica_specs: Manifest = {"Master": replica(1)}

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from ..api.common import SecretKeyRef
 from ..api.instructdataset import InstructDatasetSpec, TokenPricing
 from ..api.workloads import GenerateConfig
-from ..naming import GENERATE, child_name, labels
+from ..naming import GENERATE, child_name
 from ..settings import OperatorSettings
 from .queue import queue_labels
 from .common import (
@@ -19,14 +19,13 @@ from .common import (
     Mounts,
     Parent,
     Where,
+    batch_job,
     compute_resources,
-    config_map,
-    config_mounts,
-    container_security,
-    pod_security,
-    output_location,
+    container,
+    pod_spec,
     secret_env,
     stamp,
+    workload_files,
 )
 from .inputs import Input, TeacherServer, prompt_template
 
@@ -101,18 +100,14 @@ def build(
     parent: Parent, spec: InstructDatasetSpec, settings: OperatorSettings, teacher: ResolvedTeacher
 ) -> tuple[Manifest, Manifest]:
     """(ConfigMap, Job) for one InstructDataset."""
-    _, mounts = output_location(spec.output)
-    cm_name = config_map_name(parent.name)
     prompt = prompt_template(spec.prompt_template) if spec.prompt_template is not None else None
-    cm = config_map(parent, cm_name, GENERATE, generate_config(parent, spec, teacher, prompt=prompt))
-
-    all_mounts = config_mounts(cm_name)
-    all_mounts.extend(mounts)
+    cm_name = config_map_name(parent.name)
+    cm, mounts = workload_files(parent, cm_name, GENERATE, generate_config(parent, spec, teacher, prompt=prompt), spec.output)
     if prompt is not None:
-        all_mounts.extend(prompt.mounts)
+        mounts.extend(prompt.mounts)
     if spec.seed_tasks.config_map_ref is not None:
         ref = spec.seed_tasks.config_map_ref
-        all_mounts.extend(
+        mounts.extend(
             Mounts(
                 [{"name": "seeds", "configMap": {"name": ref.name, "items": [{"key": ref.key, "path": SEEDS_FILE}]}}],
                 [{"name": "seeds", "mountPath": SEEDS_DIR, "readOnly": True}],
@@ -121,35 +116,11 @@ def build(
     env: list[Manifest] = []
     if teacher.api_key is not None:
         env.append(secret_env(TEACHER_API_KEY_ENV, teacher.api_key.name, teacher.api_key.key))
-
-    container: Manifest = {
-        "name": GENERATE,
-        "image": spec.image or settings.images.generate,
-        "imagePullPolicy": settings.images.pull_policy,
-        "command": ["alpaca", "generate", "--config", CONFIG_FILE],
-        "env": env,
-        "volumeMounts": all_mounts.mounts,
-        "resources": compute_resources(spec.resources),
-        "securityContext": container_security(),
-    }
-    pod_labels = labels(parent.name, GENERATE)
-    job: Manifest = {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {"name": job_name(parent.name), "namespace": parent.namespace, "labels": {**pod_labels, **queue_labels(spec.queue, settings)}},
-        "spec": {
-            # The generator checkpoints as it goes, so a retried pod resumes rather than restarts.
-            "backoffLimit": BACKOFF_LIMIT,
-            "template": {
-                "metadata": {"labels": dict(pod_labels)},
-                "spec": {
-                    "serviceAccountName": settings.workload_service_account,
-                    "securityContext": pod_security(),
-                    "restartPolicy": "Never",
-                    "containers": [container],
-                    "volumes": all_mounts.volumes,
-                },
-            },
-        },
-    }
+    generator = container(
+        GENERATE, spec.image or settings.images.generate, ["alpaca", "generate", "--config", CONFIG_FILE], mounts,
+        compute_resources(spec.resources), pull_policy=settings.images.pull_policy, env=env,
+    )
+    pod = pod_spec(settings.workload_service_account, [generator], mounts)
+    # The generator checkpoints as it goes, so a retried pod resumes rather than restarts.
+    job = batch_job(parent, job_name(parent.name), GENERATE, pod, backoff_limit=BACKOFF_LIMIT, extra_labels=queue_labels(spec.queue, settings))
     return cm, stamp(job, parent, {"job": job["spec"], "config": cm["data"]})

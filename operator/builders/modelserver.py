@@ -24,9 +24,9 @@ from .common import (
     compute_resources,
     config_map,
     config_mounts,
-    container_security,
-    pod_security,
+    container,
     placement,
+    pod_spec,
     secret_env,
     shm_mount,
     stamp,
@@ -279,24 +279,18 @@ def build(
             env.append(secret_env(SERVER_API_KEY_ENV, key_ref.name, key_ref.key))
 
     gpus = spec.gpus_per_replica
-    container: Manifest = {
-        "name": "server",
-        "image": image,
-        "imagePullPolicy": settings.images.pull_policy,
-        "command": command,
-        "env": env,
-        "ports": [
+    server = container(
+        "server", image, command, mounts, compute_resources(spec.resources, {GPU_RESOURCE: gpus}),
+        pull_policy=settings.images.pull_policy, env=env,
+        ports=[
             {"name": "http", "containerPort": PORT, "protocol": "TCP"},
             *([{"name": "metrics", "containerPort": own_metrics_port, "protocol": "TCP"}] if own_metrics_port else []),
         ],
         # Loading weights takes minutes: the startup probe holds liveness off until the server is up.
-        "startupProbe": _probe(health, period=10, failures=90),
-        "readinessProbe": _probe(ready, period=5, failures=3),
-        "livenessProbe": _probe(live, period=15, failures=4),
-        "volumeMounts": mounts.mounts,
-        "resources": compute_resources(spec.resources, {GPU_RESOURCE: gpus}),
-        "securityContext": container_security(),
-    }
+        startupProbe=_probe(health, period=10, failures=90),
+        readinessProbe=_probe(ready, period=5, failures=3),
+        livenessProbe=_probe(live, period=15, failures=4),
+    )
     pod_labels = labels(parent.name, SERVE)
     config_digest = rollout_digest(config)
     deployment: Manifest = {
@@ -314,15 +308,12 @@ def build(
             "template": {
                 # A changed config rolls the pods, since a mounted file change alone would not restart them.
                 "metadata": {"labels": dict(pod_labels), "annotations": {CONFIG_HASH_ANNOTATION: config_digest, **scrape_annotations(spec)}},
-                "spec": {
-                    "serviceAccountName": settings.workload_service_account,
-                    "securityContext": pod_security(),
+                "spec": pod_spec(
+                    settings.workload_service_account, [server], mounts,
                     # A server reports nothing to the API: no token in its pods (only generation and training report).
-                    "automountServiceAccountToken": False,
-                    "containers": [container],
-                    "volumes": mounts.volumes,
+                    automountServiceAccountToken=False,
                     **placement(spec.placement, settings.gpu_pools.get(spec.gpu_type) if gpus > 0 else None),
-                },
+                ),
             },
         },
     }
