@@ -113,21 +113,54 @@ discard_layer_blobs() {
     done
 }
 
+# The image's layers whose snapshot the node already holds (unpacked by an earlier import: the
+# locked dependencies, the torch layer that train and serve share), as "DIGEST SIZE" lines. The
+# chain ID of layer n names its snapshot in containerd: sha256 of "chain(n-1) diff(n)".
+node_held_layers() {
+    local ref="$1"
+    bh inspect --type image "${ref}" |
+        python3 -c '
+import hashlib, json, subprocess, sys
+sock, graph = sys.argv[1], sys.argv[2]
+diff_ids = json.load(sys.stdin)["OCIv1"]["rootfs"]["diff_ids"]
+sizes = {layer["diff-digest"]: layer["diff-size"] for layer in json.load(open(graph + "/overlay-layers/layers.json")) if "diff-digest" in layer}
+listing = subprocess.run(["ctr", "--address", sock, "-n", "k8s.io", "snapshots", "--snapshotter", "overlayfs", "ls"],
+                         capture_output=True, text=True, check=True).stdout
+held = {line.split()[0] for line in listing.splitlines()[1:] if line.strip()}
+chain = ""
+for diff in diff_ids:
+    chain = diff if not chain else "sha256:" + hashlib.sha256(f"{chain} {diff}".encode()).hexdigest()
+    if chain not in held or diff not in sizes:
+        break
+    print(diff, sizes[diff])
+' "${containerd_sock}" "$(bh info --format '{{.store.GraphRoot}}')"
+}
+
 # Into the node's containerd (namespace k8s.io), unless it holds the image already: its image
 # store is a cache that outlives the cluster (hack/cluster.sh), so this costs once per image.
+# Only the layers the node lacks travel: the push goes into an OCI layout where each layer the
+# node holds is already "present" as a sparse file of its size (the builder then skips it and the
+# manifest is the one a full push writes), and those stand-ins stay out of the archive; containerd
+# unpacks a layer only when its snapshot is missing, so it never reads them.
 load_into_node() {
     local ref="$1"
     [[ -S "${containerd_sock}" ]] || return 0
     if ctr --address "${containerd_sock}" -n k8s.io images ls -q | grep -qxF "${ref}"; then
         return 0
     fi
-    local start=${SECONDS} archive
-    archive="$(mktemp /var/tmp/alpaca-image.XXXXXX)"
+    local start=${SECONDS} layout digest size held=()
+    layout="$(mktemp -d /var/tmp/alpaca-layout.XXXXXX)"
+    mkdir -p "${layout}/blobs/sha256"
+    while read -r digest size; do
+        truncate -s "${size}" "${layout}/blobs/sha256/${digest#sha256:}"
+        held+=("blobs/sha256/${digest#sha256:}")
+    done < <(node_held_layers "${ref}")
     # Uncompressed: it is read once, right here, and gzip of the torch layer costs minutes.
-    bh push --quiet --disable-compression "${ref}" "oci-archive:${archive}:${ref}"
-    ctr --address "${containerd_sock}" -n k8s.io images import "${archive}" >/dev/null
-    log "loaded ${ref} into the node in $((SECONDS - start))s ($(du -h "${archive}" | cut -f1))"
-    rm -f "${archive}"
+    bh push --quiet --disable-compression "${ref}" "oci:${layout}:${ref}"
+    rm -f "${held[@]/#/${layout}/}"
+    tar -C "${layout}" -cf - . | ctr --address "${containerd_sock}" -n k8s.io images import - >/dev/null
+    log "loaded ${ref} into the node in $((SECONDS - start))s ($(du -sh "${layout}" | cut -f1) sent, ${#held[@]} layers already there)"
+    rm -rf "${layout}"
     discard_layer_blobs "${ref}"
     # Older builds of the same image: their unique layers go with them (containerd's GC), the
     # layers shared with this one (the locked dependencies) stay.
