@@ -34,6 +34,10 @@ def chain_manifests(folder: Path) -> list[dict[str, Any]]:
     documents = []
     for path in write_shrunk_quickstart(folder):
         document = yaml.safe_load(path.read_text())
+        # The chain ends at the chat server: an Evaluation would add a Job and a judge's load
+        # that none of these tests looks at.
+        if document["kind"] == "Evaluation":
+            continue
         spec = document["spec"]
         spec.pop("resources", None)
         if document["kind"] == "FineTune":

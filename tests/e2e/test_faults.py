@@ -17,6 +17,9 @@ from e2e_cluster import Cluster
 # Each builds the torch images and runs a chain: minutes to tens of minutes on two cores.
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(5400)]
 
+# Optimizer steps of the training fault's run: long enough that the worker dies mid-run.
+STEPS = 6
+
 def _read_from_claim(cluster: Cluster, namespace: str, path: str) -> str:
     """A file on the `alpaca` claim, read by a pod (the claim lives on the node, not here)."""
     name = f"read-{abs(hash(path)) % 10**8}"
@@ -69,8 +72,10 @@ def test_generation_pod_deleted_mid_run_resumes_from_the_journal(
     documents = [d for d in chain_manifests(tmp_path) if d["kind"] in ("ModelServer", "InstructDataset")]
     documents = [d for d in documents if d["metadata"]["name"] != "quickstart-chat"]
     dataset = next(d for d in documents if d["kind"] == "InstructDataset")
-    # Enough rows that the first pod is surely mid-run when it is deleted.
+    # Enough rows for several requests, asked one at a time: when the first answer is journaled
+    # the pod is surely mid-run, and at most one answer can be in flight when it dies.
     dataset["spec"]["generation"]["numExamples"] = 8
+    dataset["spec"]["teacher"]["maxConcurrency"] = 1
     cluster.apply(PVC, namespace)
     cluster.apply(yaml.safe_dump_all(documents, sort_keys=False), namespace)
 
@@ -125,7 +130,7 @@ def test_operator_pod_deleted_mid_chain_finishes_without_duplicates(
 
     wait_phase(cluster, namespace, "modelserver", "quickstart-chat", "Ready", CHAIN_TIMEOUT_S)
     new_holder = cluster.get("lease", "-n", chain_release)["items"][0]["spec"]["holderIdentity"]
-    print(f"new leader {new_holder}")
+    print(f"new leader {new_holder}; operator pods:", [p["metadata"]["name"] for p in pods(cluster, chain_release)])
     print(cluster.kubectl("get", "alpaca", "-n", namespace, "-o", "wide"))
     assert new_holder != holder
     # One child of each kind per parent: nothing was created twice across the hand-over.
@@ -143,19 +148,24 @@ def test_training_worker_deleted_mid_run_resumes_from_the_checkpoint(
 ) -> None:
     documents = chain_manifests(tmp_path)
     finetune = next(d for d in documents if d["kind"] == "FineTune")
-    finetune["spec"]["hyperparameters"] |= {"maxSteps": 4, "checkpointEverySteps": 1}
+    # A checkpoint after every step; the worker dies once step 2 is reported, so the checkpoint of
+    # step 1 at least is surely complete (step 2 started after it was written).
+    finetune["spec"]["hyperparameters"] |= {"maxSteps": STEPS, "checkpointEverySteps": 1}
     cluster.apply(PVC, namespace)
     cluster.apply(yaml.safe_dump_all([d for d in documents if d["metadata"]["name"] != "quickstart-chat"]), namespace)
 
     def worker_after_a_checkpoint() -> dict[str, Any] | None:
         status = resource(cluster, namespace, "finetune", "quickstart-tune").get("status") or {}
-        if (status.get("progress") or {}).get("step", 0) >= 1 and status.get("jobName"):
+        if (status.get("progress") or {}).get("step", 0) >= 2 and status.get("jobName"):
             selector = f"training.kubeflow.org/job-name={status['jobName']},training.kubeflow.org/replica-type=worker"
             return _running_pod(cluster, namespace, selector)
         return None
 
     worker = cluster.wait_for("a training step and its checkpoint", worker_after_a_checkpoint, CHAIN_TIMEOUT_S, 3)
     step = resource(cluster, namespace, "finetune", "quickstart-tune")["status"]["progress"]["step"]
+    job = resource(cluster, namespace, "finetune", "quickstart-tune")["status"]["jobName"]
+    before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods(cluster, namespace, f"training.kubeflow.org/job-name={job}")}
+    print("training pods before:", before)
     print(f"deleting worker {worker['metadata']['name']} (uid {worker['metadata']['uid']}) at step {step}")
     cluster.kubectl("delete", "pod", "-n", namespace, worker["metadata"]["name"], "--wait=false")
 
@@ -164,8 +174,16 @@ def test_training_worker_deleted_mid_run_resumes_from_the_checkpoint(
     selector = f"training.kubeflow.org/job-name={status['jobName']}"
     after = {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods(cluster, namespace, selector)}
     print("training pods after:", after, "progress:", status["progress"])
-    assert status["progress"]["step"] == 4
+    assert status["progress"]["step"] == STEPS
     assert worker["metadata"]["uid"] not in after.values()
+    # The pods that finished started again from a checkpoint the first ones wrote, not from step 0.
+    resumed = [
+        int(match.group(1))
+        for name in after
+        for match in re.finditer(rf"resuming from \S+ \(step (\d+) of {STEPS}\)", cluster.kubectl("logs", "-n", namespace, name))
+    ]
+    print("resumed from steps:", resumed)
+    assert resumed and all(1 <= s < STEPS for s in resumed), resumed
     assert re.match(r"^[0-9a-f]{64}$", status["model"]["sha256"])
 
 
