@@ -18,18 +18,15 @@ from .common import (
     Artifact,
     ComputeResources,
     ConfigMapKeyRef,
-    LocalObjectReference,
     Phase,
-    SecretKeyRef,
     StatusBase,
     Storage,
     URI_PATTERN,
 )
-from .instructdataset import TokenPricing
+from .endpoint import KEY_WITH_BASE_URL, MODEL_WITH_BASE_URL, Endpoint
 from .resource import Resource
 from .results import WorkloadResult
 
-_BASE_URL = Annotated[str, Field(max_length=2048, pattern=r"^https?://.+$")]
 _URI = Annotated[str, Field(max_length=2048, pattern=URI_PATTERN)]
 
 
@@ -48,7 +45,7 @@ class JSONLFile(ApiModel):
     uri: _URI | None = Field(default=None, description="A JSONL file at an fsspec URI (s3:// or file://).")
 
 
-class Contestant(ApiModel):
+class Contestant(Endpoint):
     """One side of the comparison: a ModelServer, any OpenAI-compatible endpoint, or answers written
     beforehand (JSONL of instruction, input, output: the teacher's outputs in Alpaca's case)."""
 
@@ -59,58 +56,32 @@ class Contestant(ApiModel):
                     "(has(self.modelServerRef) ? 1 : 0) + (has(self.baseURL) ? 1 : 0) + (has(self.outputs) ? 1 : 0) == 1",
                     "exactly one of modelServerRef, baseURL or outputs must be set",
                 ),
-                cel("!has(self.baseURL) || has(self.model)", "model is required with baseURL"),
-                cel("!has(self.apiKeySecretRef) || has(self.baseURL)", "apiKeySecretRef is only used with baseURL"),
+                MODEL_WITH_BASE_URL,
+                KEY_WITH_BASE_URL,
                 cel("!has(self.pricing) || has(self.baseURL)", "pricing is only used with baseURL (in-cluster servers bill their GPU time)"),
             ]
         }
     )
 
-    model_server_ref: LocalObjectReference | None = Field(
-        default=None, description="A ModelServer in this namespace; the evaluation waits until it is Ready."
-    )
-    base_url: _BASE_URL | None = Field(
-        default=None, alias="baseURL", description="Base URL of an OpenAI-compatible API, e.g. https://api.openai.com/v1."
-    )
-    model: ShortStr | None = Field(
-        default=None, description="Model name sent to the API. Defaults to the ModelServer's served model name."
-    )
-    api_key_secret_ref: SecretKeyRef | None = Field(
-        default=None, description="Secret key holding the API key; passed to the Job only as an environment variable."
-    )
-    pricing: TokenPricing | None = Field(
-        default=None, description="Token prices of the endpoint; falls back to the operator's price table for the model."
-    )
     outputs: JSONLFile | None = Field(
         default=None,
         description="Answers written beforehand: JSONL objects with instruction, input and output; matched to the tasks by instruction and input.",
     )
 
 
-class Judge(ApiModel):
+class Judge(Endpoint):
     """The model that compares the two answers: a ModelServer or an OpenAI-compatible chat endpoint."""
 
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
                 cel("has(self.modelServerRef) != has(self.baseURL)", "exactly one of modelServerRef or baseURL must be set"),
-                cel("!has(self.baseURL) || has(self.model)", "model is required with baseURL"),
-                cel("!has(self.apiKeySecretRef) || has(self.baseURL)", "apiKeySecretRef is only used with baseURL"),
+                MODEL_WITH_BASE_URL,
+                KEY_WITH_BASE_URL,
             ]
         }
     )
 
-    model_server_ref: LocalObjectReference | None = Field(
-        default=None, description="A ModelServer in this namespace; the evaluation waits until it is Ready."
-    )
-    base_url: _BASE_URL | None = Field(default=None, alias="baseURL", description="Base URL of an OpenAI-compatible API.")
-    model: ShortStr | None = Field(default=None, description="Model name sent to the API.")
-    api_key_secret_ref: SecretKeyRef | None = Field(
-        default=None, description="Secret key holding the API key; passed to the Job only as an environment variable."
-    )
-    pricing: TokenPricing | None = Field(
-        default=None, description="Token prices; falls back to the operator's price table for the model."
-    )
     structured_output: bool = Field(
         default=True,
         description="Ask for the verdict under a json_schema response_format (OpenAI, vLLM and alpaca serve enforce it); "

@@ -13,14 +13,13 @@ from .common import (
     Artifact,
     ComputeResources,
     ConfigMapKeyRef,
-    LocalObjectReference,
     Phase,
     Queue,
-    SecretKeyRef,
     StatusBase,
     Storage,
     URI_PATTERN,
 )
+from .endpoint import MODEL_WITH_BASE_URL, Endpoint, TokenPricing  # noqa: F401  (TokenPricing: imported from here too)
 from .finetune import PVCFile
 from .resource import Resource
 from .results import WorkloadResult
@@ -30,34 +29,6 @@ DEFAULT_BLACKLIST: tuple[str, ...] = (
     "image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps",
     "draw", "plot", "go to", "video", "audio", "music", "flowchart", "diagram",
 )
-
-
-class TokenPricing(ApiModel):
-    """What the teacher charges, in US dollars per million tokens."""
-
-    input_usd_per_million_tokens: USD = Field(
-        default=0.0, alias="inputUSDPerMillionTokens", description="Price of a million prompt tokens."
-    )
-    output_usd_per_million_tokens: USD = Field(
-        default=0.0, alias="outputUSDPerMillionTokens", description="Price of a million completion tokens."
-    )
-    batch_input_usd_per_million_tokens: USD | None = Field(
-        default=None, alias="batchInputUSDPerMillionTokens",
-        description="Price of a million prompt tokens sent through the Batch API (teacher.batch); unset: the regular price.",
-    )
-    batch_output_usd_per_million_tokens: USD | None = Field(
-        default=None, alias="batchOutputUSDPerMillionTokens",
-        description="Price of a million completion tokens through the Batch API; unset: the regular price.",
-    )
-
-    def batch(self) -> TokenPricing:
-        """The prices that apply to requests sent through the Batch API."""
-        return TokenPricing(
-            input_usd_per_million_tokens=self.input_usd_per_million_tokens
-            if self.batch_input_usd_per_million_tokens is None else self.batch_input_usd_per_million_tokens,
-            output_usd_per_million_tokens=self.output_usd_per_million_tokens
-            if self.batch_output_usd_per_million_tokens is None else self.batch_output_usd_per_million_tokens,
-        )
 
 
 class TeacherAPI(str, Enum):
@@ -78,7 +49,7 @@ class TeacherBatch(ApiModel):
     poll_interval_seconds: float = Field(default=30.0, ge=0.1, le=3600, description="How often a batch's status is read.")
 
 
-class Teacher(ApiModel):
+class Teacher(Endpoint):
     """The model that writes new tasks: any OpenAI-compatible API, or a ModelServer in the cluster."""
 
     model_config = ConfigDict(
@@ -89,24 +60,12 @@ class Teacher(ApiModel):
                     "!has(self.modelServerRef) || !has(self.apiKeySecretRef)",
                     "apiKeySecretRef is not used with modelServerRef (in-cluster servers need no key)",
                 ),
-                cel("!has(self.baseURL) || has(self.model)", "model is required with baseURL"),
+                MODEL_WITH_BASE_URL,
                 cel("!has(self.batch) || has(self.baseURL)", "batch needs an API teacher (baseURL); in-cluster servers answer at once"),
             ]
         }
     )
 
-    base_url: Annotated[str, Field(max_length=2048, pattern=r"^https?://.+$")] | None = Field(
-        default=None, alias="baseURL", description="Base URL of an OpenAI-compatible API, e.g. https://api.openai.com/v1."
-    )
-    model_server_ref: LocalObjectReference | None = Field(
-        default=None, description="A ModelServer in this namespace to use as the teacher; waits until it is Ready."
-    )
-    model: ShortStr | None = Field(
-        default=None, description="Model name sent to the API. Defaults to the ModelServer's served model name."
-    )
-    api_key_secret_ref: SecretKeyRef | None = Field(
-        default=None, description="Secret key holding the API key. Passed to the Job only as an environment variable."
-    )
     api: TeacherAPI = Field(
         default=TeacherAPI.CHAT,
         description=(
@@ -121,10 +80,6 @@ class Teacher(ApiModel):
             "teacher is asked for the open slots as a JSON array of {instruction, input, output} under a "
             "json_schema response_format (OpenAI, vLLM and alpaca serve enforce it), so no answer is lost to format."
         ),
-    )
-    pricing: TokenPricing | None = Field(
-        default=None,
-        description="Token prices. Falls back to the operator's price table for this model; cost is 0 when neither has one.",
     )
     max_concurrency: int = Field(default=8, ge=1, le=512, description="Requests in flight at once.")
     request_timeout_seconds: float = Field(default=300.0, gt=0, le=3600, description="Timeout of one request.")

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..api.common import LocalObjectReference, SecretKeyRef
+from ..api.common import LocalObjectReference
 from ..api.evaluation import Contestant, EvaluationSpec, JSONLFile, Judge
-from ..api.instructdataset import TokenPricing
 from ..api.workloads import EvaluateConfig, ResolvedContestant, ResolvedEndpoint
 from ..naming import EVALUATE, child_name
 from ..settings import OperatorSettings
@@ -30,7 +29,7 @@ from .common import (
     stamp,
     workload_files,
 )
-from .inputs import TeacherServer
+from .inputs import Endpoint, TeacherServer, resolve_endpoint
 
 BACKOFF_LIMIT = 3
 ROLES = ("candidate", "baseline", "judge")
@@ -48,15 +47,6 @@ def job_name(parent: str) -> str:
 
 def config_map_name(parent: str) -> str:
     return child_name(parent, f"{EVALUATE}-config")
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    url: str
-    model: str
-    pricing: TokenPricing
-    api_key: SecretKeyRef | None
-    server: str | None = None  # the ModelServer behind it, if any
 
 
 @dataclass(frozen=True)
@@ -92,16 +82,8 @@ def server_refs(spec: EvaluationSpec) -> list[tuple[str, LocalObjectReference]]:
 def _endpoint(
     role: str, side: Contestant | Judge, settings: OperatorSettings, servers: dict[str, TeacherServer]
 ) -> Endpoint:
-    if side.model_server_ref is not None:
-        server = servers.get(side.model_server_ref.name)
-        if server is None:
-            raise Unresolved(f"{role}.modelServerRef: the ModelServer {side.model_server_ref.name!r} is not resolved")
-        # In-cluster servers are free per token: their GPU time is priced instead.
-        return Endpoint(server.url, side.model or server.served_model_name, TokenPricing(), server.api_key_secret_ref, server.name)
-    if side.base_url is None or side.model is None:
-        raise Unresolved(f"{role}: baseURL and model are required without modelServerRef")
-    pricing = side.pricing or settings.token_price(side.model) or TokenPricing()
-    return Endpoint(side.base_url, side.model, pricing, side.api_key_secret_ref)
+    server = servers.get(side.model_server_ref.name) if side.model_server_ref is not None else None
+    return resolve_endpoint(role, side, settings, server, Unresolved)
 
 
 def _side(role: str, side: Contestant, settings: OperatorSettings, servers: dict[str, TeacherServer]) -> Side:

@@ -10,9 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..api.common import Artifact, ModelSource, PVCLocation, SecretKeyRef, Storage
+from ..api.endpoint import Endpoint as EndpointSpec
+from ..api.endpoint import TokenPricing
 from ..api.finetune import DatasetSource
 from ..api.instructdataset import PromptTemplate
 from ..api.workloads import DATASET_FILE, ResolvedModel
+from ..settings import OperatorSettings
 from .common import CONFIG_DIR, DATASET_MOUNT, MODEL_MOUNT, OUTPUT_MOUNT, Mounts, pvc_mount
 
 PROMPT_DIR = f"{CONFIG_DIR}/prompt"
@@ -38,6 +41,33 @@ class TeacherServer:
     served_model_name: str
     api_key_secret_ref: SecretKeyRef | None = None
     hourly_usd: float = 0.0
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """An OpenAI-compatible API as a workload asks it: URL, model, prices and the key's Secret."""
+
+    url: str
+    model: str
+    pricing: TokenPricing
+    api_key: SecretKeyRef | None
+    server: str | None = None  # the ModelServer behind it, if any
+
+
+def resolve_endpoint(
+    field_name: str, spec: EndpointSpec, settings: OperatorSettings, server: TeacherServer | None, error: type[ValueError]
+) -> Endpoint:
+    """What to ask for an endpoint in a spec; `server` is its ModelServer once Ready. Raises `error`
+    naming `field_name` for a spec the workload could not run with."""
+    if spec.model_server_ref is not None:
+        if server is None:
+            raise error(f"{field_name}.modelServerRef: the ModelServer {spec.model_server_ref.name!r} is not resolved")
+        # In-cluster servers are free per token: their GPU time is priced instead.
+        return Endpoint(server.url, spec.model or server.served_model_name, TokenPricing(), server.api_key_secret_ref, server.name)
+    if spec.base_url is None or spec.model is None:
+        raise error(f"{field_name}: baseURL and model are required without modelServerRef")
+    pricing = spec.pricing or settings.token_price(spec.model) or TokenPricing()
+    return Endpoint(spec.base_url, spec.model, pricing, spec.api_key_secret_ref)
 
 
 def _rewrite(reported: str | None, mount_path: str, default_relative: str) -> str:

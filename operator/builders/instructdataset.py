@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from ..api.common import SecretKeyRef
-from ..api.instructdataset import InstructDatasetSpec, TokenPricing
+from ..api.instructdataset import InstructDatasetSpec
 from ..api.workloads import GenerateConfig
 from ..naming import GENERATE, child_name
 from ..settings import OperatorSettings
@@ -27,7 +24,7 @@ from .common import (
     stamp,
     workload_files,
 )
-from .inputs import Input, TeacherServer, prompt_template
+from .inputs import Endpoint, Input, TeacherServer, prompt_template, resolve_endpoint
 
 SEEDS_FILE = "seed_tasks.jsonl"
 BACKOFF_LIMIT = 3
@@ -41,33 +38,17 @@ def config_map_name(parent: str) -> str:
     return child_name(parent, f"{GENERATE}-config")
 
 
-@dataclass(frozen=True)
-class ResolvedTeacher:
-    url: str
-    model: str
-    pricing: TokenPricing
-    api_key: SecretKeyRef | None
-
-
 class TeacherUnresolved(ValueError):
     """The spec names no usable teacher model (a spec problem, not a wait)."""
 
 
-def resolve_teacher(spec: InstructDatasetSpec, settings: OperatorSettings, server: TeacherServer | None) -> ResolvedTeacher:
+def resolve_teacher(spec: InstructDatasetSpec, settings: OperatorSettings, server: TeacherServer | None) -> Endpoint:
     """URL, model, prices and key of the teacher. A ModelServer teacher is free per token (its GPU time is priced)."""
-    teacher = spec.teacher
-    if teacher.model_server_ref is not None:
-        if server is None:
-            raise TeacherUnresolved("teacher.modelServerRef: the ModelServer is not resolved")
-        return ResolvedTeacher(server.url, teacher.model or server.served_model_name, TokenPricing(), server.api_key_secret_ref)
-    if teacher.base_url is None or teacher.model is None:
-        raise TeacherUnresolved("teacher: baseURL and model are required without modelServerRef")
-    pricing = teacher.pricing or settings.token_price(teacher.model) or TokenPricing()
-    return ResolvedTeacher(teacher.base_url, teacher.model, pricing, teacher.api_key_secret_ref)
+    return resolve_endpoint("teacher", spec.teacher, settings, server, TeacherUnresolved)
 
 
 def generate_config(
-    parent: Parent, spec: InstructDatasetSpec, teacher: ResolvedTeacher, where: Where = IN_CLUSTER, prompt: Input | None = None
+    parent: Parent, spec: InstructDatasetSpec, teacher: Endpoint, where: Where = IN_CLUSTER, prompt: Input | None = None
 ) -> GenerateConfig:
     """The one derivation of a generation workload's config, for the cluster and for local mode.
 
@@ -97,7 +78,7 @@ def generate_config(
 
 
 def build(
-    parent: Parent, spec: InstructDatasetSpec, settings: OperatorSettings, teacher: ResolvedTeacher
+    parent: Parent, spec: InstructDatasetSpec, settings: OperatorSettings, teacher: Endpoint
 ) -> tuple[Manifest, Manifest]:
     """(ConfigMap, Job) for one InstructDataset."""
     prompt = prompt_template(spec.prompt_template) if spec.prompt_template is not None else None
