@@ -58,7 +58,7 @@ def quickstart_generation() -> dict[str, Any]:
     return {**declared, "numExamples": 1_000_000}
 
 
-def start_server(max_batch_size: int) -> tuple[str, Any]:
+def start_server(max_batch_size: int, dtype: str = "auto") -> tuple[str, Any]:
     import uvicorn
 
     from alpaca_jobs.serve.api import create_app
@@ -67,7 +67,7 @@ def start_server(max_batch_size: int) -> tuple[str, Any]:
     from alpaca_operator.api.workloads import ResolvedModel
 
     options = ServeOptions(served_model_name=MODEL, max_batch_size=max_batch_size, max_queue=256, max_new_tokens=1536)
-    app = create_app(lambda: load(ResolvedModel(builtin="smollm2-135m-instruct"), device="cpu"), options)
+    app = create_app(lambda: load(ResolvedModel(builtin="smollm2-135m-instruct"), device="cpu", dtype=dtype), options)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
