@@ -33,9 +33,8 @@ from ..observe import (
     terminal,
 )
 from ..settings import OperatorSettings
-from ..teacher_hosts import refusal
 from . import Body, Plan, References, cost_clock, invalid_spec, open_resource
-from .servers import hourly_usd, ready_server
+from .endpoints import hourly_usd, key_refusal, ready_server
 
 KIND = "Evaluation"
 PLURAL = "evaluations"
@@ -75,12 +74,9 @@ def servers_hourly(spec: EvaluationSpec, references: References, settings: Opera
 
 def _host_refusal(resolved: build.Resolved, settings: OperatorSettings) -> str | None:
     """A key is sent only to the hosts the operator allows (as a teacher's is)."""
-    hosts = settings.teacher_hosts
     for role, endpoint in resolved.endpoints():
-        if endpoint.api_key is not None and endpoint.server is None:
-            why = refusal(endpoint.url, allowed=hosts.allowed, allow_link_local=hosts.allow_link_local)
-            if why is not None:
-                return f"{role}.baseURL: {why}"
+        if (why := key_refusal(endpoint, settings)) is not None:
+            return f"{role}.baseURL: {why}"
     return None
 
 

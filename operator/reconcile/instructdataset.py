@@ -11,10 +11,9 @@ from ..builders.queue import effective
 from ..conditions import TRUE, Desired
 from ..observe import TEACHER_READY, ChildState, dataset_status, summarize_job
 from ..settings import OperatorSettings
-from ..teacher_hosts import refusal
 from . import Body, Plan, References, cost_clock, invalid_spec, open_resource
 from .queued import queued
-from .servers import hourly_usd, ready_server
+from .endpoints import hourly_usd, key_refusal, ready_server
 
 KIND = "InstructDataset"
 PLURAL = "instructdatasets"
@@ -55,10 +54,8 @@ def reconcile(body: Body, child: ChildState | None, references: References, sett
             teacher = build.resolve_teacher(spec, settings, server) if child is None or spec.teacher.model_server_ref is None else None
         except build.TeacherUnresolved as exc:
             return Plan(invalid_spec(exc))
-        if teacher is not None and teacher.api_key is not None and child is None and spec.teacher.model_server_ref is None:
-            hosts = settings.teacher_hosts
-            if (why := refusal(teacher.url, allowed=hosts.allowed, allow_link_local=hosts.allow_link_local)) is not None:
-                return Plan(invalid_spec(ValueError(why), reason="TeacherHostRefused"))
+        if teacher is not None and child is None and (why := key_refusal(teacher, settings)) is not None:
+            return Plan(invalid_spec(ValueError(why), reason="TeacherHostRefused"))
         if teacher is not None:
             pricing = teacher.pricing
         if child is None and teacher is not None:

@@ -1,13 +1,15 @@
-"""ModelServers that other kinds ask (a teacher, a contestant, a judge): ready or not, and their price."""
+"""The endpoints other kinds ask (a teacher, a contestant, a judge): a ModelServer, ready or not, and
+its price; a base URL, and whether its key may be sent there."""
 
 from __future__ import annotations
 
 from ..api.common import SecretKeyRef
 from ..api.modelserver import ModelServerSpec
-from ..builders.inputs import TeacherServer
+from ..builders.inputs import Endpoint, TeacherServer
 from ..builders.modelserver import replica_rate
 from ..conditions import FALSE, TRUE, Desired
 from ..settings import OperatorSettings
+from ..teacher_hosts import refusal
 from . import Body, References
 
 
@@ -39,3 +41,12 @@ def ready_server(
         hourly_usd=hourly_usd(body, settings),
     )
     return server, Desired(condition, TRUE, "Ready", f"{prefix}ModelServer {name!r} at {status['url']}")
+
+
+def key_refusal(endpoint: Endpoint, settings: OperatorSettings) -> str | None:
+    """Why the endpoint's key must not be sent to its host, or None when it may (or there is none
+    to send): a key goes only to the hosts the operator allows. In-cluster servers are trusted."""
+    if endpoint.api_key is None or endpoint.server is not None:
+        return None
+    hosts = settings.teacher_hosts
+    return refusal(endpoint.url, allowed=hosts.allowed, allow_link_local=hosts.allow_link_local)
