@@ -173,7 +173,15 @@ class Run:
         return state.spent_usd + worst <= budget
 
     def _enough_in_flight(self, in_flight: int) -> bool:
-        """Whether the requests in flight are likely to fill the target already (no point paying more)."""
+        """Whether the requests in flight are likely to fill the target already (no point paying more).
+
+        Never, at an in-cluster teacher: nothing is paid per request, a batching server answers a full
+        batch for little more time than a part of one, and what is still in flight at the target is
+        cancelled. A guess of the yield that is too high would otherwise leave batch slots idle (it
+        starts at every open slot kept) and the batch shrinks as the target nears.
+        """
+        if self._cancels_at_target:
+            return False
         state = self.state
         per_answer = len(state.kept) / state.requests if state.requests else self._slots_per_request()
         return per_answer > 0 and len(state.kept) + in_flight * per_answer >= state.target
