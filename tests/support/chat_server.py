@@ -18,9 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+
+from .threaded_server import ThreadedServer
 
 # A script returns the reply text, or a (status code, error message) pair for an error response.
 Script = Callable[[dict[str, Any]], "str | tuple[int, str]"]
@@ -44,7 +45,7 @@ class Stats:
     held: int = 0  # answers billed and now waiting for `release`
 
 
-class ChatServer:
+class ChatServer(ThreadedServer):
     def __init__(self, scripts: dict[str, Script], *, delay_s: float = 0.0) -> None:
         self.scripts = scripts
         self.delay_s = delay_s
@@ -54,39 +55,7 @@ class ChatServer:
         self.release = threading.Event()
         self.release.set()
         self._lock = threading.Lock()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self.port = 0
-        self.app = self._build_app()
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def start(self) -> ChatServer:
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="test-chat-server", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 20
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the test chat server did not start")
-            time.sleep(0.01)
-        self.port = self._server.servers[0].sockets[0].getsockname()[1]
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def __enter__(self) -> ChatServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        super().__init__(self._build_app(), "test-chat-server")
 
     def _build_app(self) -> FastAPI:
         app = FastAPI()

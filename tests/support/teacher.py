@@ -20,11 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from .synthetic import SyntheticTasks
+from .threaded_server import ThreadedServer
 
 # Faults, consumed one per request in order (then answers are normal again).
 RATE_LIMIT = "429"  # HTTP 429 with Retry-After
@@ -70,7 +70,7 @@ class Stats:
     disconnected: int = 0
 
 
-class TeacherServer:
+class TeacherServer(ThreadedServer):
     def __init__(
         self,
         *,
@@ -100,45 +100,13 @@ class TeacherServer:
         self._batches: dict[str, dict[str, Any]] = {}
         self._faults: deque[str] = deque()
         self._lock = threading.Lock()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self.port = 0
-        self.app = self._build_app()
+        super().__init__(self._build_app(), "test-teacher")
 
     # -- control ----------------------------------------------------------------------------------
 
     def inject(self, *faults: str) -> None:
         with self._lock:
             self._faults.extend(faults)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def start(self) -> TeacherServer:
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="test-teacher", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 20
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the test teacher did not start")
-            time.sleep(0.01)
-        self.port = self._server.servers[0].sockets[0].getsockname()[1]
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def __enter__(self) -> TeacherServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # -- answers ----------------------------------------------------------------------------------
 
