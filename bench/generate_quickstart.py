@@ -2,6 +2,7 @@
 
     PYTHONSAFEPATH=1 .venv/bin/python bench/generate_quickstart.py --baseline teacher.maxConcurrency=8 [--rounds 1]
     PYTHONSAFEPATH=1 .venv/bin/python bench/generate_quickstart.py --ours generation.maxTokens=256 --baseline '' ...
+    PYTHONSAFEPATH=1 .venv/bin/python bench/generate_quickstart.py --baseline '' --baseline-api --target 16
 
 One process serves the builtin SmolLM2-135M-Instruct with the real `alpaca serve` app (uvicorn on
 127.0.0.1, the batch size of examples/quickstart/00-teacher.yaml). Against it, the real workload
@@ -89,6 +90,11 @@ def main() -> None:
     parser.add_argument("--baseline", required=True, help="spec overrides of the baseline ('' for the quickstart as is)")
     parser.add_argument("--target", type=int, default=None, help="numExamples (default: the quickstart's)")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument(
+        "--baseline-api", action="store_true",
+        help="the baseline names the same server as an API teacher (baseURL): its answers in flight at the target "
+        "are awaited and it sends only what the yield guess needs, as every teacher was treated before",
+    )
     parser.add_argument("--max-batch-size", type=int, default=None, help="default: the quickstart teacher's maxBatchSize")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     args = parser.parse_args()
@@ -100,6 +106,9 @@ def main() -> None:
     if args.target is not None:
         spec["generation"]["numExamples"] = args.target
     sides = {"ours": merged(spec, overrides(args.ours)), "baseline": merged(spec, overrides(args.baseline))}
+    if args.baseline_api:
+        teacher_spec = {k: v for k, v in sides["baseline"]["teacher"].items() if k != "modelServerRef"}
+        sides["baseline"]["teacher"] = teacher_spec | {"baseURL": base_url, "model": MODEL}
     results: dict[str, list[dict[str, Any]]] = {"ours": [], "baseline": []}
     for round_ in range(args.rounds):
         # Alternate which side goes first, so a change of load mid-run does not favour one side.
@@ -112,6 +121,7 @@ def main() -> None:
         "bench": "generate_quickstart",
         "ours": {"overrides": args.ours, "seconds": total["ours"], "runs": results["ours"]},
         "baseline": {"overrides": args.baseline, "seconds": total["baseline"], "runs": results["baseline"]},
+        "baseline_api": args.baseline_api,
         "max_batch_size": batch_size,
         "dtype": args.dtype,
         "ratio": round(total["baseline"] / total["ours"], 2),

@@ -5,9 +5,10 @@ sent, with the most it can cost; each answer is journaled and only then parsed a
 order answers arrive; that order is the journal's, so replaying the journal rebuilds the same
 dataset. Requests already in flight when the run decides to stop are still awaited and journaled:
 they are paid for, and a later run with a larger target uses them; at an in-cluster teacher, whose
-tokens are free, those still in flight at the target are cancelled instead (and journaled so). Requests in flight when a
-process is killed are charged at their worst case when the next one starts, and the budget
-reserves the worst case of every request in flight, so no sequence of kills spends past it.
+tokens are free, those still in flight at the target are cancelled instead (and journaled so).
+Requests in flight when a process is killed are charged at their worst case when the next one
+starts, and the budget reserves the worst case of every request in flight, so no sequence of kills
+spends past it.
 """
 
 from __future__ import annotations
