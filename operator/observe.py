@@ -153,12 +153,18 @@ def _spec_applied(child: ChildState, generation: int | None, not_applied: str) -
     return Desired(SPEC_APPLIED, FALSE, "ChangeNotApplied", not_applied)
 
 
-def _batch(child: ChildState | None, wait: Desired | None) -> tuple[str, Desired]:
+def record_child(out: Computed, child: ChildState, generation: int | None, not_applied: str) -> None:
+    """A batch resource's child in its status: whether it runs the current spec, its name and times."""
+    out.conditions.append(_spec_applied(child, generation, not_applied))
+    out.fields.update(jobName=child.name, startTime=child.start_time, completionTime=child.completion_time)
+
+
+def batch_phase(child: ChildState | None, wait: Desired | None, creating: str = "the child is being created") -> tuple[str, Desired]:
     """Phase and Ready condition of a batch resource from its child (or what it waits for)."""
     if child is None:
         if wait is not None:
             return PENDING, Desired(READY, FALSE, wait.reason, wait.message)
-        return PENDING, Desired(READY, FALSE, "Pending", "the child is being created")
+        return PENDING, Desired(READY, FALSE, "Pending", creating)
     status = TRUE if child.phase == SUCCEEDED else FALSE
     return child.phase, Desired(READY, status, child.reason, child.message)
 
@@ -185,7 +191,7 @@ def dataset_status(
     out = Computed()
     if dependency is not None:
         out.conditions.append(dependency)
-    phase, ready = _batch(child, _waiting(dependency))
+    phase, ready = batch_phase(child, _waiting(dependency))
     # The final result, once written, is the workload's last word on tokens; progress until then.
     usage = current.get("result") or current.get("progress") or {}
     cost = token_cost(int(usage.get("promptTokens") or 0), int(usage.get("completionTokens") or 0), pricing)
@@ -195,16 +201,13 @@ def dataset_status(
         out.fields["dataset"] = current["result"]["artifact"]
     ledger = Ledger(0.0, float(current.get("teacherCostUSD") or 0.0), parse_time(current.get("accruedUntil")))
     if child is not None:
-        finished = child.phase in (SUCCEEDED, FAILED)
-        end = (parse_time(child.completion_time) or now) if finished else now
         if child.start_time is not None and teacher_hourly_usd > 0:
-            ledger = accrue(ledger, since=running_since(child), end=end, units=0, usd_per_hour=teacher_hourly_usd)
+            ledger = accrue(ledger, since=running_since(child), end=run_end(child, now), units=0, usd_per_hour=teacher_hourly_usd)
             out.fields.update(teacherCostUSD=round_usd(ledger.usd), accruedUntil=stamp_time(ledger.until) if ledger.until else None)
         cost += ledger.usd
         if phase == SUCCEEDED and spec.budget_usd is not None and cost >= spec.budget_usd:
             ready = Desired(READY, TRUE, "BudgetReached", f"generation stopped at the budget of ${spec.budget_usd:g}; the examples paid for are kept")
-        out.conditions.append(_spec_applied(child, generation, "spec changed after the generation Job was created; the Job keeps its spec (recreate the InstructDataset to apply it)"))
-        out.fields.update(jobName=child.name, startTime=child.start_time, completionTime=child.completion_time)
+        record_child(out, child, generation, "spec changed after the generation Job was created; the Job keeps its spec (recreate the InstructDataset to apply it)")
     out.conditions.append(ready)
     out.fields.update(phase=phase, teacherURL=teacher_url, costUSD=round_usd(cost), message=ready.message or None)
     return out
@@ -257,6 +260,13 @@ def running_since(child: ChildState) -> datetime | None:
     return None
 
 
+def run_end(child: ChildState, now: datetime) -> datetime:
+    """Up to when the child's pods are counted: its completion once it finished, else `now`."""
+    if child.phase in (SUCCEEDED, FAILED):
+        return parse_time(child.completion_time) or now
+    return now
+
+
 def finetune_status(
     *,
     current: dict[str, Any],
@@ -280,15 +290,12 @@ def finetune_status(
     out = Computed()
     if dependency is not None:
         out.conditions.append(dependency)
-    phase, ready = _batch(child, _waiting(dependency))
+    phase, ready = batch_phase(child, _waiting(dependency))
     ledger = ledger_of(current)
     if child is not None:
-        finished = child.phase in (SUCCEEDED, FAILED)
-        end = (parse_time(child.completion_time) or now) if finished else now
         if child.start_time is not None:  # before the pods start there is nothing to count
-            ledger = accrue(ledger, since=running_since(child), end=end, units=gpus, usd_per_hour=gpus * (gpu_hour_usd or 0.0))
-        out.conditions.append(_spec_applied(child, generation, "spec changed after the PyTorchJob was created; it keeps its spec (budget and price edits still apply to cost)"))
-        out.fields.update(jobName=child.name, startTime=child.start_time, completionTime=child.completion_time)
+            ledger = accrue(ledger, since=running_since(child), end=run_end(child, now), units=gpus, usd_per_hour=gpus * (gpu_hour_usd or 0.0))
+        record_child(out, child, generation, "spec changed after the PyTorchJob was created; it keeps its spec (budget and price edits still apply to cost)")
     over_budget = budget_usd is not None and gpu_hour_usd and ledger.usd >= budget_usd
     if child is not None and (
         (child.phase == FAILED and child.reason == "DeadlineExceeded" and budget_is_deadline)

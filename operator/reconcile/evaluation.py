@@ -15,18 +15,18 @@ from typing import Any
 from ..api.evaluation import EvaluationSpec
 from ..builders import evaluation as build
 from ..builders.inputs import TeacherServer
-from ..conditions import FALSE, TRUE, Desired
+from ..conditions import TRUE, Desired
 from ..cost import Ledger, accrue, round_usd
 from ..observe import (
-    FAILED,
-    PENDING,
     READY,
-    SPEC_APPLIED,
     SUCCEEDED,
     ChildState,
     Computed,
+    batch_phase,
     kept,
     parse_time,
+    record_child,
+    run_end,
     running_since,
     stamp_time,
     summarize_job,
@@ -137,12 +137,7 @@ def evaluation_status(
         return kept(current)
     out = Computed(conditions=list(dependencies))
     waiting = next((c for c in dependencies if c.status != TRUE), None)
-    if child is None:
-        phase = PENDING
-        ready = Desired(READY, FALSE, waiting.reason, waiting.message) if waiting else Desired(READY, FALSE, "Pending", "the Job is being created")
-    else:
-        phase = child.phase
-        ready = Desired(READY, TRUE if phase == SUCCEEDED else FALSE, child.reason, child.message)
+    phase, ready = batch_phase(child, waiting, creating="the Job is being created")
     # The final result, once written, is the workload's last word; progress until then. The
     # workload prices each endpoint's tokens itself (they may have different prices).
     usage = current.get("result") or current.get("progress") or {}
@@ -151,10 +146,8 @@ def evaluation_status(
         out.fields["report"] = current["result"]["artifact"]
     ledger = Ledger(0.0, float(current.get("serverCostUSD") or 0.0), parse_time(current.get("accruedUntil")))
     if child is not None:
-        finished = child.phase in (SUCCEEDED, FAILED)
-        end = (parse_time(child.completion_time) or now) if finished else now
         if child.start_time is not None and servers_hourly_usd > 0:
-            ledger = accrue(ledger, since=running_since(child), end=end, units=0, usd_per_hour=servers_hourly_usd)
+            ledger = accrue(ledger, since=running_since(child), end=run_end(child, now), units=0, usd_per_hour=servers_hourly_usd)
             out.fields["serverCostUSD"] = round_usd(ledger.usd)
             if ledger.until is not None:
                 out.fields["accruedUntil"] = stamp_time(ledger.until)
@@ -164,12 +157,7 @@ def evaluation_status(
                 ready = Desired(READY, TRUE, "BudgetReached", f"judging stopped at the budget of ${spec.budget_usd:g}; the verdicts paid for are reported" + (f": {line}" if line else ""))
             elif line:
                 ready = Desired(READY, TRUE, "Completed", line)
-        applied = child.generation is None or generation is None or child.generation == generation
-        out.conditions.append(
-            Desired(SPEC_APPLIED, TRUE, "Applied", "the child runs the current spec") if applied else
-            Desired(SPEC_APPLIED, FALSE, "ChangeNotApplied", "spec changed after the evaluation Job was created; the Job keeps its spec (recreate the Evaluation to apply it)")
-        )
-        out.fields.update(jobName=child.name, startTime=child.start_time, completionTime=child.completion_time)
+        record_child(out, child, generation, "spec changed after the evaluation Job was created; the Job keeps its spec (recreate the Evaluation to apply it)")
     out.conditions.append(ready)
     out.fields.update(phase=phase, costUSD=round_usd(token_usd + ledger.usd), message=ready.message or None)
     return out
