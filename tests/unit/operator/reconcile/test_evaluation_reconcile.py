@@ -252,22 +252,6 @@ def test_a_job_message_speaks_of_evaluation() -> None:
     assert evaluation.summarize(manifest).message == "the evaluation Job is running"
 
 
-def test_the_reconcile_and_its_builder_do_no_io() -> None:
-    import ast
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[4] / "operator"
-    for path in (root / "reconcile" / "evaluation.py", root / "builders" / "evaluation.py"):
-        imported: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom):
-                imported.add(("." * node.level) + (node.module or ""))
-            elif isinstance(node, ast.Import):
-                imported.update(alias.name for alias in node.names)
-        assert not {m for m in imported if m.split(".")[-1] in {"kube", "controller", "handlers", "kopf", "kubernetes", "requests"}
-                    or m.startswith(("kubernetes", "kopf"))}, (path, imported)
-
-
 def test_the_crd_names_and_columns() -> None:
     from alpaca_operator.api.kinds import EVALUATION
     from alpaca_operator.crd.generate import crd

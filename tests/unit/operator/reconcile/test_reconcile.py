@@ -127,10 +127,12 @@ def test_modelserver_waits_for_the_finetunes_result() -> None:
 
 # -- purity --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("module", ["__init__", "finetune", "instructdataset", "modelserver"])
-def test_a_reconcile_does_no_io(module: str) -> None:
-    """Nothing that talks to a cluster is even imported by the reconciles."""
-    path = Path(__file__).resolve().parents[4] / "operator" / "reconcile" / f"{module}.py"
+OPERATOR = Path(__file__).resolve().parents[4] / "operator"
+
+
+@pytest.mark.parametrize("path", sorted([*OPERATOR.glob("reconcile/*.py"), *OPERATOR.glob("builders/*.py")]), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_a_reconcile_and_its_builders_do_no_io(path: Path) -> None:
+    """Nothing that talks to a cluster is even imported by the reconciles or their builders."""
     imported: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
@@ -138,7 +140,7 @@ def test_a_reconcile_does_no_io(module: str) -> None:
         elif isinstance(node, ast.Import):
             imported.update(alias.name for alias in node.names)
     assert not {m for m in imported if m.split(".")[-1] in {"kube", "controller", "handlers", "kopf", "kubernetes", "requests"}
-                or m.startswith(("kubernetes", "kopf"))}, imported
+                or m.startswith(("kubernetes", "kopf"))}, (path, imported)
 
 
 def test_an_optional_network_policy_admits_only_the_given_peers() -> None:
