@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from ..api.common import SecretKeyRef
 from ..api.evaluation import EvaluationSpec
 from ..api.workloads import EvaluateConfig
 from ..builders import evaluation
 from ..builders.common import Parent
-from ..builders.inputs import TeacherServer
 from ..manifests import Manifest, ManifestError
 from ..settings import OperatorSettings
-from .inputs import LOCAL_NAMESPACE, Outputs, where
+from .inputs import LOCAL_NAMESPACE, Outputs, running_server, where
 from .layout import Layout
 
 REPORT_FILE = "summary.json"
@@ -21,12 +19,7 @@ def evaluate_config(
 ) -> EvaluateConfig:
     spec = manifest.resource.spec
     assert isinstance(spec, EvaluationSpec)
-    servers: dict[str, TeacherServer] = {}
-    for _, ref in evaluation.server_refs(spec):
-        running = upstream[("ModelServer", ref.name)]
-        assert running.url and running.served_model_name
-        auth = SecretKeyRef(name=running.api_key_secret[0], key=running.api_key_secret[1]) if running.api_key_secret else None
-        servers[ref.name] = TeacherServer(name=ref.name, url=running.url, served_model_name=running.served_model_name, api_key_secret_ref=auth)
+    servers = {ref.name: running_server(ref.name, upstream) for _, ref in evaluation.server_refs(spec)}
     try:
         resolved = evaluation.resolve(spec, settings or OperatorSettings(), servers)
         return evaluation.evaluate_config(Parent(manifest.name, LOCAL_NAMESPACE, "evaluations"), spec, resolved, where(layout))

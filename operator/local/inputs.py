@@ -51,6 +51,14 @@ def where(layout: Layout) -> Where:
     )
 
 
+def running_server(name: str, upstream: dict[tuple[str, str], Outputs]) -> TeacherServer:
+    """A ModelServer an earlier step started, as an endpoint to ask."""
+    running = upstream[("ModelServer", name)]
+    assert running.url and running.served_model_name
+    auth = SecretKeyRef(name=running.api_key_secret[0], key=running.api_key_secret[1]) if running.api_key_secret else None
+    return TeacherServer(name=name, url=running.url, served_model_name=running.served_model_name, api_key_secret_ref=auth)
+
+
 def _parent(manifest: Manifest, plural: str) -> Parent:
     return Parent(manifest.name, LOCAL_NAMESPACE, plural)
 
@@ -60,12 +68,8 @@ def generate_config(
 ) -> GenerateConfig:
     spec = manifest.resource.spec
     assert isinstance(spec, InstructDatasetSpec)
-    server = None
-    if (ref := spec.teacher.model_server_ref) is not None:
-        running = upstream[("ModelServer", ref.name)]
-        assert running.url and running.served_model_name
-        auth = SecretKeyRef(name=running.api_key_secret[0], key=running.api_key_secret[1]) if running.api_key_secret else None
-        server = TeacherServer(name=ref.name, url=running.url, served_model_name=running.served_model_name, api_key_secret_ref=auth)
+    ref = spec.teacher.model_server_ref
+    server = running_server(ref.name, upstream) if ref is not None else None
     prompt = None
     if (template := spec.prompt_template) is not None:
         if template.config_map_ref is not None:

@@ -3,6 +3,8 @@ its price; a base URL, and whether its key may be sent there."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from ..api.common import SecretKeyRef
 from ..api.modelserver import ModelServerSpec
 from ..builders.inputs import Endpoint, TeacherServer
@@ -17,6 +19,13 @@ def hourly_usd(body: Body, settings: OperatorSettings) -> float:
     """What a ModelServer costs per hour while it runs: every replica, at least one."""
     spec = ModelServerSpec.model_validate(body.get("spec") or {})
     return replica_rate(spec, settings) * max(spec.replicas, 1)
+
+
+def servers_hourly_usd(names: Iterable[str], references: References, settings: OperatorSettings) -> float:
+    """What the ModelServers named cost per hour together: one named twice counts once, one that
+    does not exist nothing."""
+    bodies = (references.get(("ModelServer", name)) for name in dict.fromkeys(names))
+    return sum((hourly_usd(body, settings) for body in bodies if body is not None), 0.0)
 
 
 def ready_server(

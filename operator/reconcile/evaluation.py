@@ -34,7 +34,7 @@ from ..observe import (
 )
 from ..settings import OperatorSettings
 from . import Body, Plan, References, cost_clock, invalid_spec, open_resource
-from .endpoints import hourly_usd, key_refusal, ready_server
+from .endpoints import key_refusal, ready_server, servers_hourly_usd
 
 KIND = "Evaluation"
 PLURAL = "evaluations"
@@ -68,8 +68,7 @@ def servers(spec: EvaluationSpec, references: References, settings: OperatorSett
 
 def servers_hourly(spec: EvaluationSpec, references: References, settings: OperatorSettings) -> float:
     """What the distinct in-cluster servers it asks cost per hour (one server asked twice counts once)."""
-    bodies = (references.get(("ModelServer", name)) for name in dict.fromkeys(ref.name for _, ref in build.server_refs(spec)))
-    return sum((hourly_usd(body, settings) for body in bodies if body is not None), 0.0)
+    return servers_hourly_usd((ref.name for _, ref in build.server_refs(spec)), references, settings)
 
 
 def _host_refusal(resolved: build.Resolved, settings: OperatorSettings) -> str | None:

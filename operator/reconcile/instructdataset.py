@@ -13,7 +13,7 @@ from ..observe import TEACHER_READY, ChildState, dataset_status, summarize_job
 from ..settings import OperatorSettings
 from . import Body, Plan, References, cost_clock, invalid_spec, open_resource
 from .queued import queued
-from .endpoints import hourly_usd, key_refusal, ready_server
+from .endpoints import key_refusal, ready_server, servers_hourly_usd
 
 KIND = "InstructDataset"
 PLURAL = "instructdatasets"
@@ -36,8 +36,7 @@ def teacher_server(spec: InstructDatasetSpec, references: References, settings: 
 def _teacher_hourly(spec: InstructDatasetSpec, references: References, settings: OperatorSettings) -> float:
     """An in-cluster teacher is priced by its GPU time while generation runs; its tokens are free."""
     ref = spec.teacher.model_server_ref
-    server = references.get(("ModelServer", ref.name)) if ref is not None else None
-    return hourly_usd(server, settings) if server is not None else 0.0
+    return servers_hourly_usd([ref.name] if ref is not None else [], references, settings)
 
 
 def reconcile(body: Body, child: ChildState | None, references: References, settings: OperatorSettings, now: datetime) -> Plan:
