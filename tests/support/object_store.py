@@ -24,6 +24,15 @@ class ObjectStore:
         return {"FSSPEC_S3_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "testing",
                 "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
+    def reach_from_here(self, monkeypatch: Any) -> None:
+        """Point this process's fsspec at the store, as a pod's environment would (for the test's
+        duration): s3fs reads the endpoint from fsspec's config, which took the environment at import."""
+        import fsspec.config
+
+        for key, value in self.env.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": self.endpoint})
+
     def filesystem(self) -> Any:
         import s3fs
 

@@ -24,11 +24,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Mo
     if request.param == "local":
         return Store(str(tmp_path / "out"))
     s3: ObjectStore = request.getfixturevalue("s3")
-    for key, value in s3.env.items():
-        monkeypatch.setenv(key, value)
-    import fsspec.config
-
-    monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": s3.endpoint})
+    s3.reach_from_here(monkeypatch)
     return Store(s3.uri(request.node.name.replace("[", "-").rstrip("]")), skip_instance_cache=True)
 
 

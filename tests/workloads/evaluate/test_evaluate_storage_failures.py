@@ -29,11 +29,7 @@ def s3() -> Iterator[ObjectStore]:
 def test_the_report_lands_in_the_bucket_and_a_new_pod_resumes_from_its_journal(
     s3: ObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import fsspec.config
-
-    for key, value in s3.env.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": s3.endpoint})
+    s3.reach_from_here(monkeypatch)
     output = s3.uri("evaluations", "demo")
     fs = s3.filesystem()
     with ChatServer(SCRIPTS) as server:

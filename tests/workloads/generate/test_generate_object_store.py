@@ -38,11 +38,7 @@ def config(server: TeacherServer, output: str) -> GenerateConfig:
 def test_bucket_output_is_published_and_a_new_pod_resumes_from_it(
     s3: ObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import fsspec.config
-
-    for key, value in s3.env.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": s3.endpoint})
+    s3.reach_from_here(monkeypatch)
     output = s3.uri("datasets", "demo")
     fs = s3.filesystem()
     with TeacherServer(bait_every=5) as server:
