@@ -57,7 +57,8 @@ def _teacher_requests(cluster: Cluster, namespace: str) -> int:
     """Completions the teacher answered, from its own Prometheus counter."""
     teacher = resource(cluster, namespace, "modelserver", "teacher")["status"]
     service = teacher["url"].split("//", 1)[1].split(".", 1)[0]
-    out = cluster.kubectl("get", "--raw", f"/api/v1/namespaces/{namespace}/services/{service}:8000/proxy/metrics")
+    # The serving port answers the API; Prometheus reads the Service's port named metrics.
+    out = cluster.kubectl("get", "--raw", f"/api/v1/namespaces/{namespace}/services/{service}:metrics/proxy/metrics")
     total = 0
     for line in out.splitlines():
         match = re.match(r'alpaca_serve_requests_total\{(.*)\} ([0-9.e+]+)$', line)
