@@ -57,13 +57,20 @@ def parse_time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-def _stamps(meta: dict[str, Any]) -> tuple[int | None, str | None]:
+def child_identity(meta: dict[str, Any]) -> dict[str, Any]:
+    """Who a child is, for its ChildState: its name, owner, and the generation and spec digest it was built from."""
     annotations = meta.get("annotations") or {}
     generation = annotations.get(GENERATION_ANNOTATION)
-    return (int(generation) if generation and generation.isdigit() else None), annotations.get(SPEC_HASH_ANNOTATION)
+    return {
+        "name": meta.get("name", ""),
+        "generation": int(generation) if generation and generation.isdigit() else None,
+        "spec_hash": annotations.get(SPEC_HASH_ANNOTATION),
+        "owner_uid": owner_uid(meta),
+    }
 
 
-def _true(conditions: list[dict[str, Any]], type_: str) -> dict[str, Any] | None:
+def true_condition(conditions: list[dict[str, Any]], type_: str) -> dict[str, Any] | None:
+    """The condition of that type when it is True."""
     return next((c for c in conditions if c.get("type") == type_ and c.get("status") == "True"), None)
 
 
@@ -71,17 +78,12 @@ def summarize_job(body: dict[str, Any]) -> ChildState:
     """A batch/v1 Job."""
     meta, status = body.get("metadata") or {}, body.get("status") or {}
     conditions = status.get("conditions") or []
-    generation, digest = _stamps(meta)
-    common = {
-        "name": meta.get("name", ""), "start_time": status.get("startTime"),
-        "completion_time": status.get("completionTime"), "generation": generation, "spec_hash": digest,
-        "owner_uid": owner_uid(meta),
-    }
-    if _true(conditions, "Complete") or _true(conditions, "SuccessCriteriaMet"):
+    common = {**child_identity(meta), "start_time": status.get("startTime"), "completion_time": status.get("completionTime")}
+    if true_condition(conditions, "Complete") or true_condition(conditions, "SuccessCriteriaMet"):
         return ChildState(phase=SUCCEEDED, reason="Completed", message="the generation Job completed", **common)
-    if failed := (_true(conditions, "Failed") or _true(conditions, "FailureTarget")):
+    if failed := (true_condition(conditions, "Failed") or true_condition(conditions, "FailureTarget")):
         return ChildState(phase=FAILED, reason=failed.get("reason") or "JobFailed", message=failed.get("message", ""), **common)
-    if _true(conditions, "Suspended"):
+    if true_condition(conditions, "Suspended"):
         return ChildState(phase=PENDING, reason="Suspended", message="the Job is suspended", **common)
     if (status.get("active") or 0) > 0:
         return ChildState(phase=RUNNING, reason="Running", message="the generation Job is running", **common)
@@ -92,40 +94,30 @@ def summarize_pytorchjob(body: dict[str, Any]) -> ChildState:
     """A kubeflow.org/v1 PyTorchJob: its latest true condition decides."""
     meta, status = body.get("metadata") or {}, body.get("status") or {}
     conditions = status.get("conditions") or []
-    generation, digest = _stamps(meta)
-    common = {
-        "name": meta.get("name", ""), "start_time": status.get("startTime"),
-        "completion_time": status.get("completionTime"), "generation": generation, "spec_hash": digest,
-        "owner_uid": owner_uid(meta),
-    }
-    if done := _true(conditions, "Succeeded"):
+    common = {**child_identity(meta), "start_time": status.get("startTime"), "completion_time": status.get("completionTime")}
+    if done := true_condition(conditions, "Succeeded"):
         return ChildState(phase=SUCCEEDED, reason="Completed", message=done.get("message", ""), **common)
-    if failed := _true(conditions, "Failed"):
+    if failed := true_condition(conditions, "Failed"):
         reason = failed.get("reason") or "JobFailed"
         message = failed.get("message", "")
         # The training operator words deadline failures in the message rather than a fixed reason.
         if "deadline" in (reason + message).lower():
             reason = "DeadlineExceeded"
         return ChildState(phase=FAILED, reason=reason, message=message, **common)
-    if _true(conditions, "Suspended"):
+    if true_condition(conditions, "Suspended"):
         return ChildState(phase=PENDING, reason="Suspended", message="the PyTorchJob is suspended", **common)
-    if restarting := _true(conditions, "Restarting"):
+    if restarting := true_condition(conditions, "Restarting"):
         return ChildState(phase=RUNNING, reason="Restarting", message=restarting.get("message", ""), **common)
-    if _true(conditions, "Running"):
+    if true_condition(conditions, "Running"):
         return ChildState(phase=RUNNING, reason="Running", message="training is running", **common)
     return ChildState(phase=PENDING, reason="JobCreated", message="waiting for the training pods", **common)
 
 
 def summarize_deployment(body: dict[str, Any]) -> ChildState:
     meta, spec, status = body.get("metadata") or {}, body.get("spec") or {}, body.get("status") or {}
-    generation, digest = _stamps(meta)
     wanted = int(spec.get("replicas", 1))
     ready = int(status.get("readyReplicas") or 0)
-    common = {
-        "name": meta.get("name", ""), "generation": generation, "spec_hash": digest,
-        "replicas": wanted, "ready_replicas": ready, "pods": int(status.get("replicas") or 0),
-        "owner_uid": owner_uid(meta),
-    }
+    common = {**child_identity(meta), "replicas": wanted, "ready_replicas": ready, "pods": int(status.get("replicas") or 0)}
     stuck = next(
         (c for c in status.get("conditions") or [] if c.get("type") == "Progressing" and c.get("status") == "False"),
         None,

@@ -23,11 +23,11 @@ from ..observe import (
     SUCCEEDED,
     ChildState,
     Computed,
+    child_identity,
     finetune_status,
-    owner_uid,
     summarize_pytorchjob,
+    true_condition,
 )
-from ..naming import GENERATION_ANNOTATION, SPEC_HASH_ANNOTATION
 from ..settings import OperatorSettings
 from . import Body, Plan, References, cost_clock, open_resource
 from .queued import queued
@@ -67,17 +67,16 @@ def summarize_trainjob(body: dict[str, Any]) -> ChildState:
     """
     meta, spec, status = body.get("metadata") or {}, body.get("spec") or {}, body.get("status") or {}
     conditions = status.get("conditions") or []
-    generation, digest = _stamps(meta)
     resumed = next((c for c in conditions if c.get("type") == "Suspended" and c.get("status") == "False"), None)
     started = (resumed or {}).get("lastTransitionTime") or meta.get("creationTimestamp")
-    common = {"name": meta.get("name", ""), "generation": generation, "spec_hash": digest, "owner_uid": owner_uid(meta)}
-    if done := _true(conditions, "Complete"):
+    common = child_identity(meta)
+    if done := true_condition(conditions, "Complete"):
         return ChildState(phase=SUCCEEDED, reason="Completed", message=done.get("message", ""),
                           start_time=started, completion_time=done.get("lastTransitionTime"), **common)
-    if failed := _true(conditions, "Failed"):
+    if failed := true_condition(conditions, "Failed"):
         return ChildState(phase=FAILED, reason=failed.get("reason") or "JobFailed", message=failed.get("message", ""),
                           start_time=started, completion_time=failed.get("lastTransitionTime"), **common)
-    if spec.get("suspend") or _true(conditions, "Suspended"):
+    if spec.get("suspend") or true_condition(conditions, "Suspended"):
         return ChildState(phase=PENDING, reason="Suspended", message="the TrainJob is suspended", **common)
     jobs = status.get("jobsStatus") or []
     if any(int(job.get("active") or 0) + int(job.get("ready") or 0) > 0 for job in jobs):
@@ -88,16 +87,6 @@ def summarize_trainjob(body: dict[str, Any]) -> ChildState:
 def summarize(body: dict[str, Any]) -> ChildState:
     """Either backend's job, by its kind."""
     return summarize_trainjob(body) if body.get("kind") == trainjob.KIND else summarize_pytorchjob(body)
-
-
-def _true(conditions: list[dict[str, Any]], type_: str) -> dict[str, Any] | None:
-    return next((c for c in conditions if c.get("type") == type_ and c.get("status") == "True"), None)
-
-
-def _stamps(meta: dict[str, Any]) -> tuple[int | None, str | None]:
-    annotations = meta.get("annotations") or {}
-    generation = annotations.get(GENERATION_ANNOTATION)
-    return (int(generation) if generation and generation.isdigit() else None), annotations.get(SPEC_HASH_ANNOTATION)
 
 
 def _immutable(computed: Computed, child: ChildState) -> Computed:
