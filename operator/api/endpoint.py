@@ -65,3 +65,13 @@ class Endpoint(ApiModel):
         description="Token prices. Falls back to the operator's price table for this model; cost is 0 when neither has one. "
         "A ModelServer is priced by its GPU time instead.",
     )
+
+
+class RequestLimits(ApiModel):
+    """How requests are sent: so many in flight at once, each with a timeout and retries."""
+
+    max_concurrency: int = Field(default=8, ge=1, le=512, description="Requests in flight at once.")
+    request_timeout_seconds: float = Field(default=300.0, gt=0, le=3600, description="Timeout of one request.")
+    max_retries: int = Field(
+        default=8, ge=0, le=50, description="Retries of a request on 429, 5xx and timeouts (exponential backoff)."
+    )

@@ -23,7 +23,7 @@ from .common import (
     Storage,
     URI_PATTERN,
 )
-from .endpoint import KEY_WITH_BASE_URL, MODEL_WITH_BASE_URL, Endpoint
+from .endpoint import KEY_WITH_BASE_URL, MODEL_WITH_BASE_URL, Endpoint, RequestLimits
 from .resource import Resource
 from .results import WorkloadResult
 
@@ -119,12 +119,8 @@ class AnswerGeneration(ApiModel):
     max_tokens: int = Field(default=512, ge=1, le=131072, description="Completion token limit of one answer.")
 
 
-class Requests(ApiModel):
+class Requests(RequestLimits):
     """How requests are sent, to every endpoint of the evaluation."""
-
-    max_concurrency: int = Field(default=8, ge=1, le=512, description="Requests in flight at once.")
-    request_timeout_seconds: float = Field(default=300.0, gt=0, le=3600, description="Timeout of one request.")
-    max_retries: int = Field(default=8, ge=0, le=50, description="Retries of a request on 429, 5xx and timeouts.")
 
 
 class EvaluationSpec(ApiModel):

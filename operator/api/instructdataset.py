@@ -19,7 +19,7 @@ from .common import (
     Storage,
     URI_PATTERN,
 )
-from .endpoint import MODEL_WITH_BASE_URL, Endpoint, TokenPricing  # noqa: F401  (TokenPricing: imported from here too)
+from .endpoint import MODEL_WITH_BASE_URL, Endpoint, RequestLimits, TokenPricing  # noqa: F401  (TokenPricing: imported from here too)
 from .finetune import PVCFile
 from .resource import Resource
 from .results import WorkloadResult
@@ -49,7 +49,7 @@ class TeacherBatch(ApiModel):
     poll_interval_seconds: float = Field(default=30.0, ge=0.1, le=3600, description="How often a batch's status is read.")
 
 
-class Teacher(Endpoint):
+class Teacher(Endpoint, RequestLimits):
     """The model that writes new tasks: any OpenAI-compatible API, or a ModelServer in the cluster."""
 
     model_config = ConfigDict(
@@ -80,11 +80,6 @@ class Teacher(Endpoint):
             "teacher is asked for the open slots as a JSON array of {instruction, input, output} under a "
             "json_schema response_format (OpenAI, vLLM and alpaca serve enforce it), so no answer is lost to format."
         ),
-    )
-    max_concurrency: int = Field(default=8, ge=1, le=512, description="Requests in flight at once.")
-    request_timeout_seconds: float = Field(default=300.0, gt=0, le=3600, description="Timeout of one request.")
-    max_retries: int = Field(
-        default=8, ge=0, le=50, description="Retries of a request on 429, 5xx and timeouts (exponential backoff)."
     )
     batch: TeacherBatch | None = Field(
         default=None,
