@@ -29,7 +29,7 @@ from .common import (
     stamp,
     workload_files,
 )
-from .inputs import Endpoint, TeacherServer, resolve_endpoint
+from .inputs import Endpoint, TeacherServer, config_map_file, resolve_endpoint
 
 BACKOFF_LIMIT = 3
 ROLES = ("candidate", "baseline", "judge")
@@ -152,11 +152,7 @@ def evaluate_config(parent: Parent, spec: EvaluationSpec, resolved: Resolved, wh
 def _config_map_file(volume: str, source: JSONLFile | None, folder: str, file_name: str) -> Mounts:
     if source is None or source.config_map_ref is None:
         return Mounts()
-    ref = source.config_map_ref
-    return Mounts(
-        [{"name": volume, "configMap": {"name": ref.name, "items": [{"key": ref.key, "path": file_name}]}}],
-        [{"name": volume, "mountPath": f"{INPUTS_DIR}/{folder}", "readOnly": True}],
-    )
+    return config_map_file(volume, source.config_map_ref, f"{INPUTS_DIR}/{folder}", file_name)
 
 
 def build(parent: Parent, spec: EvaluationSpec, settings: OperatorSettings, resolved: Resolved) -> tuple[Manifest, Manifest]:

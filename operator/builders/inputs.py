@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..api.common import Artifact, ModelSource, PVCLocation, SecretKeyRef, Storage
+from ..api.common import Artifact, ConfigMapKeyRef, ModelSource, PVCLocation, SecretKeyRef, Storage
 from ..api.endpoint import Endpoint as EndpointSpec
 from ..api.endpoint import TokenPricing
 from ..api.finetune import DatasetSource
@@ -68,6 +68,14 @@ def resolve_endpoint(
         raise error(f"{field_name}: baseURL and model are required without modelServerRef")
     pricing = spec.pricing or settings.token_price(spec.model) or TokenPricing()
     return Endpoint(spec.base_url, spec.model, pricing, spec.api_key_secret_ref)
+
+
+def config_map_file(volume: str, ref: ConfigMapKeyRef, folder: str, file_name: str) -> Mounts:
+    """A ConfigMap key mounted read-only as `folder`/`file_name`."""
+    return Mounts(
+        [{"name": volume, "configMap": {"name": ref.name, "items": [{"key": ref.key, "path": file_name}]}}],
+        [{"name": volume, "mountPath": folder, "readOnly": True}],
+    )
 
 
 def _rewrite(reported: str | None, mount_path: str, default_relative: str) -> str:
@@ -130,10 +138,7 @@ def prompt_template(template: PromptTemplate) -> Input:
         ref = template.config_map_ref
         return Input(
             f"{PROMPT_DIR}/{PROMPT_FILE}",
-            Mounts(
-                [{"name": "prompt", "configMap": {"name": ref.name, "items": [{"key": ref.key, "path": PROMPT_FILE}]}}],
-                [{"name": "prompt", "mountPath": PROMPT_DIR, "readOnly": True}],
-            ),
+            config_map_file("prompt", ref, PROMPT_DIR, PROMPT_FILE),
         )
     if template.pvc is not None:
         mounts = pvc_mount("prompt", PVCLocation(claim_name=template.pvc.claim_name), PROMPT_MOUNT, read_only=True)

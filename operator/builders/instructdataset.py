@@ -13,7 +13,6 @@ from .common import (
     SEEDS_DIR,
     TEACHER_API_KEY_ENV,
     Manifest,
-    Mounts,
     Parent,
     Where,
     batch_job,
@@ -24,7 +23,7 @@ from .common import (
     stamp,
     workload_files,
 )
-from .inputs import Endpoint, Input, TeacherServer, prompt_template, resolve_endpoint
+from .inputs import Endpoint, Input, TeacherServer, config_map_file, prompt_template, resolve_endpoint
 
 SEEDS_FILE = "seed_tasks.jsonl"
 BACKOFF_LIMIT = 3
@@ -87,13 +86,7 @@ def build(
     if prompt is not None:
         mounts.extend(prompt.mounts)
     if spec.seed_tasks.config_map_ref is not None:
-        ref = spec.seed_tasks.config_map_ref
-        mounts.extend(
-            Mounts(
-                [{"name": "seeds", "configMap": {"name": ref.name, "items": [{"key": ref.key, "path": SEEDS_FILE}]}}],
-                [{"name": "seeds", "mountPath": SEEDS_DIR, "readOnly": True}],
-            )
-        )
+        mounts.extend(config_map_file("seeds", spec.seed_tasks.config_map_ref, SEEDS_DIR, SEEDS_FILE))
     env: list[Manifest] = []
     if teacher.api_key is not None:
         env.append(secret_env(TEACHER_API_KEY_ENV, teacher.api_key.name, teacher.api_key.key))
