@@ -67,6 +67,17 @@ class Mounts:
     mounts: list[Manifest] = field(default_factory=list)
 
     def add(self, volume: Manifest, mount: Manifest) -> None:
+        claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
+        for index, known in enumerate(self.volumes):
+            if claim is None or (known.get("persistentVolumeClaim") or {}).get("claimName") != claim:
+                continue
+            # One volume per claim: the kubelet mounts a claim once per pod, with the readOnly of
+            # the last volume naming it, so a read-only input on the output's claim would make
+            # the output read-only too. Each mount keeps its own readOnly.
+            read_only = bool(known["persistentVolumeClaim"].get("readOnly") and volume["persistentVolumeClaim"].get("readOnly"))
+            self.volumes[index] = {**known, "persistentVolumeClaim": {**known["persistentVolumeClaim"], "readOnly": read_only}}
+            self.mounts.append({**mount, "name": known["name"]})
+            return
         if all(v["name"] != volume["name"] for v in self.volumes):
             self.volumes.append(volume)
         self.mounts.append(mount)
