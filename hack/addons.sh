@@ -325,22 +325,45 @@ EOF
     done
 }
 
+# The objects of FILE whose kind matches the jq condition on .kind, deleted.
+delete_kinds() {
+    local file="$1" condition="$2"
+    yq -y "select(.kind | ${condition})" "${file}" | kubectl_ delete --ignore-not-found --wait=true --timeout=120s -f - >/dev/null || true
+}
+
+# Kueue's finalizers (on workloads, queues, flavors) are lifted by its controller only: once the
+# controller is gone, they are lifted here, or those objects and their namespaces could never go.
+lift_kueue_finalizers() {
+    local kind namespace name
+    for kind in $(kubectl_ api-resources --api-group=kueue.x-k8s.io -o name 2>/dev/null); do
+        kubectl_ get "${kind}" -A -o jsonpath='{range .items[*]}{.metadata.namespace}{" "}{.metadata.name}{"\n"}{end}' 2>/dev/null |
+            while read -r namespace name; do
+                [[ -n "${name}" ]] || { name="${namespace}"; namespace=""; }
+                kubectl_ patch "${kind}" "${name}" ${namespace:+-n "${namespace}"} --type=merge \
+                    -p '{"metadata":{"finalizers":null}}' >/dev/null 2>&1 || true
+            done
+    done
+}
+
 cmd_down() {
     k8s_dir="$(cat "${cluster_dir}/k8s-bin")"
-    local addon file
+    local addon files f
     for addon in "$@"; do
         binaries_of "${addon}" >/dev/null
         case "${addon}" in
-            trainer) file="${addons_dir}/runtimes.yaml ${addons_dir}/trainer.yaml" ;;
-            *) file="${addons_dir}/${addon}.yaml" ;;
+            trainer) files="${addons_dir}/runtimes.yaml ${addons_dir}/trainer.yaml" ;;
+            *) files="${addons_dir}/${addon}.yaml" ;;
         esac
-        local f
-        for f in ${file}; do
+        for f in ${files}; do
             [[ -f "${f}" ]] || continue
-            # Webhooks and API registrations first: nothing may call a controller that is going.
-            yq -y 'select(.kind == "MutatingWebhookConfiguration" or .kind == "ValidatingWebhookConfiguration"
-                          or .kind == "APIService")' "${f}" | kubectl_ delete --ignore-not-found -f - >/dev/null
-            kubectl_ delete --ignore-not-found --wait=true --timeout=120s -f "${f}" >/dev/null || true
+            # Nothing may call a controller that is going: webhooks and API registrations first.
+            delete_kinds "${f}" 'test("WebhookConfiguration$|^APIService$")'
+            delete_kinds "${f}" '. == "Deployment"'
+        done
+        [[ "${addon}" != kueue ]] || lift_kueue_finalizers
+        for f in ${files}; do
+            [[ -f "${f}" ]] || continue
+            delete_kinds "${f}" '. != ""'
             rm -f "${f}"
         done
         log "${addon} is down"

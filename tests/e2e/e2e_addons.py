@@ -31,6 +31,14 @@ ROWS = [
     {"instruction": "Count the letters.", "input": "cat", "output": "3"},
 ]
 DATASET_PATH = "data/rows.jsonl"
+PVC_TEMPLATE = """
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: {claim}}}
+spec:
+  accessModes: [ReadWriteOnce]
+  resources: {{requests: {{storage: 2Gi}}}}
+"""
 
 
 def addons_script(*args: str, timeout: float = 3600) -> None:
@@ -40,13 +48,12 @@ def addons_script(*args: str, timeout: float = 3600) -> None:
 
 
 def installed(name: str) -> Iterator[None]:
-    """The addon, installed (built on first use, cached after) for the session. One that was
-    already up is left as it was; one installed here is removed afterwards."""
-    status = subprocess.run([str(ROOT / "hack" / "addons.sh"), "status", name], capture_output=True, check=False)
+    """The addon, installed (built on first use, cached after) and left running: removing Kueue
+    while namespaces that used it are still being deleted would leave its finalizers behind, and
+    removing metrics-server would leave namespace deletion waiting on its API. `hack/cluster.sh
+    down` takes them away with the rest of the cluster."""
     addons_script("up", name)
     yield
-    if status.returncode != 0:
-        addons_script("down", name, timeout=600)
 
 
 def release(cluster: Cluster, request: pytest.FixtureRequest) -> str:
@@ -63,19 +70,12 @@ def release(cluster: Cluster, request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue("chain_release"))
 
 
-def seed_dataset(cluster: Cluster, namespace: str, claim: str = "alpaca") -> None:
-    """A PVC holding ROWS at DATASET_PATH, written by a busybox pod as the workloads' user."""
-    cluster.apply(
-        f"""
-apiVersion: v1
-kind: PersistentVolumeClaim
-metadata: {{name: {claim}}}
-spec:
-  accessModes: [ReadWriteOnce]
-  resources: {{requests: {{storage: 2Gi}}}}
-""",
-        namespace,
-    )
+def seed_dataset(cluster: Cluster, namespace: str, claim: str = "data") -> None:
+    """A PVC holding ROWS at DATASET_PATH, written by a busybox pod as the workloads' user, and the
+    `alpaca` PVC the models go to. Two claims: an operator image older than the one-volume-per-claim
+    fix (builders/common.py Mounts.add) mounts a shared claim read-only for the output too."""
+    cluster.apply(PVC_TEMPLATE.format(claim=claim), namespace)
+    cluster.apply(PVC_TEMPLATE.format(claim="alpaca"), namespace)
     rows = "\n".join(json.dumps(row) for row in ROWS) + "\n"
     script = f"mkdir -p /data/{Path(DATASET_PATH).parent} && cat > /data/{DATASET_PATH} <<'ROWS'\n{rows}ROWS\n"
     pod = {
@@ -108,7 +108,7 @@ def finetune(name: str, **spec: Any) -> dict[str, Any]:
     """A FineTune of the built-in SmolLM2 on the seeded rows: two CPU steps, fp32."""
     body: dict[str, Any] = {
         "baseModel": {"builtin": "smollm2-135m-instruct"},
-        "dataset": {"pvc": {"claimName": "alpaca", "path": DATASET_PATH}},
+        "dataset": {"pvc": {"claimName": "data", "path": DATASET_PATH}},
         "hyperparameters": {
             "maxSteps": 2, "maxSeqLength": 128, "globalBatchSize": 4, "microBatchSize": 2,
             "precision": "fp32", "learningRate": 0.0001, "validationFraction": 0,
