@@ -52,6 +52,7 @@ cni_net_dir="/var/lib/cni/networks/alpaca"
 addon_tag=""
 pause_image=""
 helper_image=""
+init_image=""
 
 k8s_tools=(etcd kube-apiserver kubectl helm kube-controller-manager kube-scheduler kubelet kube-proxy)
 need_packages=(containerd runc containernetworking-plugins iptables conntrack busybox-static buildah)
@@ -151,12 +152,23 @@ import_rootfs_image() {
 # The addon images: each a static binary on an empty root. The sandbox (pause) container only
 # has to hold the pod's namespaces until it is told to stop: a busybox shell loop does that.
 # Tagged by the binaries' content, and made only when the node's image store lacks them.
+# The training operator's Worker pods wait for the Master's name in an init container,
+# `sh -c '... if nslookup NAME; then ...'` with alpine by default (no registry here serves it).
+# Debian's busybox will not do: its nslookup (1.35) tries every search domain and exits 1 when any
+# of them misses, even after the name resolved, and its sh runs its own applets before anything
+# on PATH. The init image made here has dash as /bin/sh, busybox for the rest, and an nslookup
+# that, as alpine's, exits 0 once the name resolved.
+nslookup_wrapper='#!/bin/sh
+/bin/busybox nslookup "$@" | tee /dev/stderr | grep -q "^Name:"
+'
+
 addon_names() {
     local extra_dir="$1"
     addon_tag="$(cat /bin/busybox "${extra_dir}"/training-operator "${extra_dir}"/coredns \
         "${extra_dir}"/local-path-provisioner | sha256sum | cut -c1-12)"
     pause_image="localhost/alpaca/pause:${addon_tag}"
     helper_image="localhost/alpaca/busybox:${addon_tag}"
+    init_image="localhost/alpaca/pytorch-init:$({ cat /bin/busybox /usr/bin/dash; printf '%s' "${nslookup_wrapper}"; } | sha256sum | cut -c1-12)"
     printf '%s\n' "${helper_image}" >"${cluster_dir}/busybox-image"
 }
 
@@ -172,11 +184,24 @@ make_addon_images() {
         [[ -e "${work}/busybox/bin/${applet}" ]] || ln -s busybox "${work}/busybox/bin/${applet}"
     done
     echo 'root:x:0:0:root:/:/bin/sh' >"${work}/busybox/etc/passwd"
-    grep -qxF "${helper_image}" <<<"${have}" ||
-        import_rootfs_image "${helper_image}" "${work}/busybox" '["/bin/sh"]'
     grep -qxF "${pause_image}" <<<"${have}" ||
         import_rootfs_image "${pause_image}" "${work}/busybox" \
             '["/bin/sh", "-c", "trap \"exit 0\" TERM INT; while :; do sleep 3600 & wait $!; done"]'
+    grep -qxF "${helper_image}" <<<"${have}" ||
+        import_rootfs_image "${helper_image}" "${work}/busybox" '["/bin/sh"]'
+    if ! grep -qxF "${init_image}" <<<"${have}"; then
+        cp -a "${work}/busybox" "${work}/init"
+        rm "${work}/init/bin/sh" "${work}/init/bin/nslookup"
+        cp /usr/bin/dash "${work}/init/bin/sh"
+        local lib
+        for lib in $(ldd /usr/bin/dash | grep -o '/[^ ]*'); do
+            mkdir -p "${work}/init$(dirname "${lib}")"
+            cp -L "${lib}" "${work}/init${lib}"
+        done
+        printf '%s' "${nslookup_wrapper}" >"${work}/init/bin/nslookup"
+        chmod 0755 "${work}/init/bin/nslookup"
+        import_rootfs_image "${init_image}" "${work}/init" '["/bin/sh"]'
+    fi
     for entry in "training-operator:/manager" "coredns:/coredns" "local-path-provisioner:/local-path-provisioner"; do
         name="${entry%%:*}" target="${entry#*:}"
         grep -qxF "localhost/alpaca/${name}:${addon_tag}" <<<"${have}" && continue
@@ -452,7 +477,7 @@ apply_addons() {
         -e "s|@ADDON_TAG@|${addon_tag}|g" "${addons}/local-path.yaml" | kubectl_ apply -f - >/dev/null
     # The training operator's own manifests (CRDs, RBAC, webhook, Deployment) from its module,
     # with the image built here. Its Worker pods wait for the Master's DNS name in an init
-    # container (alpine by default, which no registry here serves): busybox has the same nslookup.
+    # container (alpine by default, which no registry here serves): see nslookup_wrapper.
     # kustomize takes no absolute paths: a copy of the module's manifests sits beside the overlay.
     rm -rf "${cluster_dir}/training-operator"
     mkdir -p "${cluster_dir}/training-operator"
@@ -475,7 +500,7 @@ patches:
         value: Never
       - op: add
         path: /spec/template/spec/containers/0/args
-        value: ["--enable-scheme=pytorchjob", "--pytorch-init-container-image=${helper_image}"]
+        value: ["--enable-scheme=pytorchjob", "--pytorch-init-container-image=${init_image}"]
 EOF
     kubectl_ apply --server-side -k "${cluster_dir}/training-operator" >/dev/null
 }
