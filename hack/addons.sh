@@ -25,8 +25,10 @@
 #   Kueue that is starting (or gone) never refuses the Jobs and Pods of other namespaces; its
 #   visibility API (an aggregated API server) is not registered.
 # - The cluster's API server has no front-proxy client certificate, so the aggregator reaches
-#   metrics-server with none: metrics-server lets /apis/metrics.k8s.io through without its own
-#   authorisation (the API server has already authorised the caller before proxying).
+#   metrics-server with none and metrics-server sees every request as anonymous: its discovery
+#   paths are always allowed, and RBAC lets the anonymous user read the metrics API (the API
+#   server, which refuses anonymous requests itself, has authorised the caller before proxying;
+#   metrics-server's port is reachable only from the node and its pods).
 set -Eeuo pipefail
 shopt -s inherit_errexit
 
@@ -265,6 +267,25 @@ metrics_server_manifests() {
 EOF
 )"
     "${k8s_dir}/kubectl" kustomize "${addons_dir}/metrics-server"
+    # Resource requests are authorised by a SubjectAccessReview for the user metrics-server sees:
+    # anonymous, as the aggregator sends no client certificate here (see the header).
+    cat <<'EOF'
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "alpaca-addons:metrics-through-aggregator"}
+rules:
+  - apiGroups: [metrics.k8s.io]
+    resources: [nodes, pods]
+    verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "alpaca-addons:metrics-through-aggregator"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "alpaca-addons:metrics-through-aggregator"}
+subjects:
+  - {apiGroup: rbac.authorization.k8s.io, kind: User, name: "system:anonymous"}
+EOF
 }
 
 kubectl_() { "${k8s_dir}/kubectl" --kubeconfig "${cluster_dir}/kubeconfig" "$@"; }
