@@ -40,6 +40,7 @@ def test_quickstart_chain(cluster: Cluster, chain_release: str, namespace: str, 
     apply_chain(cluster, namespace, tmp_path)
     wait_phase(cluster, namespace, "modelserver", "quickstart-chat", "Ready", CHAIN_TIMEOUT_S)
 
+    print(cluster.kubectl("get", "nodes", "-o", "wide"))
     print(cluster.kubectl("get", "alpaca", "-n", namespace, "-o", "wide"))
     print(cluster.kubectl("get", "pods,jobs,pytorchjobs,svc,pvc", "-n", namespace, "-o", "wide"))
 
@@ -52,6 +53,8 @@ def test_quickstart_chain(cluster: Cluster, chain_release: str, namespace: str, 
     assert finetune["dataset"]["sha256"] == dataset["dataset"]["sha256"]
     assert SHA256.match(finetune["model"]["sha256"])
     assert chat["model"]["sha256"] == finetune["model"]["sha256"]
+    print(f"dataset {dataset['dataset']['sha256']} pinned by the FineTune {finetune['dataset']['sha256']}")
+    print(f"model {finetune['model']['sha256']} served by the chat server {chat['model']['sha256']}")
 
     # Generation ran as a Job's pod; training as a Master and a Worker of the PyTorchJob.
     all_pods = pods(cluster, namespace)
