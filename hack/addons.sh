@@ -111,7 +111,10 @@ image_of() {
     local tag ref
     tag="$(sha256sum "${binary}" | cut -c1-12)"
     ref="localhost/alpaca/${name}:${tag}"
-    if ! ctr --address "${containerd_sock}" -n k8s.io images ls -q | grep -qxF "${ref}"; then
+    local have
+    # Listed first: `grep -q` leaving a pipe early would fail the pipeline under pipefail.
+    have="$(ctr --address "${containerd_sock}" -n k8s.io images ls -q)"
+    if ! grep -qxF "${ref}" <<<"${have}"; then
         local work ctr archive
         work="$(mktemp -d "${cluster_dir}/addon-rootfs.XXXXXX")"
         mkdir -p "${work}/tmp" "${work}/etc"
