@@ -17,6 +17,9 @@ from e2e_cluster import Cluster
 # Each builds the torch images and runs a chain: minutes to tens of minutes on two cores.
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(5400)]
 
+# Rows of the generation fault's run: more than one request's worth (a request adds at most 3
+# new tasks), and few, since the small teacher keeps about one row in three it writes.
+ROWS = 4
 # Optimizer steps of the training fault's run: long enough that the worker dies mid-run.
 STEPS = 6
 
@@ -73,9 +76,9 @@ def test_generation_pod_deleted_mid_run_resumes_from_the_journal(
     documents = [d for d in chain_manifests(tmp_path) if d["kind"] in ("ModelServer", "InstructDataset")]
     documents = [d for d in documents if d["metadata"]["name"] != "quickstart-chat"]
     dataset = next(d for d in documents if d["kind"] == "InstructDataset")
-    # Enough rows for several requests, asked one at a time: when the first answer is journaled
-    # the pod is surely mid-run, and at most one answer can be in flight when it dies.
-    dataset["spec"]["generation"]["numExamples"] = 8
+    # Requests asked one at a time: when the first answer is journaled the pod is surely mid-run
+    # (one request cannot hold all the rows), and at most one answer is in flight when it dies.
+    dataset["spec"]["generation"]["numExamples"] = ROWS
     dataset["spec"]["teacher"]["maxConcurrency"] = 1
     cluster.apply(PVC, namespace)
     cluster.apply(yaml.safe_dump_all(documents, sort_keys=False), namespace)
@@ -103,7 +106,7 @@ def test_generation_pod_deleted_mid_run_resumes_from_the_journal(
     rows = [json.loads(line) for line in _read_from_claim(cluster, namespace, relative).splitlines() if line]
     instructions = [row["instruction"] for row in rows]
     print(f"rows: {len(rows)}, distinct instructions: {len(set(instructions))}")
-    assert len(rows) == status["progress"]["kept"] == 8
+    assert len(rows) == status["progress"]["kept"] == ROWS
     assert len(set(instructions)) == len(instructions)
     # Billed requests are the journaled answers: the teacher answered at most the requests that
     # were in flight when the pod died on top of them, never a journaled one twice.
