@@ -54,6 +54,14 @@ def _server() -> dict[str, Any]:
     }
 
 
+def _utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _when(event: dict[str, Any]) -> str:
+    return str(event.get("lastTimestamp") or event.get("eventTime") or "")
+
+
 class Load:
     """CLIENTS threads, each sending one chat request after another until stopped or past its limit."""
 
@@ -110,7 +118,7 @@ def test_hpa_scales_a_modelserver_up_and_back(
         cpu = next((m["resource"]["current"].get("averageUtilization") for m in hpa_status.get("currentMetrics") or []
                     if m.get("type") == "Resource"), None)
         server = resource(cluster, namespace, "modelserver", NAME)["status"]
-        row = (f"{time.strftime('%H:%M:%S')} cpu={cpu}% hpa current={hpa_status.get('currentReplicas')} "
+        row = (f"{time.strftime('%H:%M:%S', time.gmtime())} cpu={cpu}% hpa current={hpa_status.get('currentReplicas')} "
                f"desired={hpa_status.get('desiredReplicas')} modelserver replicas={server.get('replicas')} "
                f"ready={server.get('readyReplicas')} {note}")
         if not timeline or timeline[-1].split(" ", 1)[1] != row.split(" ", 1)[1]:
@@ -122,12 +130,15 @@ def test_hpa_scales_a_modelserver_up_and_back(
 
     service = cluster.get("service", status["url"].split("//", 1)[1].split(".", 1)[0], "-n", namespace)
     base_url = f"http://{service['spec']['clusterIP']}:{service['spec']['ports'][0]['port']}/v1"
+    load_started = _utc_now()
     with Load(base_url, status.get("servedModelName") or NAME) as load:
-        sample("load started")
+        sample(f"load started ({load_started} UTC)")
         cluster.wait_for("the HPA scaling to 2", lambda: sample() == (2, 2), LOAD_LIMIT_S, 5)
         # The Deployment's count is the HPA's: the operator does not write it back to 1.
         scaled = cluster.get("deployment", deployment_name, "-n", namespace)
-        sample(f"load stopping after {load.answered} answers ({load.errors} errors)")
+        load_stopped = _utc_now()
+        sample(f"load stopping ({load_stopped} UTC)")
+    sample(f"load stopped: {load.answered} answers, {load.errors} errors")
     assert scaled["spec"]["replicas"] == 2
     scale = json.loads(cluster.kubectl(
         "get", "--raw", f"/apis/alpaca.dev/v1alpha1/namespaces/{namespace}/modelservers/{NAME}/scale"))
@@ -137,14 +148,19 @@ def test_hpa_scales_a_modelserver_up_and_back(
     cluster.wait_for("the HPA scaling back to 1", lambda: sample() == (1, 1), SCALE_DOWN_LIMIT_S, 5)
     sample("back at 1")
 
-    print("HPA / ModelServer timeline (local time):")
+    print("HPA / ModelServer timeline (UTC):")
     for row in timeline:
         print("  ", row)
     rescales = [e for e in events(cluster, namespace, "HorizontalPodAutoscaler", hpa_name) if e["reason"] == "SuccessfulRescale"]
     print("HPA events:")
     for event in rescales:
-        print("  ", event.get("lastTimestamp") or event.get("eventTime"), event["message"])
+        print("  ", _when(event), event["message"])
     print(cluster.kubectl("get", "modelserver,hpa,deployment", "-n", namespace, "-o", "wide"))
-    messages = [e["message"] for e in rescales]
-    assert any("New size: 2" in m for m in messages) and any("New size: 1" in m for m in messages), messages
+    print(f"load: {CLIENTS} clients from {load_started} to {load_stopped} UTC, {load.answered} answers")
+    # Event times have a resolution of a second; RFC 3339 UTC strings of one clock compare as text.
+    up = [_when(e) for e in rescales if "New size: 2" in e["message"]]
+    down = [_when(e) for e in rescales if "New size: 1" in e["message"]]
+    assert up and down, [e["message"] for e in rescales]
+    assert load_started[:19] <= up[-1][:19] <= load_stopped, (load_started, up, load_stopped)
+    assert down[-1][:19] >= load_stopped[:19], (load_stopped, down)
     assert load.answered > 0

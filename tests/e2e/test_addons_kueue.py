@@ -111,7 +111,7 @@ def _run(cluster: Cluster, namespace: str, queue: str) -> None:
             seen = (status.get("phase"), (condition({"status": status}, "Ready") or {}).get("reason"))
             if last.get(name) != seen:
                 last[name] = seen
-                timeline.append((time.strftime("%H:%M:%S"), name, *seen))
+                timeline.append((time.strftime("%H:%M:%S", time.gmtime()), name, *seen))
 
     cluster.apply(json.dumps(finetune("first", **spec)), namespace)
     # The first is admitted (its PyTorchJob unsuspended) before the second exists: FIFO order.
@@ -160,7 +160,7 @@ def _run(cluster: Cluster, namespace: str, queue: str) -> None:
     print("Kueue admission order (UTC):")
     for name, history in histories.items():
         print(f"  {name}: {json.dumps(history)}")
-    print("FineTune phases as observed (local time, phase, Ready reason):")
+    print("FineTune phases as observed (UTC, phase, Ready reason):")
     for row in timeline:
         print("  ", *row)
     print(cluster.kubectl("get", "finetunes,pytorchjobs,workloads.kueue.x-k8s.io", "-n", namespace, "-o", "wide"))
