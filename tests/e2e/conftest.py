@@ -88,6 +88,21 @@ def _split(ref: str) -> tuple[str, str]:
 RELEASE = "alpaca-operator"
 
 
+def _wait_for_the_new_leader(cluster: Cluster, namespace: str) -> None:
+    """After an upgrade, until the only operator pod left is the new one and holds the lease: helm's
+    --wait returns once the new pod is ready, while the old one (with the old settings, the
+    default workload images among them) may still lead and create children for a while."""
+
+    def settled() -> bool:
+        selector = "app.kubernetes.io/name=alpaca-operator"
+        names = [p["metadata"]["name"] for p in cluster.get("pods", "-n", namespace, "-l", selector)["items"]]
+        leases = cluster.get("lease", "-n", namespace)["items"]
+        holders = {(lease.get("spec") or {}).get("holderIdentity") for lease in leases}
+        return len(names) == 1 and names[0] in holders
+
+    cluster.wait_for("one operator pod, holding the lease", settled, 300, 2)
+
+
 @pytest.fixture(scope="session")
 def operator_release(cluster: Cluster) -> str:
     """The chart installed as a platform team would, with the operator image built here (one
@@ -99,6 +114,7 @@ def operator_release(cluster: Cluster) -> str:
         "--set", f"image.repository={repository}", "--set", f"image.tag={tag}",
         "--set", "replicaCount=1", "--wait", "--timeout", "5m",
     )
+    _wait_for_the_new_leader(cluster, namespace)
     return namespace
 
 
@@ -115,6 +131,7 @@ def chain_release(cluster: Cluster, operator_release: str) -> str:
         "upgrade", RELEASE, str(CHART), "--namespace", operator_release, "--reuse-values", *values,
         "--wait", "--timeout", "5m",
     )
+    _wait_for_the_new_leader(cluster, operator_release)
     return operator_release
 
 
