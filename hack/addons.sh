@@ -217,7 +217,7 @@ integrations:
   - "jobset.x-k8s.io/jobset"
   - "trainer.kubeflow.org/trainjob"
 EOF
-    "${k8s_dir}/kubectl" kustomize "${folder}" |
+    kustomize_ "${folder}" |
         yq -y '(select(.kind == "MutatingWebhookConfiguration" or .kind == "ValidatingWebhookConfiguration")
                 | .webhooks[].namespaceSelector) = {"matchLabels": {"alpaca.dev/kueue": "enabled"}}'
 }
@@ -234,9 +234,9 @@ trainer_manifests() {
     write_overlay "${addons_dir}/trainer" "${trainer_mod}" overlays/manager \
         ghcr.io/kubeflow/trainer/trainer-controller-manager "${trainer_ref}" ""
     sed -i '/third-party\/jobset/d' "${addons_dir}/trainer/upstream/overlays/manager/kustomization.yaml"
-    "${k8s_dir}/kubectl" kustomize "${addons_dir}/jobset"
+    kustomize_ "${addons_dir}/jobset"
     echo ---
-    "${k8s_dir}/kubectl" kustomize "${addons_dir}/trainer"
+    kustomize_ "${addons_dir}/trainer"
 }
 
 trainer_runtimes() {
@@ -247,7 +247,7 @@ trainer_runtimes() {
     cp -r "${trainer_mod}/base/runtimes" "${addons_dir}/runtimes/upstream"
     chmod -R u+w "${addons_dir}/runtimes/upstream"
     printf 'resources: [upstream]\n' >"${addons_dir}/runtimes/kustomization.yaml"
-    "${k8s_dir}/kubectl" kustomize "${addons_dir}/runtimes"
+    kustomize_ "${addons_dir}/runtimes"
 }
 
 metrics_server_manifests() {
@@ -269,7 +269,7 @@ metrics_server_manifests() {
         value: --authorization-always-allow-paths=/livez,/readyz,/healthz,/apis,/apis/metrics.k8s.io,/apis/metrics.k8s.io/*,/openapi/*
 EOF
 )"
-    "${k8s_dir}/kubectl" kustomize "${addons_dir}/metrics-server"
+    kustomize_ "${addons_dir}/metrics-server"
     # Resource requests are authorised by a SubjectAccessReview for the user metrics-server sees:
     # anonymous, as the aggregator sends no client certificate here (see the header).
     cat <<'EOF'
@@ -292,6 +292,9 @@ EOF
 }
 
 kubectl_() { "${k8s_dir}/kubectl" --kubeconfig "${cluster_dir}/kubeconfig" "$@"; }
+
+# kustomize, without its warning about upstream's deprecated commonLabels (JobSet's).
+kustomize_() { "${k8s_dir}/kubectl" kustomize "$1" 2> >(grep -v "'commonLabels' is deprecated" >&2); }
 
 rollout() {
     local namespace="$1" deployment="$2"
