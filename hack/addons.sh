@@ -325,11 +325,9 @@ cmd_up() {
                 kubectl_ apply --server-side -f "${addons_dir}/kueue.yaml" >/dev/null
                 rollout kueue-system kueue-controller-manager
                 # Ready means its webhooks answer: the cert-controller has injected the CA bundle.
-                wait_for "Kueue's webhook" 180 kubectl_ create --dry-run=server -f - <<'EOF'
-apiVersion: kueue.x-k8s.io/v1beta2
-kind: ResourceFlavor
-metadata: {name: alpaca-addons-probe}
-EOF
+                printf '%s\n' "apiVersion: kueue.x-k8s.io/v1beta2" "kind: ResourceFlavor" \
+                    "metadata: {name: alpaca-addons-probe}" >"${addons_dir}/kueue-probe.yaml"
+                wait_for "Kueue's webhook" 180 kubectl_ create --dry-run=server -f "${addons_dir}/kueue-probe.yaml"
                 ;;
             trainer)
                 trainer_manifests "$(build_binary jobset)" "$(build_binary trainer-controller-manager)" \

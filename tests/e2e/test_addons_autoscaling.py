@@ -54,6 +54,17 @@ def _server() -> dict[str, Any]:
     }
 
 
+def _answers(cluster: Cluster, namespace: str, selector: str) -> dict[str, int]:
+    """Chat answers logged by each server pod that has answered at least once."""
+    counts = {}
+    for pod in cluster.get("pods", "-n", namespace, "-l", selector)["items"]:
+        name = pod["metadata"]["name"]
+        log = cluster.kubectl("logs", "-n", namespace, name, check=False)
+        if answered := log.count("POST /v1/chat/completions 200"):
+            counts[name] = answered
+    return counts
+
+
 def _utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -136,9 +147,16 @@ def test_hpa_scales_a_modelserver_up_and_back(
         cluster.wait_for("the HPA scaling to 2", lambda: sample() == (2, 2), LOAD_LIMIT_S, 5)
         # The Deployment's count is the HPA's: the operator does not write it back to 1.
         scaled = cluster.get("deployment", deployment_name, "-n", namespace)
+        # The load goes on until the new pod is ready and answers its share through the Service.
+        cluster.wait_for(
+            "both pods answering", lambda: sample() and len(_answers(cluster, namespace, status["selector"])) >= 2,
+            LOAD_LIMIT_S, 5,
+        )
         load_stopped = _utc_now()
         sample(f"load stopping ({load_stopped} UTC)")
     sample(f"load stopped: {load.answered} answers, {load.errors} errors")
+    per_pod = _answers(cluster, namespace, status["selector"])
+    print("answers per server pod:", per_pod)
     assert scaled["spec"]["replicas"] == 2
     scale = json.loads(cluster.kubectl(
         "get", "--raw", f"/apis/alpaca.dev/v1alpha1/namespaces/{namespace}/modelservers/{NAME}/scale"))
