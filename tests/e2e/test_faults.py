@@ -101,8 +101,8 @@ def test_generation_pod_deleted_mid_run_resumes_from_the_journal(
     print("generation pods:", job_pods, "final progress:", status["progress"])
     assert first["metadata"]["name"] not in job_pods or len(job_pods) >= 2
 
-    uri = status["dataset"]["uri"]
-    relative = uri.split("/", 3)[-1] if uri.startswith("pvc://") else uri
+    # The file sits in the claim's subPath that the pod mounted as its output folder.
+    relative = f"{dataset['spec']['output']['pvc']['subPath']}/{status['dataset']['uri'].rsplit('/', 1)[-1]}"
     rows = [json.loads(line) for line in _read_from_claim(cluster, namespace, relative).splitlines() if line]
     instructions = [row["instruction"] for row in rows]
     print(f"rows: {len(rows)}, distinct instructions: {len(set(instructions))}")
