@@ -5,7 +5,6 @@ the evidence is read from."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,7 +128,3 @@ def events(cluster: Cluster, namespace: str, kind: str, name: str) -> list[dict[
         "events", "-n", namespace, "--field-selector", f"involvedObject.kind={kind},involvedObject.name={name}"
     )["items"]
     return sorted(items, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
-
-
-def root() -> bool:
-    return os.geteuid() == 0
