@@ -44,8 +44,9 @@ def _server() -> dict[str, Any]:
         "spec": {
             "model": {"source": {"builtin": "smollm2-135m-instruct"}},
             "gpusPerReplica": 0,
-            # CPU request = limit: a busy pod measures about 100% of its request, an idle one a few.
-            "resources": {"cpu": "500m", "memory": "2Gi"},
+            # CPU request = limit: a busy pod measures about 100% of its request, an idle one a few. Small,
+            # so that a second pod fits beside the other tests' pods on two cores.
+            "resources": {"cpu": "300m", "memory": "2Gi"},
             "autoscaling": {
                 "minReplicas": 1, "maxReplicas": 2, "targetCPUUtilizationPercentage": 50,
                 "scaleDownStabilizationSeconds": 30,
