@@ -162,7 +162,8 @@ def reconcile(body: Body, child: ChildState | None, references: References, sett
             # and server-side apply removes what the spec no longer asks for.
             policy = build.network_policy(parent, spec)
             hpa = build.autoscaler(parent, spec)
-            children = [config_map, service, *([policy] if policy else []), *([hpa] if hpa else []), deployment]
+            # The HPA after the Deployment it scales: made first, it warns FailedGetScale once.
+            children = [config_map, service, *([policy] if policy else []), deployment, *([hpa] if hpa else [])]
             if hpa is not None and child is not None and not recorded:
                 # The running count is handed over rather than dropped: dropped from the only
                 # manager that set it, the API server would reset it to 1 until the HPA acts.

@@ -34,7 +34,8 @@ def kinds(plan: Plan) -> list[str]:
 
 
 def serving(plan: Plan, replicas: int = 1) -> ChildState:
-    digest = plan.children[-1]["metadata"]["annotations"]["alpaca.dev/spec-hash"]
+    deployment = next(c for c in plan.children if c["kind"] == "Deployment")
+    digest = deployment["metadata"]["annotations"]["alpaca.dev/spec-hash"]
     return ChildState(name="x-serve", phase="Ready", reason="Ready", spec_hash=digest, replicas=replicas,
                       ready_replicas=replicas, pods=replicas, owner_uid=UID)
 
@@ -43,7 +44,7 @@ def serving(plan: Plan, replicas: int = 1) -> ChildState:
 
 def test_autoscaling_adds_the_hpa_and_reports_the_deployments_count_and_selector() -> None:
     plan = modelserver.reconcile(body("ModelServer", {**SERVE, "autoscaling": SCALING}), None, {}, SETTINGS, NOW)
-    assert kinds(plan) == ["ConfigMap", "Service", "HorizontalPodAutoscaler", "Deployment"]
+    assert kinds(plan) == ["ConfigMap", "Service", "Deployment", "HorizontalPodAutoscaler"]
     assert plan.status.fields["autoscalerName"] == "x-serve"
     assert plan.status.fields["selector"] == "app.kubernetes.io/component=serve,app.kubernetes.io/instance=x,app.kubernetes.io/managed-by=alpaca-operator"
     # The HPA chose 3: status reports what the Deployment runs, not spec.replicas.
@@ -62,7 +63,7 @@ def test_turning_autoscaling_on_hands_the_running_count_over_once() -> None:
     edited = modelserver.reconcile(body("ModelServer", {**SERVE, "autoscaling": {**SCALING, "maxReplicas": 5}}, {"autoscalerName": "x-serve"}),
                                    serving(on, replicas=3), {}, SETTINGS, NOW)
     assert edited.children and edited.handover is None
-    assert "replicas" not in edited.children[-1]["spec"]
+    assert "replicas" not in next(c for c in edited.children if c["kind"] == "Deployment")["spec"]
 
 
 def test_turning_autoscaling_off_removes_the_hpa_and_gives_replicas_back_to_the_spec() -> None:
