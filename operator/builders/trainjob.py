@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from ..api.finetune import FineTuneSpec, RuntimeRef
 from ..settings import OperatorSettings
-from .common import Manifest, Parent, container_security, pod_security, stamp
+from .common import Manifest, Parent, container_security, pod_spec, stamp
 from .finetune import active_deadline_seconds, job_name, train_pod
 from .inputs import Input
 from .queue import queue_labels
@@ -48,18 +48,14 @@ def build(parent: Parent, spec: FineTuneSpec, settings: OperatorSettings, datase
     }
     if pod.resources:
         trainer["resourcesPerNode"] = pod.resources
-    pod_spec: Manifest = {
-        "serviceAccountName": pod.service_account,
-        "securityContext": pod_security(),
-        "volumes": pod.mounts.volumes,
-        "containers": [{"name": NODE, "volumeMounts": pod.mounts.mounts, "securityContext": container_security()}],
-        **pod.placement,
-    }
+    # Only what the runtime's `node` container lacks: the patch is merged into it by name.
+    node = {"name": NODE, "volumeMounts": pod.mounts.mounts, "securityContext": container_security()}
+    patched_pod = pod_spec(pod.service_account, [node], pod.mounts, **pod.placement)
     patch: Manifest = {
         "manager": PATCH_MANAGER,
         "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [{
             "name": NODE,
-            "template": {"spec": {"template": {"metadata": {"labels": dict(pod.labels)}, "spec": pod_spec}}},
+            "template": {"spec": {"template": {"metadata": {"labels": dict(pod.labels)}, "spec": patched_pod}}},
         }]}}},
     }
     job_spec: Manifest = {
