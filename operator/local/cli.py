@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 
 from ..manifests import ManifestError, load
 from .layout import Layout
@@ -27,7 +29,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="do not echo the workloads' own output")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a service manager, `kill`, a CI timeout), handled as Ctrl-C is: the servers, which
+    run in sessions of their own, and the step in progress are stopped rather than left running."""
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
+
+
 def run(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         steps = plan(load(args.paths))
     except (ManifestError, FileNotFoundError) as exc:
@@ -44,9 +56,9 @@ def run(args: argparse.Namespace) -> int:
         print("outputs of the steps that finished are kept; fix the cause and run again", file=sys.stderr)
         summary_table(runner.reports, failed=exc.step)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         runner.stop_all()
-        return 130
+        return 128 + signal.SIGTERM if isinstance(exc, Terminated) else 130
     summary_table(reports)
     if runner.servers:
         print("serving until Ctrl-C (pass --exit to stop when done)", file=sys.stderr)

@@ -71,3 +71,64 @@ def test_bad_manifest_is_named_before_anything_runs(tmp_path: Path) -> None:
     assert "tune.yaml" in result.stderr and "FineTune 'tune'" in result.stderr
     assert "spec.hyperparameters.learningRate" in result.stderr
     assert not (tmp_path / "state").exists()
+
+
+def _processes_mentioning(text: str) -> dict[int, str]:
+    """pid -> command line of the live processes that name `text` (Linux's /proc, as the README targets)."""
+    found = {}
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            line = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # ended while listed
+        if text in line:
+            found[int(cmdline.parent.name)] = line
+    return found
+
+
+def test_sigterm_stops_the_servers_and_the_step_in_progress(tmp_path: Path) -> None:
+    """A service manager's SIGTERM reaches `alpaca run` alone; the model server it started (in a
+    session of its own) and the generation step it is waiting on must not outlive it."""
+    import signal
+    import socket
+    import time
+
+    chat = {
+        "apiVersion": "alpaca.dev/v1alpha1",
+        "kind": "ModelServer",
+        "metadata": {"name": "chat"},
+        "spec": {"model": {"source": {"builtin": "smollm2-135m-instruct"}}, "gpusPerReplica": 0},
+    }
+    state, stderr_path = tmp_path / "state", tmp_path / "stderr.txt"
+    with TeacherServer(delay_s=5.0) as teacher:
+        dataset = _dataset(teacher.base_url)
+        dataset["spec"]["generation"]["numExamples"] = 1000
+        (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump_all([chat, dataset]))
+        env = dict(os.environ, PYTHONSAFEPATH="1", HF_HUB_OFFLINE="1")
+        with stderr_path.open("w") as stderr:
+            run = subprocess.Popen(
+                [sys.executable, "-P", "-m", "alpaca_operator.cli", "run", "--quiet", str(tmp_path / "pipeline.yaml"),
+                 "--state-dir", str(state)],
+                stdout=subprocess.DEVNULL, stderr=stderr, env=env,
+            )
+            try:
+                deadline = time.monotonic() + 300
+                while teacher.stats.received == 0:  # the server is up and generation has asked
+                    assert run.poll() is None, stderr_path.read_text()
+                    assert time.monotonic() < deadline, stderr_path.read_text()
+                    time.sleep(0.2)
+                assert len(_processes_mentioning(str(state))) >= 2  # the server and the step
+                run.send_signal(signal.SIGTERM)
+                code = run.wait(timeout=120)
+            finally:
+                if run.poll() is None:
+                    run.kill()
+    log = stderr_path.read_text()
+    assert code == 128 + signal.SIGTERM, log
+    port = int(log.split("ready: http://127.0.0.1:", 1)[1].split("/", 1)[0])
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0, "the model server outlived `alpaca run`"
+    left = _processes_mentioning(str(state))
+    for pid in left:  # not left behind for the rest of the suite when this fails
+        os.kill(pid, signal.SIGKILL)
+    assert left == {}
