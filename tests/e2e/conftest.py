@@ -110,7 +110,10 @@ def operator_release(cluster: Cluster) -> str:
     namespace = "alpaca-system"
     repository, tag = _split(_build_images(cluster, "operator")["operator"])
     cluster.helm(
+        # The release's other values (the workload images a chain session set) stay: sessions
+        # that share the running cluster do not undo each other's.
         "upgrade", "--install", RELEASE, str(CHART), "--namespace", namespace, "--create-namespace",
+        "--reset-then-reuse-values",
         "--set", f"image.repository={repository}", "--set", f"image.tag={tag}",
         "--set", "replicaCount=1", "--wait", "--timeout", "5m",
     )
@@ -128,7 +131,7 @@ def chain_release(cluster: Cluster, operator_release: str) -> str:
         values += ["--set", f"workloads.images.{name}.repository={repository}"]
         values += ["--set", f"workloads.images.{name}.tag={tag}"]
     cluster.helm(
-        "upgrade", RELEASE, str(CHART), "--namespace", operator_release, "--reuse-values", *values,
+        "upgrade", RELEASE, str(CHART), "--namespace", operator_release, "--reset-then-reuse-values", *values,
         "--wait", "--timeout", "5m",
     )
     _wait_for_the_new_leader(cluster, operator_release)
