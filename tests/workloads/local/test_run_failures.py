@@ -123,12 +123,12 @@ def test_sigterm_stops_the_servers_and_the_step_in_progress(tmp_path: Path) -> N
             finally:
                 if run.poll() is None:
                     run.kill()
+    left = _processes_mentioning(str(state))
+    for pid in left:  # not left behind for the rest of the suite when this fails
+        os.kill(pid, signal.SIGKILL)
     log = stderr_path.read_text()
     assert code == 128 + signal.SIGTERM, log
     port = int(log.split("ready: http://127.0.0.1:", 1)[1].split("/", 1)[0])
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", port)) != 0, "the model server outlived `alpaca run`"
-    left = _processes_mentioning(str(state))
-    for pid in left:  # not left behind for the rest of the suite when this fails
-        os.kill(pid, signal.SIGKILL)
     assert left == {}
