@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 
 from ..api.finetune import GGUF_FILE, FineTuneSpec
-from ..api.modelserver import ModelServerSpec, Runtime
+from ..api.modelserver import Dtype, ModelServerSpec, Runtime
 from ..api.workloads import ResolvedModel, ServeAdapter, ServeConfig
 from ..cost import hourly_rate
 from ..naming import SERVE, child_name, labels, selector, spec_hash
@@ -222,6 +222,12 @@ def vllm_lora_flags(adapters: tuple[AdapterInput, ...]) -> list[str]:
     ]
 
 
+def dtype_flags(spec: ModelServerSpec) -> list[str]:
+    """--dtype for alpaca serve and for vLLM, which take the same names. Nothing for auto, the default of
+    both, so a server that never set dtype keeps the command it had."""
+    return [] if spec.dtype is Dtype.AUTO else ["--dtype", spec.dtype.value]
+
+
 def _vllm_command(spec: ModelServerSpec, model: ResolvedModel, name: str) -> list[str]:
     if model.location is None:
         raise UnsupportedModel("model: runtime vllm needs a model folder (pvc or uri), not a builtin model")
@@ -233,6 +239,7 @@ def _vllm_command(spec: ModelServerSpec, model: ResolvedModel, name: str) -> lis
         "--served-model-name", name,
         "--tensor-parallel-size", str(spec.gpus_per_replica),
         "--max-num-seqs", str(spec.batching.max_batch_size),
+        *dtype_flags(spec),
     ]
 
 
@@ -272,7 +279,7 @@ def build(
             env.append(secret_env(VLLM_API_KEY_ENV, key_ref.name, key_ref.key))
     else:
         image = spec.image or settings.images.serve
-        command = ["alpaca", "serve", "--config", CONFIG_FILE]
+        command = ["alpaca", "serve", "--config", CONFIG_FILE, *dtype_flags(spec)]
         health, ready, live = "/healthz", "/readyz", "/healthz"
         mounts.extend(config_mounts(cm_name))
         if key_ref:

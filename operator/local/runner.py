@@ -24,8 +24,8 @@ from typing import IO, Any
 
 from ..api import EvaluationSpec, FineTuneSpec, InstructDatasetSpec
 from ..api.modelserver import Runtime
-from ..builders.modelserver import UnsupportedModel
-from ..api.workloads import MANIFEST_FILE
+from ..builders.modelserver import UnsupportedModel, dtype_flags
+from ..api.workloads import MANIFEST_FILE, ServeConfig
 from ..manifests import Manifest
 from ..api.results import RESULT_KEY, WorkloadResult
 from . import llama_cpp
@@ -66,6 +66,11 @@ def alpaca_command(subcommand: str, config: Path, *, nproc: int = 1) -> list[str
         return [sys.executable, "-P", "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
                 "-m", "alpaca_operator.cli", subcommand, "--config", str(config)]
     return [sys.executable, "-P", "-m", "alpaca_operator.cli", subcommand, "--config", str(config)]
+
+
+def serve_command(config: ServeConfig, config_path: Path) -> list[str]:
+    """`alpaca serve` with the flags the cluster's pod gets beside its config file."""
+    return [*alpaca_command("serve", config_path), *dtype_flags(config.spec)]
 
 
 def _tee(fd: int, log: IO[bytes], echo: IO[bytes] | None) -> None:
@@ -209,7 +214,7 @@ class LocalRunner:
         config_path = self._config_path(step)
         config_path.write_text(json.dumps(config.to_wire(), indent=2))
         log_path = self._log_path(step)
-        command, env, ready_path = alpaca_command("serve", config_path), _child_env(), "/readyz"
+        command, env, ready_path = serve_command(config, config_path), _child_env(), "/readyz"
         if config.spec.runtime is Runtime.LLAMA_CPP:
             # The same flags as the cluster's pod, on this machine's llama-server.
             try:

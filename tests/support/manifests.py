@@ -165,4 +165,10 @@ INVALID: tuple[Invalid, ...] = (
     Invalid("bad-reference-name", "ModelServer", _set("spec.model.fineTuneRef.name", "Not_A_Name"), "spec.model.fineTuneRef.name"),
     Invalid("cel-vllm-needs-gpu", "ModelServer", _set("spec.gpusPerReplica", 0), "spec.gpusPerReplica"),
     Invalid("unknown-runtime", "ModelServer", _set("spec.runtime", "tgi"), "spec.runtime"),
+    Invalid("unknown-dtype", "ModelServer", _set("spec.dtype", "int8"), "spec.dtype"),
+    Invalid(
+        "cel-llama-cpp-dtype", "ModelServer",
+        _set("spec", {"model": {"source": {"builtin": "smollm2-135m-instruct"}}, "runtime": "llama-cpp", "dtype": "bfloat16"}),
+        "spec.dtype",
+    ),
 )
