@@ -3,6 +3,7 @@
     PYTHONSAFEPATH=1 .venv/bin/python bench/generate_quickstart.py --baseline teacher.maxConcurrency=8 [--rounds 1]
     PYTHONSAFEPATH=1 .venv/bin/python bench/generate_quickstart.py --ours generation.maxTokens=256 --baseline '' ...
     PYTHONSAFEPATH=1 .venv/bin/python bench/generate_quickstart.py --baseline '' --baseline-api --target 16
+    PYTHONSAFEPATH=1 .venv/bin/python bench/generate_quickstart.py --baseline '' --dtype bfloat16 --baseline-dtype float32 --target 8
 
 One process serves the builtin SmolLM2-135M-Instruct with the real `alpaca serve` app (uvicorn on
 127.0.0.1, the batch size of examples/quickstart/00-teacher.yaml). Against it, the real workload
@@ -12,7 +13,8 @@ target are cancelled, as in the quickstart) with `--ours` overrides, then with `
 each from an empty output folder, alternating for `--rounds`. Both sides send the same request
 seeds. Reported per side: seconds to the target, requests, tokens, and what the teacher decoded per
 second; the ratio is baseline seconds / ours (above 1: ours reaches the target sooner). The machine's
-load average is printed beside every run: on a shared machine only the ratio carries.
+load average is printed beside every run: on a shared machine only the ratio carries. With
+`--baseline-dtype` the baseline gets a server of its own, of that dtype, loaded beside ours.
 """
 
 from __future__ import annotations
@@ -97,10 +99,18 @@ def main() -> None:
     )
     parser.add_argument("--max-batch-size", type=int, default=None, help="default: the quickstart teacher's maxBatchSize")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    parser.add_argument(
+        "--baseline-dtype", default=None, choices=["auto", "float32", "bfloat16"],
+        help="the baseline's own server, of this dtype, beside ours (default: both sides share ours)",
+    )
     args = parser.parse_args()
     teacher = yaml.safe_load((QUICKSTART / "00-teacher.yaml").read_text())["spec"]
     batch_size = args.max_batch_size or teacher["batching"]["maxBatchSize"]
     base_url, _server = start_server(batch_size, dtype=args.dtype)
+    baseline_dtype = args.baseline_dtype or args.dtype
+    # A second server only when the dtypes differ: one at a time serves, so they never share the cores.
+    baseline_url = base_url if baseline_dtype == args.dtype else start_server(batch_size, dtype=baseline_dtype)[0]
+    urls = {"ours": base_url, "baseline": baseline_url}
     spec = quickstart_spec()
     spec["teacher"] = {k: v for k, v in spec["teacher"].items() if k != "modelServerRef"} | {"modelServerRef": {"name": "teacher"}}
     if args.target is not None:
@@ -108,12 +118,12 @@ def main() -> None:
     sides = {"ours": merged(spec, overrides(args.ours)), "baseline": merged(spec, overrides(args.baseline))}
     if args.baseline_api:
         teacher_spec = {k: v for k, v in sides["baseline"]["teacher"].items() if k != "modelServerRef"}
-        sides["baseline"]["teacher"] = teacher_spec | {"baseURL": base_url, "model": MODEL}
+        sides["baseline"]["teacher"] = teacher_spec | {"baseURL": baseline_url, "model": MODEL}
     results: dict[str, list[dict[str, Any]]] = {"ours": [], "baseline": []}
     for round_ in range(args.rounds):
         # Alternate which side goes first, so a change of load mid-run does not favour one side.
         for side in (("ours", "baseline") if round_ % 2 == 0 else ("baseline", "ours")):
-            result = run_once(base_url, sides[side])
+            result = run_once(urls[side], sides[side])
             results[side].append(result)
             print(f"round {round_} {side:8s}", json.dumps(result), flush=True)
     total = {side: sum(r["seconds"] for r in runs) for side, runs in results.items()}
@@ -124,6 +134,7 @@ def main() -> None:
         "baseline_api": args.baseline_api,
         "max_batch_size": batch_size,
         "dtype": args.dtype,
+        "baseline_dtype": baseline_dtype,
         "ratio": round(total["baseline"] / total["ours"], 2),
     }))
 

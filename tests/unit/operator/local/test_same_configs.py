@@ -19,6 +19,7 @@ from alpaca_operator.builders.common import Parent
 from alpaca_operator.builders.inputs import TeacherServer, dataset_from_upstream, model_from_upstream, model_source
 from alpaca_operator.local.inputs import Outputs, generate_config, serve_config, train_config
 from alpaca_operator.local.layout import Layout
+from alpaca_operator.local.runner import serve_command
 from alpaca_operator.manifests import load
 from alpaca_operator.settings import OperatorSettings
 
@@ -41,9 +42,14 @@ def test_quickstart_configs_are_the_operators(tmp_path: Path) -> None:
 
     # The teacher server (a built-in model).
     model, mounts = model_source(teacher.resource.spec.model.source)
-    cluster = ServeConfig.model_validate(_config_map(modelserver.build(parent("teacher", "modelservers"), teacher.resource.spec, SETTINGS, model, mounts)))
+    built = modelserver.build(parent("teacher", "modelservers"), teacher.resource.spec, SETTINGS, model, mounts)
+    cluster = ServeConfig.model_validate(_config_map(built))
     local = serve_config(teacher, layout, {}, port=cluster.port)
     assert local.model_copy(update={"host": cluster.host, "metrics_port": cluster.metrics_port}) == cluster
+    # And the flags beside the config file (the teacher's dtype).
+    (server,) = built[1]["spec"]["template"]["spec"]["containers"]
+    local_command = serve_command(local, tmp_path / "serve.json")
+    assert local_command[local_command.index("--config") + 2:] == server["command"][server["command"].index("--config") + 2:]
 
     # The dataset, taught by that server.
     url = modelserver.url(parent("teacher", "modelservers"))
