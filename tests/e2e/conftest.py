@@ -109,6 +109,9 @@ def operator_release(cluster: Cluster) -> str:
     replica: the scale test adds the second); returns its namespace."""
     namespace = "alpaca-system"
     repository, tag = _split(_build_images(cluster, "operator")["operator"])
+    # helm installs a chart's CRDs only with the release and never upgrades them: on a cluster
+    # that outlives sessions they are applied as an upgrade runbook does, before the operator.
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"))
     cluster.helm(
         # The release's other values (the workload images a chain session set) stay: sessions
         # that share the running cluster do not undo each other's.
