@@ -98,7 +98,7 @@ def main() -> None:
         "are awaited and it sends only what the yield guess needs, as every teacher was treated before",
     )
     parser.add_argument("--max-batch-size", type=int, default=None, help="default: the quickstart teacher's maxBatchSize")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    parser.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16"], help="default: the quickstart teacher's dtype")
     parser.add_argument(
         "--baseline-dtype", default=None, choices=["auto", "float32", "bfloat16"],
         help="the baseline's own server, of this dtype, beside ours (default: both sides share ours)",
@@ -106,10 +106,11 @@ def main() -> None:
     args = parser.parse_args()
     teacher = yaml.safe_load((QUICKSTART / "00-teacher.yaml").read_text())["spec"]
     batch_size = args.max_batch_size or teacher["batching"]["maxBatchSize"]
-    base_url, _server = start_server(batch_size, dtype=args.dtype)
-    baseline_dtype = args.baseline_dtype or args.dtype
+    dtype = args.dtype or teacher.get("dtype", "auto")
+    base_url, _server = start_server(batch_size, dtype=dtype)
+    baseline_dtype = args.baseline_dtype or dtype
     # A second server only when the dtypes differ: one at a time serves, so they never share the cores.
-    baseline_url = base_url if baseline_dtype == args.dtype else start_server(batch_size, dtype=baseline_dtype)[0]
+    baseline_url = base_url if baseline_dtype == dtype else start_server(batch_size, dtype=baseline_dtype)[0]
     urls = {"ours": base_url, "baseline": baseline_url}
     spec = quickstart_spec()
     spec["teacher"] = {k: v for k, v in spec["teacher"].items() if k != "modelServerRef"} | {"modelServerRef": {"name": "teacher"}}
@@ -133,7 +134,7 @@ def main() -> None:
         "baseline": {"overrides": args.baseline, "seconds": total["baseline"], "runs": results["baseline"]},
         "baseline_api": args.baseline_api,
         "max_batch_size": batch_size,
-        "dtype": args.dtype,
+        "dtype": dtype,
         "baseline_dtype": baseline_dtype,
         "ratio": round(total["baseline"] / total["ours"], 2),
     }))
