@@ -3,6 +3,7 @@ replaced by its controller, and the work resumes without duplicates or lost stat
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
@@ -189,6 +190,24 @@ def test_training_worker_deleted_mid_run_resumes_from_the_checkpoint(
     print("resumed from steps:", resumed)
     assert resumed and all(1 <= s < STEPS for s in resumed), resumed
     assert re.match(r"^[0-9a-f]{64}$", status["model"]["sha256"])
+
+    # The same spec trained without a fault, after the first (the two cores train one run at a
+    # time): same dataset digest, seed, steps and world size, its own folder on the claim. On CPU
+    # with gloo the sums run in the same order every time, and a resume restores the weights, the
+    # optimizer state, the RNG and the data order, so the saved model is the same bytes.
+    reference = copy.deepcopy(finetune)
+    reference["metadata"] = {"name": "quickstart-tune-reference"}
+    reference["spec"]["output"]["pvc"]["subPath"] += "-reference"
+    cluster.apply(yaml.safe_dump(reference, sort_keys=False), namespace)
+    wait_phase(cluster, namespace, "finetune", "quickstart-tune-reference", "Succeeded", CHAIN_TIMEOUT_S)
+    uninterrupted = resource(cluster, namespace, "finetune", "quickstart-tune-reference")["status"]
+    print(
+        f"dataset {status['dataset']['sha256']} / {uninterrupted['dataset']['sha256']}; "
+        f"model resumed {status['model']['sha256']}, uninterrupted {uninterrupted['model']['sha256']}"
+    )
+    assert uninterrupted["progress"]["step"] == STEPS
+    assert uninterrupted["dataset"]["sha256"] == status["dataset"]["sha256"]
+    assert uninterrupted["model"]["sha256"] == status["model"]["sha256"]
 
 
 def _operator_writes(cluster: Cluster, namespace: str) -> dict[str, int]:
