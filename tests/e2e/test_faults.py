@@ -206,6 +206,11 @@ def test_training_worker_deleted_mid_run_resumes_from_the_checkpoint(
         f"model resumed {status['model']['sha256']}, uninterrupted {uninterrupted['model']['sha256']}"
     )
     assert uninterrupted["progress"]["step"] == STEPS
+    # It trained from step 0 to the end in one go: none of its pods resumed from a checkpoint.
+    reference_pods = pods(cluster, namespace, f"training.kubeflow.org/job-name={uninterrupted['jobName']}")
+    assert len(reference_pods) == 2
+    for pod in reference_pods:
+        assert "resuming from" not in cluster.kubectl("logs", "-n", namespace, pod["metadata"]["name"])
     assert uninterrupted["dataset"]["sha256"] == status["dataset"]["sha256"]
     assert uninterrupted["model"]["sha256"] == status["model"]["sha256"]
 
