@@ -29,6 +29,17 @@ def _answer(request: int, *instructions: str, finish: str = "stop") -> Record:
     return Record(request, 4, "answered", content="###\n".join(items), finish_reason=finish, prompt_tokens=100, completion_tokens=50)
 
 
+PRICED = TokenPricing(input_usd_per_million_tokens=2, output_usd_per_million_tokens=10)
+
+
+def _replayed(journal: list[Record], target: int) -> GenerationState:
+    """The state a new process rebuilds from `journal`."""
+    state = GenerationState(SEEDS, _spec(target), PRICED)
+    for record in journal:
+        state.apply(record)
+    return state
+
+
 def test_counts_add_up_by_reason() -> None:
     state = GenerationState(SEEDS, _spec(100), TokenPricing(input_usd_per_million_tokens=2, output_usd_per_million_tokens=10))
     state.apply(
@@ -104,7 +115,6 @@ def test_missing_or_empty_seed_files(tmp_path: Path) -> None:
 
 
 def test_requests_left_in_flight_by_a_dead_process_are_charged_once_at_their_worst_case() -> None:
-    pricing = TokenPricing(input_usd_per_million_tokens=2, output_usd_per_million_tokens=10)
     journal = [
         Record(0, 4, "sent", prompt_tokens=400, completion_tokens=300),
         Record(1, 4, "sent", prompt_tokens=400, completion_tokens=300),
@@ -113,18 +123,14 @@ def test_requests_left_in_flight_by_a_dead_process_are_charged_once_at_their_wor
         Record(2, 4, "sent", prompt_tokens=500, completion_tokens=300),
         _answer(2, "List three ways to save energy at home."),
     ]
-    state = GenerationState(SEEDS, _spec(100), pricing)
-    for record in journal:
-        state.apply(record)
+    state = _replayed(journal, 100)
     assert state.settle_in_flight() == 1 and state.settle_in_flight() == 0
     assert (state.unrecorded_requests, state.unrecorded_prompt_tokens, state.unrecorded_completion_tokens) == (1, 400, 300)
     assert state.cost_usd == pytest.approx((200 * 2 + 100 * 10) / 1e6)
     assert state.spent_usd == pytest.approx(state.cost_usd + (400 * 2 + 300 * 10) / 1e6)
     assert state.requests == 2 and len(state.kept) == 2
     # Replaying the same journal again gives the same charge: nothing is counted twice.
-    again = GenerationState(SEEDS, _spec(100), pricing)
-    for record in journal:
-        again.apply(record)
+    again = _replayed(journal, 100)
     again.settle_in_flight()
     assert again.progress() == state.progress()
 
@@ -138,16 +144,13 @@ def test_journals_written_before_sent_records_existed_still_resume(tmp_path: Pat
 
 
 def test_a_cancelled_request_ends_once_and_counts_at_its_worst_case_apart_from_kills() -> None:
-    pricing = TokenPricing(input_usd_per_million_tokens=2, output_usd_per_million_tokens=10)
     journal = [
         Record(0, 4, "sent", prompt_tokens=400, completion_tokens=300),
         Record(1, 4, "sent", prompt_tokens=450, completion_tokens=300),
         _answer(0, "Describe the water cycle in three short sentences."),
         Record(1, 4, "cancelled", prompt_tokens=450, completion_tokens=300),
     ]
-    state = GenerationState(SEEDS, _spec(1), pricing)
-    for record in journal:
-        state.apply(record)
+    state = _replayed(journal, 1)
     # Nothing is left in flight, so a restart charges nothing more for it.
     assert state.settle_in_flight() == 0 and state.unrecorded_requests == 0
     assert (state.cancelled_requests, state.cancelled_prompt_tokens, state.cancelled_completion_tokens) == (1, 450, 300)
