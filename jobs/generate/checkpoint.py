@@ -2,9 +2,10 @@
 
 Every request is journaled twice: once as `sent` before it goes out, with the most it can cost
 (its prompt's token bound and max_tokens), and once when it is answered (or given up, or cancelled
-once the run has all it needs from a teacher that charges nothing), before its tasks are filtered. A killed process loses nothing that it used, and a request that was in flight
-when it died (sent, never answered) is known: the teacher may have billed it, so it counts as spent
-at its worst case. The dataset is a pure function of the
+once the run has all it needs from a teacher that charges nothing), before its tasks are
+filtered. A killed process loses nothing that it used, and a request that was in flight when it
+died (sent, never answered) is known: the teacher may have billed it, so it counts as spent at its
+worst case. The dataset is a pure function of the
 journal and the configuration, so a restarted run replays the journal to get back exactly what it had
 kept, and never asks again for what was already answered. A kill in the middle of a write leaves at
 most a torn last line, which is dropped (that request was not yet used, so nothing depends on it).
