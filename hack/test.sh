@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 export PYTHONSAFEPATH=1
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-step() { printf '\n== %s\n' "$*" >&2; }
+# Each step says when it began (seconds since the start), so a log shows where the time goes.
+step() { printf '\n== [%4d s] %s\n' "${SECONDS}" "$*" >&2; }
 
 step "python environment (.venv)"
 [ -x .venv/bin/python ] || python3 -m venv .venv
@@ -43,9 +44,11 @@ step "pytest"
 .venv/bin/pytest "$@"
 
 # The e2e tier needs root (containerd, iptables, cgroups) and runs with the whole suite only: a
-# real node (hack/cluster.sh), the operator's image built here (hack/images.sh), the chart
-# installed with helm. The chain and its faults (`-m "e2e and slow"`) build the multi-GB train
-# and serve images and run on demand: hack/test.sh -m "e2e and slow" tests/e2e
+# real node (hack/cluster.sh), the project's images built here (hack/images.sh: the torch layer
+# the train and serve images share is built once, then every image is keyed by content), the
+# chart installed with helm, then the quickstart chain as pods and its four faults. The addons
+# (Kueue, Trainer v2 + JobSet, metrics-server) are built from their Go modules on demand:
+# hack/test.sh -m "e2e and addons" tests/e2e
 if [ $# -gt 0 ]; then
     exit 0
 fi
@@ -53,10 +56,11 @@ if [ "$(id -u)" != 0 ]; then
     echo "not root: the e2e tier (a real node) is skipped" >&2
     exit 0
 fi
-step "e2e node: Debian packages, node binaries, the operator's image"
+step "e2e node: Debian packages, node binaries"
 apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     containerd runc containernetworking-plugins buildah debootstrap iptables conntrack busybox-static >/dev/null
 hack/cluster.sh build >/dev/null
-hack/images.sh operator >/dev/null
-step "pytest: e2e tier on a real node"
-exec .venv/bin/pytest -m "e2e and not slow" tests/e2e
+step "e2e images: operator, generate, train, serve"
+hack/images.sh operator generate train serve
+step "pytest: e2e tier on a real node (the chain and its faults)"
+exec .venv/bin/pytest -m "e2e and not addons" tests/e2e

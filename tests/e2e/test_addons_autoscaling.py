@@ -22,7 +22,7 @@ from e2e_addons import events, installed, release
 from e2e_chain import resource, wait_phase
 from e2e_cluster import Cluster
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(5400)]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.addons, pytest.mark.timeout(5400)]
 
 NAME = "scaled"
 CLIENTS = 3

@@ -19,7 +19,7 @@ from e2e_addons import condition, finetune, installed, release, seed_dataset
 from e2e_chain import phase, resource, wait_phase
 from e2e_cluster import Cluster
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(5400)]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.addons, pytest.mark.timeout(5400)]
 
 # Per training pod: the queue's memory quota holds one of these, not two. No CPU request: the API's
 # CPU value is also the pod's limit, and two shared cores leave no whole one to reserve.

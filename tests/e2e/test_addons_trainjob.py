@@ -15,7 +15,7 @@ from e2e_addons import condition, finetune, installed, release, seed_dataset
 from e2e_chain import SHA256, pods, resource, wait_phase
 from e2e_cluster import Cluster
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(5400)]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.addons, pytest.mark.timeout(5400)]
 
 TRAIN_TIMEOUT_S = 2400
 
