@@ -29,7 +29,7 @@ from .common import (
     stamp,
     workload_files,
 )
-from .inputs import Endpoint, TeacherServer, config_map_file, resolve_endpoint
+from .inputs import EndpointTarget, TeacherServer, config_map_file, resolve_endpoint
 
 BACKOFF_LIMIT = 3
 ROLES = ("candidate", "baseline", "judge")
@@ -54,7 +54,7 @@ class Side:
     """A resolved contestant: an endpoint to ask, or a file of answers written beforehand."""
 
     label: str
-    endpoint: Endpoint | None = None
+    endpoint: EndpointTarget | None = None
     outputs: JSONLFile | None = None
 
 
@@ -62,9 +62,9 @@ class Side:
 class Resolved:
     candidate: Side
     baseline: Side
-    judge: Endpoint
+    judge: EndpointTarget
 
-    def endpoints(self) -> list[tuple[str, Endpoint]]:
+    def endpoints(self) -> list[tuple[str, EndpointTarget]]:
         sides = (("candidate", self.candidate.endpoint), ("baseline", self.baseline.endpoint), ("judge", self.judge))
         return [(role, endpoint) for role, endpoint in sides if endpoint is not None]
 
@@ -81,7 +81,7 @@ def server_refs(spec: EvaluationSpec) -> list[tuple[str, LocalObjectReference]]:
 
 def _endpoint(
     role: str, side: Contestant | Judge, settings: OperatorSettings, servers: dict[str, TeacherServer]
-) -> Endpoint:
+) -> EndpointTarget:
     server = servers.get(side.model_server_ref.name) if side.model_server_ref is not None else None
     return resolve_endpoint(role, side, settings, server, Unresolved)
 
@@ -118,7 +118,7 @@ def _file(source: JSONLFile | None, folder: str, file_name: str, where: Where, f
     return where.seeds_uri(source.uri)
 
 
-def _resolved_endpoint(role: str, endpoint: Endpoint, where: Where) -> ResolvedEndpoint:
+def _resolved_endpoint(role: str, endpoint: EndpointTarget, where: Where) -> ResolvedEndpoint:
     return ResolvedEndpoint(
         url=endpoint.url,
         model=endpoint.model,

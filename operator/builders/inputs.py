@@ -44,7 +44,7 @@ class TeacherServer:
 
 
 @dataclass(frozen=True)
-class Endpoint:
+class EndpointTarget:
     """An OpenAI-compatible API as a workload asks it: URL, model, prices and the key's Secret."""
 
     url: str
@@ -56,18 +56,20 @@ class Endpoint:
 
 def resolve_endpoint(
     field_name: str, spec: EndpointSpec, settings: OperatorSettings, server: TeacherServer | None, error: type[ValueError]
-) -> Endpoint:
+) -> EndpointTarget:
     """What to ask for an endpoint in a spec; `server` is its ModelServer once Ready. Raises `error`
     naming `field_name` for a spec the workload could not run with."""
     if spec.model_server_ref is not None:
         if server is None:
             raise error(f"{field_name}.modelServerRef: the ModelServer {spec.model_server_ref.name!r} is not resolved")
         # In-cluster servers are free per token: their GPU time is priced instead.
-        return Endpoint(server.url, spec.model or server.served_model_name, TokenPricing(), server.api_key_secret_ref, server.name)
+        return EndpointTarget(
+            server.url, spec.model or server.served_model_name, TokenPricing(), server.api_key_secret_ref, server.name
+        )
     if spec.base_url is None or spec.model is None:
         raise error(f"{field_name}: baseURL and model are required without modelServerRef")
     pricing = spec.pricing or settings.token_price(spec.model) or TokenPricing()
-    return Endpoint(spec.base_url, spec.model, pricing, spec.api_key_secret_ref)
+    return EndpointTarget(spec.base_url, spec.model, pricing, spec.api_key_secret_ref)
 
 
 def config_map_file(volume: str, ref: ConfigMapKeyRef, folder: str, file_name: str) -> Mounts:

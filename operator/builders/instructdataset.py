@@ -23,7 +23,7 @@ from .common import (
     stamp,
     workload_files,
 )
-from .inputs import Endpoint, Input, TeacherServer, config_map_file, prompt_template, resolve_endpoint
+from .inputs import EndpointTarget, Input, TeacherServer, config_map_file, prompt_template, resolve_endpoint
 
 SEEDS_FILE = "seed_tasks.jsonl"
 BACKOFF_LIMIT = 3
@@ -41,13 +41,16 @@ class TeacherUnresolved(ValueError):
     """The spec names no usable teacher model (a spec problem, not a wait)."""
 
 
-def resolve_teacher(spec: InstructDatasetSpec, settings: OperatorSettings, server: TeacherServer | None) -> Endpoint:
+def resolve_teacher(
+    spec: InstructDatasetSpec, settings: OperatorSettings, server: TeacherServer | None
+) -> EndpointTarget:
     """URL, model, prices and key of the teacher. A ModelServer teacher is free per token (its GPU time is priced)."""
     return resolve_endpoint("teacher", spec.teacher, settings, server, TeacherUnresolved)
 
 
 def generate_config(
-    parent: Parent, spec: InstructDatasetSpec, teacher: Endpoint, where: Where = IN_CLUSTER, prompt: Input | None = None
+    parent: Parent, spec: InstructDatasetSpec, teacher: EndpointTarget, where: Where = IN_CLUSTER,
+    prompt: Input | None = None,
 ) -> GenerateConfig:
     """The one derivation of a generation workload's config, for the cluster and for local mode.
 
@@ -77,7 +80,7 @@ def generate_config(
 
 
 def build(
-    parent: Parent, spec: InstructDatasetSpec, settings: OperatorSettings, teacher: Endpoint
+    parent: Parent, spec: InstructDatasetSpec, settings: OperatorSettings, teacher: EndpointTarget
 ) -> tuple[Manifest, Manifest]:
     """(ConfigMap, Job) for one InstructDataset."""
     prompt = prompt_template(spec.prompt_template) if spec.prompt_template is not None else None

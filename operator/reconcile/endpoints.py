@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from ..api.common import SecretKeyRef
 from ..api.modelserver import ModelServerSpec
-from ..builders.inputs import Endpoint, TeacherServer
+from ..builders.inputs import EndpointTarget, TeacherServer
 from ..builders.modelserver import replica_rate
 from ..conditions import FALSE, TRUE, Desired
 from ..settings import OperatorSettings
@@ -52,7 +52,7 @@ def ready_server(
     return server, Desired(condition, TRUE, "Ready", f"{prefix}ModelServer {name!r} at {status['url']}")
 
 
-def key_refusal(endpoint: Endpoint, settings: OperatorSettings) -> str | None:
+def key_refusal(endpoint: EndpointTarget, settings: OperatorSettings) -> str | None:
     """Why the endpoint's key must not be sent to its host, or None when it may (or there is none
     to send): a key goes only to the hosts the operator allows. In-cluster servers are trusted."""
     if endpoint.api_key is None or endpoint.server is not None:

@@ -9,7 +9,7 @@ import pytest
 from alpaca_operator.api.common import SecretKeyRef
 from alpaca_operator.api.endpoint import TokenPricing
 from alpaca_operator.api.finetune import FineTuneSpec
-from alpaca_operator.builders.inputs import Endpoint
+from alpaca_operator.builders.inputs import EndpointTarget
 from alpaca_operator.observe import ChildState
 from alpaca_operator.reconcile import Opened, Plan, open_resource
 from alpaca_operator.reconcile.endpoints import key_refusal, ready_server, servers_hourly_usd
@@ -126,5 +126,5 @@ def test_servers_are_priced_once_each_and_a_missing_one_costs_nothing() -> None:
     ],
 )
 def test_a_key_goes_only_where_the_operator_allows(url: str, key: SecretKeyRef | None, server_name: str | None, refused: bool) -> None:
-    endpoint = Endpoint(url, "m", TokenPricing(), key, server_name)
+    endpoint = EndpointTarget(url, "m", TokenPricing(), key, server_name)
     assert (key_refusal(endpoint, SETTINGS) is not None) == refused
