@@ -1,7 +1,9 @@
 """The workloads' side of the results contract (operator/api/results.py): build a result, record it.
 
 One function per workload turns what it already measured into a `WorkloadResult`; it goes into
-manifest.json's `result`, and once the output is published, onto the resource's status.
+manifest.json's `result`, and once the output is published, onto the resource's status. The
+artifact is named as a reader outside the workload finds it: under the output's public name
+(pvc://claim/subPath) when its config gives one, rather than the path the pod mounts the claim at.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from alpaca_operator.api.common import Artifact
 from alpaca_operator.api.results import RESULT_KEY, WorkloadResult
@@ -19,16 +21,33 @@ from .report import StatusReporter
 from .storage import sha256_file
 
 
+class WritesOutput(Protocol):
+    """What every batch workload's config says about its output (Generate, Train, EvaluateConfig)."""
+
+    @property
+    def output(self) -> str: ...
+
+    @property
+    def output_uri(self) -> str | None: ...
+
+
+def published(config: WritesOutput, relative: str = "") -> str:
+    """Where `relative` in the output is found from outside the workload: under the public name
+    when the config gives one, else under the output as written (a URI, or a local folder)."""
+    base = (config.output_uri or config.output).rstrip("/")
+    return f"{base}/{relative}" if relative else base
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def dataset_result(manifest: Any, output: str, dataset: Path) -> WorkloadResult:
+def dataset_result(manifest: Any, config: WritesOutput, dataset: Path) -> WorkloadResult:
     """A generation run's result, from its manifest (jobs/generate/manifest.py) and the local dataset file."""
     counts = {"generated": manifest.generated, "target": manifest.target, "requests": manifest.requests,
               **{f"filtered.{reason}": n for reason, n in sorted(manifest.filtered.items())}}
     return WorkloadResult(
-        artifact=Artifact(uri=f"{output.rstrip('/')}/{DATASET_FILE}", sha256=manifest.dataset_sha256, size_bytes=dataset.stat().st_size),
+        artifact=Artifact(uri=published(config, DATASET_FILE), sha256=manifest.dataset_sha256, size_bytes=dataset.stat().st_size),
         size_bytes=dataset.stat().st_size,
         records=manifest.kept,
         counts=dict(list(counts.items())[:64]),
@@ -39,11 +58,11 @@ def dataset_result(manifest: Any, output: str, dataset: Path) -> WorkloadResult:
     )
 
 
-def model_result(manifest: dict[str, Any], output: str, folder: Path) -> WorkloadResult:
+def model_result(manifest: dict[str, Any], config: WritesOutput, folder: Path) -> WorkloadResult:
     """A training run's result, from its manifest dict (jobs/train/trainer.py) and the local model folder."""
     size = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
     return WorkloadResult(
-        artifact=Artifact(uri=output, sha256=manifest["model"]["sha256"], size_bytes=size),
+        artifact=Artifact(uri=published(config), sha256=manifest["model"]["sha256"], size_bytes=size),
         size_bytes=size,
         records=manifest.get("examples"),
         counts={"steps": int(manifest.get("steps") or 0)},
@@ -52,14 +71,14 @@ def model_result(manifest: dict[str, Any], output: str, folder: Path) -> Workloa
     )
 
 
-def evaluation_result(summary: dict[str, Any], output: str, summary_file: Path) -> WorkloadResult:
+def evaluation_result(summary: dict[str, Any], config: WritesOutput, summary_file: Path) -> WorkloadResult:
     """An evaluation's result, from its summary (jobs/evaluate/summary.py): the artifact is summary.json itself."""
     score = summary.get("score") or {}
     counts = {"tasks": summary["tasks"], "judged": summary["judged"], "unparsedVerdicts": summary["unparsedVerdicts"],
               **{key: score[key] for key in ("wins", "ties", "losses") if key in score}}
     size = summary_file.stat().st_size
     return WorkloadResult(
-        artifact=Artifact(uri=f"{output.rstrip('/')}/{summary_file.name}", sha256=sha256_file(summary_file), size_bytes=size),
+        artifact=Artifact(uri=published(config, summary_file.name), sha256=sha256_file(summary_file), size_bytes=size),
         size_bytes=size,
         records=summary["judged"],
         counts=counts,

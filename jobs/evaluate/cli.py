@@ -115,7 +115,8 @@ def load_config(args: argparse.Namespace) -> EvaluateConfig:
         spec.budget_usd = args.budget_usd
     if args.config is not None:
         if args.output:
-            updates["output"] = args.output
+            # The config's public name was its own output's; another folder has none.
+            updates["output"], updates["output_uri"] = args.output, None
         if args.tasks:
             updates["tasks"] = args.tasks
     data = config.model_copy(update={"spec": spec, **updates}).model_dump(by_alias=True, exclude_none=True)

@@ -414,7 +414,7 @@ class Run:
         scored = score(state, self.spec.tasks.random_seed)
         if scored is not None:
             chart.draw(scored[0], self.output.path / CHART_FILE, **labels)
-        result = evaluation_result(document, self.config.output, summary_file) if stop in SUCCESSFUL else None
+        result = evaluation_result(document, self.config, summary_file) if stop in SUCCESSFUL else None
         manifest: dict[str, Any] = {"name": self.config.name, "stopReason": stop.value, "message": message,
                                     "summary": SUMMARY_FILE, "judgements": JUDGEMENTS_FILE}
         if result is not None:

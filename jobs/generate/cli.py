@@ -88,7 +88,8 @@ def load_config(args: argparse.Namespace) -> GenerateConfig:
     if args.budget_usd is not None:
         spec.budget_usd = args.budget_usd
     if args.output and args.config is not None:
-        updates["output"] = args.output
+        # The config's public name was its own output's; another folder has none.
+        updates["output"], updates["output_uri"] = args.output, None
     if args.api_key_env:
         updates["api_key_env"] = args.api_key_env
     if args.seed_tasks:

@@ -479,7 +479,7 @@ class Run:
             finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
         manifest_file = self.output.write_text(MANIFEST_FILE, manifest.model_dump_json(by_alias=True, indent=2) + "\n")
-        result = None if stop in (StopReason.TEACHER_REJECTED, StopReason.TEACHER_UNAVAILABLE) else dataset_result(manifest, self.config.output, dataset)
+        result = None if stop in (StopReason.TEACHER_REJECTED, StopReason.TEACHER_UNAVAILABLE) else dataset_result(manifest, self.config, dataset)
         if result is not None:
             add_to_manifest(result, manifest_file)
         self.output.push()

@@ -119,6 +119,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         data["dataset_sha256"] = args.dataset_sha256
     if args.output:
         data["output"] = args.output
+        data.pop("output_uri", None)  # the config's public name was its own output's
     if args.base_model:
         data["base_model"] = base_model_from_flag(args.base_model).model_dump(exclude_none=True)
     if args.method:

@@ -251,7 +251,7 @@ def _train(config: TrainConfig, spec: FineTuneSpec, hp: Any, topology: distribut
             **({"gguf": exported} if exported else {}),
         }
         reporting.write_manifest(out, manifest)
-        result = model_result(manifest, config.output, out)
+        result = model_result(manifest, config, out)
         add_to_manifest(result, out / reporting.MANIFEST)
         publish(out, config.output, last=(reporting.MANIFEST,))
         if not options.keep_checkpoints:  # only now: a kill before this point resumes or finds the manifest

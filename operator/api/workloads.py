@@ -25,6 +25,13 @@ MANIFEST_FILE = "manifest.json"
 # Folder path or fsspec URI: a PVC is mounted and appears as a path; local mode uses folders.
 Location = Annotated[str, Field(min_length=1, max_length=4096)]
 
+# A PVC output's public name, pvc://<claimName>/<subPath>: the workload reports its results under
+# it, because the path its pod mounts the claim at is the same for every resource and means
+# nothing outside the pod. Absent for URI outputs (their URI is public already) and in configs
+# written before it existed.
+PvcUri = Annotated[str, Field(max_length=4096, pattern=r"^pvc://[^/]+(/.*)?$")]
+OUTPUT_URI_DESCRIPTION = "The output's public name when it is a PVC folder (pvc://claim/subPath), reported instead of its mount path."
+
 
 class StatusTarget(ApiModel):
     """The resource a workload reports progress to (in-cluster credentials, status subresource)."""
@@ -51,6 +58,7 @@ class GenerateConfig(ApiModel):
     name: ShortStr = Field(description="Name of the InstructDataset (for logs and the manifest).")
     spec: InstructDatasetSpec
     output: Location = Field(description="Folder or URI for dataset.jsonl, manifest.json and the checkpoint.")
+    output_uri: PvcUri | None = Field(default=None, alias="outputURI", description=OUTPUT_URI_DESCRIPTION)
     teacher_url: Annotated[str, Field(max_length=2048)] = Field(alias="teacherURL")
     teacher_model: ShortStr
     api_key_env: ShortStr | None = Field(default=None, description="Env var holding the teacher's API key.")
@@ -67,6 +75,7 @@ class TrainConfig(ApiModel):
     dataset_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
     base_model: ResolvedModel
     output: Location = Field(description="Folder or URI for the model, checkpoints, metrics and loss curve.")
+    output_uri: PvcUri | None = Field(default=None, alias="outputURI", description=OUTPUT_URI_DESCRIPTION)
     status_target: StatusTarget | None = None
 
 
@@ -115,6 +124,7 @@ class EvaluateConfig(ApiModel):
     name: ShortStr = Field(description="Name of the Evaluation (for logs and the report).")
     spec: EvaluationSpec
     output: Location = Field(description="Folder or URI for the report and the verdict journal.")
+    output_uri: PvcUri | None = Field(default=None, alias="outputURI", description=OUTPUT_URI_DESCRIPTION)
     candidate: ResolvedContestant
     baseline: ResolvedContestant
     judge: ResolvedEndpoint

@@ -108,6 +108,18 @@ def output_location(storage: Storage, mount_path: str = OUTPUT_MOUNT) -> tuple[s
     return storage.uri, Mounts()
 
 
+def pvc_uri(claim: str, *parts: str) -> str:
+    """A file or folder on a claim by its public name, pvc://<claim>/<path>, with no empty segment."""
+    path = "/".join(p.strip("/") for p in parts if p.strip("/"))
+    return f"pvc://{claim}/{path}" if path else f"pvc://{claim}"
+
+
+def public_uri(storage: Storage) -> str | None:
+    """The name a workload reports its output under when that is a PVC folder (every kind's config
+    carries it); None for a URI output, which is its own public name."""
+    return pvc_uri(storage.pvc.claim_name, storage.pvc.sub_path) if storage.pvc is not None else None
+
+
 def config_map(parent: Parent, name: str, component: str, config: ApiModel) -> Manifest:
     """The workload's config file. It never holds a secret: keys travel as env var names."""
     return {

@@ -21,6 +21,7 @@ from .common import (
     container,
     placement,
     pod_spec,
+    public_uri,
     shm_mount,
     stamp,
     workload_files,
@@ -73,6 +74,7 @@ def train_config(parent: Parent, spec: FineTuneSpec, dataset: Input, where: Wher
         dataset_sha256=dataset.pinned.sha256 if dataset.pinned else None,
         base_model=where.model(spec.base_model),
         output=where.output(spec.output),
+        output_uri=public_uri(spec.output),
         status_target=parent.status_target() if where.reports else None,
     )
 

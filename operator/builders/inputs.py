@@ -1,8 +1,9 @@
 """Inputs a workload reads: a dataset or model produced by another resource, or named directly.
 
 An upstream resource's output is reached the way it was written: a PVC folder is mounted
-read-only (a path the upstream workload reported under its own output mount is rewritten to the
-consumer's mount), and a URI is passed as is.
+read-only (what the upstream workload reported under the folder's public name, pvc://claim/subPath,
+or under its own output mount as workloads of earlier releases did, is rewritten to the consumer's
+mount), and a URI is passed as is.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from ..api.finetune import DatasetSource
 from ..api.instructdataset import PromptTemplate
 from ..api.workloads import DATASET_FILE, ResolvedModel
 from ..settings import OperatorSettings
-from .common import CONFIG_DIR, DATASET_MOUNT, MODEL_MOUNT, OUTPUT_MOUNT, Mounts, pvc_mount
+from .common import CONFIG_DIR, DATASET_MOUNT, MODEL_MOUNT, OUTPUT_MOUNT, Mounts, pvc_mount, pvc_uri
 
 PROMPT_DIR = f"{CONFIG_DIR}/prompt"
 PROMPT_FILE = "prompt.txt"
@@ -80,21 +81,45 @@ def config_map_file(volume: str, ref: ConfigMapKeyRef, folder: str, file_name: s
     )
 
 
-def _rewrite(reported: str | None, mount_path: str, default_relative: str) -> str:
-    if reported and reported.startswith(OUTPUT_MOUNT):
-        return mount_path + reported[len(OUTPUT_MOUNT):]
-    return f"{mount_path}/{default_relative}".rstrip("/")
+class UnreachableArtifact(ValueError):
+    """An upstream reported its artifact outside the output its spec names, where a consumer's
+    mount of that output cannot reach it (another claim, another folder, a '..' segment)."""
+
+
+def _relative(reported: str, public: str) -> str | None:
+    """`reported` relative to the upstream's output, by its public name or (workloads of earlier
+    releases) its pod's mount path; None when it is neither form."""
+    for prefix in (public, OUTPUT_MOUNT):
+        if reported == prefix or reported.startswith(f"{prefix}/"):
+            return reported[len(prefix):].strip("/")
+    if reported.startswith("pvc://"):
+        raise UnreachableArtifact(f"reported {reported}, which is not inside its output {public}")
+    return None
+
+
+def _rewrite(location: PVCLocation, reported: str | None, mount_path: str, default_relative: str) -> tuple[str, str]:
+    """(the consumer's path to the artifact, its public name) for an upstream PVC output."""
+    public = pvc_uri(location.claim_name, location.sub_path)
+    relative = _relative(reported, public) if reported else None
+    if relative is None:
+        relative = default_relative
+    if ".." in relative.split("/"):
+        raise UnreachableArtifact(f"reported {reported}, which leaves its output {public}")
+    return f"{mount_path}/{relative}".rstrip("/"), pvc_uri(location.claim_name, location.sub_path, relative)
 
 
 def upstream_output(
     storage: Storage, artifact: Artifact | None, *, mount_path: str, volume: str, default_relative: str
 ) -> Input:
-    """The output of an upstream resource (its spec.output plus the artifact its workload reported)."""
+    """The output of an upstream resource (its spec.output plus the artifact its workload reported),
+    pinned by its public name. Raises UnreachableArtifact for an artifact reported elsewhere."""
     if storage.pvc is not None:
-        location = _rewrite(artifact.uri if artifact else None, mount_path, default_relative)
-        pinned = Artifact(uri=artifact.uri if artifact else location, sha256=artifact.sha256 if artifact else None)
+        location, public = _rewrite(storage.pvc, artifact.uri if artifact else None, mount_path, default_relative)
+        pinned = Artifact(uri=public, sha256=artifact.sha256 if artifact else None)
         return Input(location, pvc_mount(volume, storage.pvc, mount_path, read_only=True), pinned)
     assert storage.uri is not None
+    if artifact is not None and artifact.uri.startswith("pvc://"):
+        raise UnreachableArtifact(f"reported {artifact.uri}, but its output is {storage.uri}, not a claim")
     if artifact is not None and "://" in artifact.uri:
         location = artifact.uri
     else:

@@ -11,7 +11,7 @@ from ..api.instructdataset import InstructDatasetSpec
 from ..api.results import RESULT_KEY, WorkloadResult
 from ..builders import finetune as build
 from ..builders import trainjob
-from ..builders.inputs import Input, dataset_direct, dataset_from_upstream
+from ..builders.inputs import Input, UnreachableArtifact, dataset_direct, dataset_from_upstream
 from ..builders.queue import effective
 from ..conditions import FALSE, TRUE, Desired
 from ..observe import (
@@ -128,7 +128,10 @@ def resolve_dataset(spec: FineTuneSpec, references: References) -> tuple[Input |
     if source.sha256 and artifact.sha256 != source.sha256:
         return None, Desired(DATASET_READY, FALSE, "DigestMismatch", f"InstructDataset {ref.name!r} produced sha256 {artifact.sha256 or '(none)'}, the spec expects {source.sha256}; not training on it")
     upstream_spec = InstructDatasetSpec.model_validate(upstream.get("spec") or {})
-    resolved = dataset_from_upstream(upstream_spec.output, artifact)
+    try:
+        resolved = dataset_from_upstream(upstream_spec.output, artifact)
+    except UnreachableArtifact as exc:
+        return None, Desired(DATASET_READY, FALSE, "UnreachableArtifact", f"InstructDataset {ref.name!r} {exc}; not training on it")
     digest = resolved.pinned.sha256 if resolved.pinned else None
     return resolved, Desired(DATASET_READY, TRUE, "Pinned", f"InstructDataset {ref.name!r} pinned" + (f" at sha256 {digest}" if digest else ""))
 

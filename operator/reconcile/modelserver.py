@@ -11,7 +11,7 @@ from ..api.results import RESULT_KEY, WorkloadResult
 from ..api.workloads import ResolvedModel
 from ..builders import modelserver as build
 from ..builders.common import Mounts
-from ..builders.inputs import model_from_upstream, model_source
+from ..builders.inputs import UnreachableArtifact, model_from_upstream, model_source
 from ..conditions import FALSE, TRUE, Desired
 from ..naming import SPEC_HASH_ANNOTATION
 from ..observe import FAILED, MODEL_READY, ChildState, parse_time, server_accrual, server_status, summarize_deployment
@@ -77,7 +77,10 @@ def resolve_adapters(
             waiting.append(f"FineTune {name!r} has not succeeded yet (phase {status.get('phase') or 'unknown'})")
             continue
         artifact = WorkloadResult.model_validate(status[RESULT_KEY]).artifact
-        output = model_from_upstream(tuned.output, artifact)
+        try:
+            output = model_from_upstream(tuned.output, artifact)
+        except UnreachableArtifact as exc:
+            raise AdapterRefused(f"adapters[{index}]: FineTune {name!r} {exc}") from None
         rank = tuned.lora.r if tuned.lora is not None else 8
         resolved = build.adapter_input(adapter.name, index, output, rank)
         found.append(resolved)
@@ -117,7 +120,10 @@ def resolve_model(
     if not status.get(RESULT_KEY):
         return None, Mounts(), None, Desired(MODEL_READY, FALSE, "WaitingForResult", f"FineTune {ref.name!r} succeeded; waiting for its workload's result (model and sha256)")
     artifact = WorkloadResult.model_validate(status[RESULT_KEY]).artifact
-    resolved = model_from_upstream(tuned.output, artifact)
+    try:
+        resolved = model_from_upstream(tuned.output, artifact)
+    except UnreachableArtifact as exc:
+        return None, Mounts(), None, Desired(MODEL_READY, FALSE, "UnreachableArtifact", f"FineTune {ref.name!r} {exc}; not serving it")
     pinned = resolved.pinned.to_wire() if resolved.pinned else None
     return ResolvedModel(location=resolved.location, gguf_file=gguf_file), resolved.mounts, pinned, Desired(MODEL_READY, TRUE, "Pinned", f"serving the model of FineTune {ref.name!r}")
 

@@ -368,6 +368,45 @@ def test_progress_is_patched_onto_the_owning_resource(teacher: TeacherServer, tm
     assert json.loads((tmp_path / "manifest.json").read_text())["result"] == last["status"]["result"]
 
 
+def test_an_output_on_a_claim_is_reported_by_its_public_name(teacher: TeacherServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pod writes to its mount of the claim (here tmp_path); status and manifest.json name the
+    dataset as pvc://claim/subPath/dataset.jsonl, which a reader outside the pod can place."""
+    from alpaca_jobs.report import StatusReporter
+    from alpaca_operator.api.results import WorkloadResult
+
+    api = _RecordingStatusApi()
+    monkeypatch.setattr(StatusReporter, "_client", lambda self: api)
+    config = _config(teacher, str(tmp_path), target=10).model_copy(update={
+        "output_uri": "pvc://alpaca/quickstart/dataset",
+        "status_target": StatusTarget(plural="instructdatasets", namespace="team-a", name="demo"),
+    })
+    manifest = generate(config, options=QUIET)
+    _, last = api.patches[-1]
+    result = WorkloadResult.model_validate(last["status"]["result"])
+    assert result.artifact.uri == "pvc://alpaca/quickstart/dataset/dataset.jsonl"
+    assert result.artifact.sha256 == manifest.dataset_sha256 == sha256_file(tmp_path / "dataset.jsonl")
+    assert json.loads((tmp_path / "manifest.json").read_text())["result"] == last["status"]["result"]
+
+
+def test_an_output_flag_over_a_config_drops_the_configs_public_name(tmp_path: Path) -> None:
+    """The public name was the config's own output's: a folder given by flag is reported as itself."""
+    import argparse
+
+    from alpaca_jobs.generate.cli import add_arguments, load_config
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({
+        "name": "demo", "output": "/var/lib/alpaca/output", "outputURI": "pvc://alpaca/quickstart/dataset",
+        "teacherURL": "http://127.0.0.1:9/v1", "teacherModel": "m",
+        "spec": {"teacher": {"baseURL": "http://127.0.0.1:9/v1", "model": "m"}, "output": {"pvc": {"claimName": "alpaca"}}},
+    }))
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert load_config(parser.parse_args(["--config", str(path)])).output_uri == "pvc://alpaca/quickstart/dataset"
+    moved = load_config(parser.parse_args(["--config", str(path), "--output", str(tmp_path / "here")]))
+    assert (moved.output, moved.output_uri) == (str(tmp_path / "here"), None)
+
+
 def test_an_unusable_output_folder_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")

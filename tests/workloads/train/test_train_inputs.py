@@ -62,7 +62,7 @@ def test_config_file_is_what_the_operator_writes(tmp_path: Path, dataset_file: P
 
     config = tmp_path / "train.json"
     config.write_text(json.dumps({
-        "name": "ft", "dataset": str(dataset_file), "output": str(tmp_path / "o"),
+        "name": "ft", "dataset": str(dataset_file), "output": str(tmp_path / "o"), "outputURI": "pvc://alpaca/ft",
         "baseModel": {"location": str(tiny_model)},
         "spec": {"dataset": {"uri": "file:///d"}, "output": {"uri": "file:///o"}, "method": "lora",
                  "hyperparameters": {"globalBatchSize": 32, "microBatchSize": 8, "packing": False}},
@@ -74,3 +74,7 @@ def test_config_file_is_what_the_operator_writes(tmp_path: Path, dataset_file: P
     hp = parsed.spec.hyperparameters
     assert (hp.global_batch_size, hp.micro_batch_size, hp.packing, hp.max_steps) == (32, 8, False, 3)
     assert parsed.spec.method.value == "lora" and parsed.status_target.name == "ft"
+    assert parsed.output_uri == "pvc://alpaca/ft"
+    # The public name was the config's own output's: a folder given by flag is reported as itself.
+    moved = build_config(parser.parse_args(["--config", str(config), "--output", str(tmp_path / "here")]))
+    assert (moved.output, moved.output_uri) == (str(tmp_path / "here"), None)

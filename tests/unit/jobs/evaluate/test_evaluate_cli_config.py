@@ -50,3 +50,16 @@ def test_a_config_file_is_validated_and_flags_override_it(tmp_path: Path) -> Non
     path.write_text('{"name": "x"}')
     with pytest.raises(ConfigError, match=r"config.json: field 'spec': Field required"):
         load_config(_args("--config", str(path)))
+
+
+def test_an_output_flag_over_a_config_drops_the_configs_public_name(tmp_path: Path) -> None:
+    """The config's pvc:// name was its own output's: a folder given by flag is reported as itself."""
+    base = _args("--output", str(tmp_path / "a"), "--candidate-url", "http://127.0.0.1:1/v1", "--candidate-model", "c",
+                 "--baseline-url", "http://127.0.0.1:2/v1", "--baseline-model", "b",
+                 "--judge-url", "http://127.0.0.1:3/v1", "--judge-model", "j")
+    path = tmp_path / "config.json"
+    config = load_config(base).model_copy(update={"output_uri": "pvc://alpaca/quickstart/evaluation"})
+    path.write_text(config.model_dump_json(by_alias=True, exclude_none=True))
+    assert load_config(_args("--config", str(path))).output_uri == "pvc://alpaca/quickstart/evaluation"
+    moved = load_config(_args("--config", str(path), "--output", str(tmp_path / "b")))
+    assert (moved.output, moved.output_uri) == (str(tmp_path / "b"), None)
