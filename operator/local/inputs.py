@@ -32,6 +32,9 @@ class Outputs:
 
     location: str | None = None
     sha256: str | None = None
+    # The artifact its result names (the results contract), as this machine reaches it
+    # (Layout.resolve): what a later step reads, as the operator reads status.result.
+    artifact: str | None = None
     url: str | None = None
     served_model_name: str | None = None
     summary: dict[str, object] = field(default_factory=dict)
@@ -96,13 +99,17 @@ def train_config(manifest: Manifest, layout: Layout, upstream: dict[tuple[str, s
     if source.instruct_dataset_ref is not None:
         dataset = upstream[("InstructDataset", source.instruct_dataset_ref.name)]
         assert dataset.location
-        path, digest = str(Path(dataset.location) / DATASET_FILE), dataset.sha256
+        path, digest = dataset.artifact or str(Path(dataset.location) / DATASET_FILE), dataset.sha256
     elif source.pvc is not None:
         path, digest = str(layout.pvc_path(source.pvc.claim_name, source.pvc.path)), source.sha256
     else:
         assert source.uri is not None
         path, digest = source.uri.removeprefix("file://"), source.sha256
     return finetune.train_config(_parent(manifest, "finetunes"), spec, Input(path, pinned=Artifact(uri=path, sha256=digest)), where(layout))
+
+
+def _model_folder(trained: Outputs) -> str:
+    return trained.artifact or trained.location or ""
 
 
 def serve_config(manifest: Manifest, layout: Layout, upstream: dict[tuple[str, str], Outputs], port: int) -> ServeConfig:
@@ -114,13 +121,13 @@ def serve_config(manifest: Manifest, layout: Layout, upstream: dict[tuple[str, s
         # The GGUF file the FineTune's manifest says it wrote (spec.export.gguf); without one,
         # runtime llama-cpp refuses the folder naming that field (builders.modelserver.gguf_path).
         exported = trained.summary.get("gguf") if spec.runtime is Runtime.LLAMA_CPP else None
-        model = ResolvedModel(location=trained.location, gguf_file=exported["file"] if isinstance(exported, dict) else None)
+        model = ResolvedModel(location=_model_folder(trained), gguf_file=exported["file"] if isinstance(exported, dict) else None)
     else:
         assert spec.model.source is not None
         model = layout.model(spec.model.source)
     # Each adapter is its LoRA FineTune's adapter/ folder (the reconcile checks method and base).
     adapters = tuple(
-        modelserver.adapter_input(a.name, i, Input(upstream[("FineTune", a.fine_tune_ref.name)].location or ""), 8)
+        modelserver.adapter_input(a.name, i, Input(_model_folder(upstream[("FineTune", a.fine_tune_ref.name)])), 8)
         for i, a in enumerate(spec.adapters)
     )
     return modelserver.serve_config(_parent(manifest, "modelservers"), spec, model, where(layout), port, adapters=adapters)

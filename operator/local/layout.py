@@ -27,6 +27,14 @@ class Layout:
         assert storage.uri is not None
         return storage.uri.removeprefix("file://") if storage.uri.startswith("file://") else storage.uri
 
+    def resolve(self, uri: str) -> str:
+        """A location a workload reported, as this machine reaches it: pvc://claim/path is that
+        path in the claim's folder, file:// a path; other URIs stay URIs (fsspec reaches them)."""
+        if uri.startswith("pvc://"):
+            claim, _, path = uri.removeprefix("pvc://").partition("/")
+            return str(self.pvc_path(claim, path))
+        return uri.removeprefix("file://")
+
     def model(self, source: ModelSource) -> ResolvedModel:
         if source.builtin is not None:
             return ResolvedModel(builtin=source.builtin.value, gguf_file=source.gguf_file)

@@ -205,7 +205,7 @@ class LocalRunner:
                 os.close(reader)
         if code != 0:
             raise StepFailed(step, _last_error(log_path) or f"exit code {code}", log_path)
-        return _read_outputs(manifest, config.output)
+        return _read_outputs(manifest, config.output, self.layout)
 
     # -- servers --------------------------------------------------------------------------
     def _start_server(self, step: Step, ready_timeout_s: float = 600) -> StepReport:
@@ -313,20 +313,24 @@ def _last_error(log: Path, lines: int = 5) -> str:
     return "\n".join(meaningful[-lines:])
 
 
-def _read_outputs(manifest: Manifest, location: str) -> Outputs:
+def _read_outputs(manifest: Manifest, location: str, layout: Layout) -> Outputs:
     folder = Path(location)
     summary: dict[str, Any] = {}
     manifest_file = folder / MANIFEST_FILE
     if manifest_file.exists():
         summary = json.loads(manifest_file.read_text())
-    # The results contract (operator/api/results.py), as the operator reads it from status.
+    # The results contract (operator/api/results.py), as the operator reads it from status; its
+    # artifact by its public name (pvc://claim/...) is a folder under the layout's claims here.
     result = WorkloadResult.model_validate(summary[RESULT_KEY]) if summary.get(RESULT_KEY) else None
     digest = result.artifact.sha256 if result is not None else None
+    artifact = layout.resolve(result.artifact.uri) if result is not None else None
     if isinstance(manifest.resource.spec, InstructDatasetSpec):
-        return Outputs(location=location, sha256=digest, summary=summary)
+        return Outputs(location=location, sha256=digest, artifact=artifact, summary=summary)
     if isinstance(manifest.resource.spec, EvaluationSpec):
         # The report's summary carries the headline figures (score, judged, tokens, cost).
         report = folder / REPORT_FILE
         evaluation_summary = json.loads(report.read_text()) if report.exists() else {}
-        return Outputs(location=location, sha256=digest, summary=summary | evaluation_summary | {"report": str(report)})
-    return Outputs(location=location, sha256=digest, summary=summary | {"modelPath": location})
+        return Outputs(location=location, sha256=digest, artifact=artifact,
+                       summary=summary | evaluation_summary | {"report": str(report)})
+    # The summary table shows this path: one to open on this machine, never a pvc:// name.
+    return Outputs(location=location, sha256=digest, artifact=artifact, summary=summary | {"modelPath": artifact or location})
