@@ -277,6 +277,7 @@ def create_app(loader: Loader, options: ServeOptions, *, api_key: str | None = N
             max_queue=options.max_queue,
             max_prefill_tokens=options.max_prefill_tokens,
             max_prefill_tokens_while_decoding=options.max_prefill_tokens_while_decoding,
+            prefix_cache_tokens=options.prefix_cache_tokens,
             on_step=state.metrics.observe_step,
             on_abandon=state.metrics.abandoned.observe,
         )

@@ -3,17 +3,21 @@
 Each row's valid cache positions are marked in a (rows, length) attention mask; positions of
 new tokens come from that mask, so rows of different lengths (and padding in between) decode
 together. Rows join (merge) and leave (select) between forward passes, and columns that no row
-uses any more are dropped so the cache stays as short as its longest row.
+uses any more are dropped so the cache stays as short as its longest row. A prefill may start
+from rows' reused prompt prefixes (prefix_cache.py) and is packed afterwards to the same layout.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer
+
+from .prefix_cache import Layers
 
 
 def cache_keyword(model: Any) -> str:
@@ -139,3 +143,47 @@ def select_rows(cache: DynamicCache, mask: torch.Tensor, rows: list[int]) -> tor
 def positions(mask: torch.Tensor, new_tokens: int) -> torch.Tensor:
     """Position ids of the last `new_tokens` columns: the count of valid tokens before each one."""
     return (mask.cumsum(dim=1) - 1).clamp(min=0)[:, -new_tokens:]
+
+
+def from_prefixes(prefixes: Sequence[Layers | None]) -> tuple[DynamicCache, torch.Tensor]:
+    """A cache holding each row's reused prefix (None: nothing), left-padded to the longest, and its
+    mask. Padding columns hold zeros: masked out, and never NaN (0 x NaN would poison attention)."""
+    lengths = [0 if p is None else p[0][0].shape[1] for p in prefixes]
+    width = max(lengths, default=0)
+    mask = torch.zeros((len(prefixes), width), dtype=torch.long)
+    cache = new_cache()
+    if width == 0:
+        return cache, mask
+    template = next(p for p, n in zip(prefixes, lengths, strict=True) if n)
+    for index, (keys0, _) in enumerate(template):
+        heads, _, dim = keys0.shape
+        keys = keys0.new_zeros((len(prefixes), heads, width, dim))
+        values = keys.clone()
+        for row, (prefix, length) in enumerate(zip(prefixes, lengths, strict=True)):
+            if length:
+                keys[row, :, width - length :] = prefix[index][0]  # type: ignore[index]
+                values[row, :, width - length :] = prefix[index][1]  # type: ignore[index]
+        cache.update(keys, values, index)
+    for row, length in enumerate(lengths):
+        if length:
+            mask[row, width - length :] = 1
+    return cache, mask
+
+
+def pack_right(cache: DynamicCache, mask: torch.Tensor) -> torch.Tensor:
+    """Move every row's valid columns, in order, to the right end and drop the columns left
+    unused; returns the new mask. A prefill over reused prefixes leaves padding between a row's
+    prefix and its suffix, and decoding costs grow with the columns a batch carries."""
+    width = int(mask.sum(dim=1).max())
+    # A stable sort of the mask puts each row's padding first and its valid columns after, in order.
+    order = torch.sort(mask, dim=1, stable=True).indices[:, -width:]
+    for layer in _layers(cache):
+        b, h, _, d = layer.keys.shape
+        index = order.to(layer.keys.device)[:, None, :, None].expand(b, h, width, d)
+        layer.keys, layer.values = layer.keys.gather(2, index), layer.values.gather(2, index)
+    return mask.gather(1, order)
+
+
+def row_tail(cache: DynamicCache, row: int, length: int) -> Layers:
+    """Row `row`'s last `length` columns in every layer (views): a prompt's cache after a prefill."""
+    return tuple((layer.keys[row, :, -length:], layer.values[row, :, -length:]) for layer in _layers(cache))

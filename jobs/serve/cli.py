@@ -54,6 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="prompt tokens prefilled per step; bounds how long new arrivals stall running streams")
     parser.add_argument("--max-prefill-tokens-while-decoding", type=int, default=256,
                         help="the same budget while answers are streaming (at least one prompt joins per step)")
+    parser.add_argument("--prefix-cache-tokens", type=int, default=4096,
+                        help="tokens of recent prompts whose keys and values are kept, so that a prompt starting the "
+                             "same way prefills only the rest (0: off); each token costs layers x 2 x kv heads x head "
+                             "dim x dtype bytes (46 KB for SmolLM2-135M in float32)")
     parser.add_argument("--max-request-bytes", type=int, default=1 << 20,
                         help="larger request bodies get 413 before they are read (default 1 MiB)")
     parser.add_argument("--metrics-port", type=int,
@@ -166,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
         max_new_tokens=batching.max_new_tokens,
         max_prefill_tokens=args.max_prefill_tokens,
         max_prefill_tokens_while_decoding=args.max_prefill_tokens_while_decoding,
+        prefix_cache_tokens=args.prefix_cache_tokens,
         max_request_bytes=args.max_request_bytes,
         metrics_auth=args.metrics_auth,
         metrics_on_api_port=config.metrics_port is None,

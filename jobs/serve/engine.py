@@ -10,6 +10,8 @@ fails the sequences that were in it. Requests talk to the engine through a Reque
 events arrive on an asyncio queue. With LoRA adapters loaded (a peft model), each sequence names
 its adapter (or the base) and every forward pass routes each row through its own, so requests of
 different adapters share batches; adapters are added and dropped between steps only.
+A prompt that starts with tokens prefilled recently (the same adapter's) reuses their keys and
+values from a bounded store (prefix_cache.py), and only the rest of it is prefilled.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch
 from transformers import DynamicCache
 
 from . import batch
+from .prefix_cache import Prefix, PrefixStore
 from .sampling import RowSampler, Sampled, SamplingParams, sample_rows
 from .text import Detokenizer, StopScanner
 
@@ -73,6 +76,9 @@ class RequestHandle:
         self.choices = choices
         self.cancelled = False
         self.cancelled_at: int | None = None  # the engine's forward-pass count when cancelled
+        # Prompt tokens of its sequences taken from the prefix cache rather than prefilled
+        # (OpenAI's usage.prompt_tokens_details.cached_tokens); set by the engine thread.
+        self.cached_tokens = 0
         self._loop = loop
         self._clock = clock
 
@@ -98,6 +104,8 @@ class _Sequence:
     stops: StopScanner
     # The LoRA adapter this sequence runs through (None: the base model).
     adapter: str | None = None
+    # The start of the prompt whose keys and values are reused (looked up at admission).
+    prefix: Prefix | None = None
     output: list[int] = field(default_factory=list)
     pending_logprobs: list[Sampled] = field(default_factory=list)
     finished: bool = False
@@ -117,7 +125,8 @@ class Engine:
         max_queue: int = 64,
         max_prefill_tokens: int = 8192,
         max_prefill_tokens_while_decoding: int | None = None,
-        on_step: Callable[[int, int], None] | None = None,
+        prefix_cache_tokens: int = 4096,
+        on_step: Callable[[int, int, int], None] | None = None,
         on_abandon: Callable[[int], None] | None = None,
     ) -> None:
         self.model = model
@@ -128,7 +137,13 @@ class Engine:
         # While streams are running, every prefilled token delays their next token: new arrivals
         # then join a few at a time (at least one per step, so nobody starves).
         self.max_prefill_tokens_while_decoding = max_prefill_tokens_while_decoding or max_prefill_tokens
+        # Called after each forward pass with (sequences, prompt tokens prefilled, prompt tokens
+        # reused from the prefix cache); a decode step prefills none.
         self.on_step = on_step
+        # Prompts' keys and values, at most this many tokens in all (0: no prefix caching).
+        self.prefix_store = PrefixStore(prefix_cache_tokens) if prefix_cache_tokens > 0 else None
+        self.prefilled_tokens = 0  # prompt tokens that went through a forward pass
+        self.prefix_hit_tokens = 0  # prompt tokens whose keys and values came from the store
         self.on_abandon = on_abandon
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = next(iter(self.eos_ids), 0) if tokenizer.pad_token_id is None else tokenizer.pad_token_id
@@ -175,6 +190,7 @@ class Engine:
 
         def work() -> None:
             self.model = load(self.model)
+            self._forget_prefixes(name)  # a reloaded name may carry other weights
             with self._cond:
                 self.adapter_order = (*[n for n in self.adapter_order if n != name], name)
 
@@ -189,6 +205,7 @@ class Engine:
                 if any(s.adapter == name for s in (*self._waiting, *self._rows) if not s.finished):
                     return False
                 self.adapter_order = tuple(n for n in self.adapter_order if n != name)
+            self._forget_prefixes(name)
             unload(self.model)
             return True
 
@@ -297,11 +314,19 @@ class Engine:
             if candidate.handle.cancelled:
                 self._waiting.popleft()
                 continue
-            if admitted and len(candidate.prompt) > budget:
+            # The budget bounds the prefill's work: a reused prefix costs no forward pass.
+            prefix = self.prefix_store.lookup(candidate.adapter, candidate.prompt) if self.prefix_store else None
+            cost = len(candidate.prompt) - (prefix.length if prefix else 0)
+            if admitted and cost > budget:
                 break
-            budget -= len(candidate.prompt)
+            budget -= cost
+            candidate.prefix = prefix
             admitted.append(self._waiting.popleft())
         return admitted
+
+    def _forget_prefixes(self, adapter: str) -> None:
+        if self.prefix_store is not None:
+            self.prefix_store.drop_adapter(adapter)
 
     def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor, cache: DynamicCache, rows: list[_Sequence]) -> torch.Tensor:
         extra: dict[str, Any] = {}
@@ -321,18 +346,34 @@ class Engine:
         return out.logits[:, -1, :]
 
     def _prefill(self, sequences: list[_Sequence]) -> None:
-        width = max(len(s.prompt) for s in sequences)
+        # The batch's cache starts as the rows' reused prefixes (left-padded to the longest; a row
+        # without one is all padding there) and the rest of each prompt follows, left-padded too.
+        cache, prefix_mask = batch.from_prefixes([s.prefix.layers if s.prefix else None for s in sequences])
+        reused = [s.prefix.length if s.prefix else 0 for s in sequences]
+        width = max(len(s.prompt) - r for s, r in zip(sequences, reused, strict=True))
         ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(sequences), width), dtype=torch.long)
-        for row, seq in enumerate(sequences):
-            ids[row, width - len(seq.prompt) :] = torch.tensor(seq.prompt, dtype=torch.long)
-            mask[row, width - len(seq.prompt) :] = 1
-        cache = batch.new_cache()
+        for row, (seq, start) in enumerate(zip(sequences, reused, strict=True)):
+            rest = seq.prompt[start:]
+            ids[row, width - len(rest) :] = torch.tensor(rest, dtype=torch.long)
+            mask[row, width - len(rest) :] = 1
+        prefilled, hits = int(mask.sum()), sum(reused)
+        mask = torch.cat([prefix_mask, mask], dim=1)
         logits = self._forward(ids, mask, cache, sequences)
+        self.prefilled_tokens += prefilled
+        self.prefix_hit_tokens += hits
+        for seq, start in zip(sequences, reused, strict=True):
+            seq.handle.cached_tokens += start
+            seq.prefix = None  # the store's tensors are not held longer than needed
         if self.on_step:
-            self.on_step(len(sequences), int(mask.sum()))
+            self.on_step(len(sequences), prefilled, hits)
         results = sample_rows(logits, [s.sampler for s in sequences], [s.output for s in sequences])
         mask = mask.to(self.device)
+        if hits:
+            mask = batch.pack_right(cache, mask)  # each row's prompt in its last columns, as without reuse
+        if self.prefix_store is not None:
+            for row, seq in enumerate(sequences):
+                self.prefix_store.add(seq.adapter, seq.prompt, batch.row_tail(cache, row, len(seq.prompt)))
         if self._cache is None or not self._rows:
             self._cache, self._mask, self._rows, self._next = cache, mask, [], []
         else:
@@ -348,7 +389,7 @@ class Engine:
         logits = self._forward(ids, self._mask, self._cache, self._rows)
         self.steps += 1
         if self.on_step:
-            self.on_step(len(self._rows), 0)
+            self.on_step(len(self._rows), 0, 0)
         results = sample_rows(logits, [s.sampler for s in self._rows], [s.output for s in self._rows])
         self._next = [r.token if isinstance(r, Sampled) else self.pad_id for r in results]
         self._finish_step(results)

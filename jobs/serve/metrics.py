@@ -38,6 +38,15 @@ class Metrics:
             registry=r,
         )
         self.prompt_tokens = Counter("alpaca_serve_prompt_tokens", "Prompt tokens processed.", registry=r)
+        # prompt_tokens = prefill_tokens + prefix_cache_hit_tokens, once every admitted prompt is prefilled.
+        self.prefill_tokens = Counter(
+            "alpaca_serve_prefill_tokens", "Prompt tokens computed by prefill forward passes.", registry=r
+        )
+        self.prefix_cache_hit_tokens = Counter(
+            "alpaca_serve_prefix_cache_hit_tokens",
+            "Prompt tokens whose keys and values were reused from the prefix cache instead of prefilled.",
+            registry=r,
+        )
         self.generation_tokens = Counter("alpaca_serve_generation_tokens", "Tokens generated.", registry=r)
         self.rejected = Counter("alpaca_serve_rejected_requests", "Requests refused because the queue was full.", registry=r)
         self.batch_size = Histogram(
@@ -60,8 +69,10 @@ class Metrics:
         self.queue_depth.set_function(waiting)
         self.running.set_function(running)
 
-    def observe_step(self, sequences: int, prefill_tokens: int) -> None:
+    def observe_step(self, sequences: int, prefill_tokens: int, cached_tokens: int = 0) -> None:
         self.batch_size.labels("prefill" if prefill_tokens else "decode").observe(sequences)
+        self.prefill_tokens.inc(prefill_tokens)
+        self.prefix_cache_hit_tokens.inc(cached_tokens)
 
 
 class HttpMetricsMiddleware:

@@ -63,6 +63,8 @@ class ServeOptions:
     # every running stream for one long prefill.
     max_prefill_tokens: int = 2048
     max_prefill_tokens_while_decoding: int = 256
+    # Tokens of recent prompts whose keys and values are kept for prompts that start the same way (0: off).
+    prefix_cache_tokens: int = 4096
     max_request_bytes: int = 1 << 20
     metrics_auth: bool = False
     # False when /metrics has a port of its own: the API port then answers 404 for it, so that a

@@ -116,3 +116,34 @@ def test_growing_cache_decodes_long_answers_exactly_like_dynamic_cache() -> None
         logits[kind] = torch.stack(steps)
         assert cache.get_seq_length() == mask.shape[1]
     torch.testing.assert_close(logits["growing"], logits["dynamic"], atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_a_prefill_from_reused_prefixes_then_packed_decodes_like_full_prefills() -> None:
+    model = tiny_model()
+    shared = [5, 6, 7, 8, 9, 10, 11, 12]
+    a, b = [*shared, 30, 31, 32], [40, 41, 42, 43, 44]  # a reuses `shared`; b reuses nothing
+    stored, _, _ = prefill(model, [[*shared, 60]])  # some earlier prompt that started with `shared`
+    prefix = tuple((k[:, :len(shared)], v[:, :len(shared)]) for k, v in batch.row_tail(stored, 0, len(shared) + 1))
+
+    cache, prefix_mask = batch.from_prefixes([prefix, None])
+    assert prefix_mask.tolist() == [[1] * len(shared), [0] * len(shared)]
+    rests = [a[len(shared):], b]
+    width = max(len(r) for r in rests)
+    ids = torch.tensor([[0] * (width - len(r)) + r for r in rests])
+    mask = torch.cat([prefix_mask, torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rests])], dim=1)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=batch.positions(mask, width),
+                **{batch.cache_keyword(model): cache})
+    mask = batch.pack_right(cache, mask)
+    assert mask.tolist() == [[1] * len(a), [0] * (len(a) - len(b)) + [1] * len(b)]
+    assert cache.layers[0].keys.shape[2] == len(a)
+    mask, logits = decode(model, cache, mask, [3, 4])
+
+    for row, (prompt, token) in enumerate([(a, 3), (b, 4)]):
+        alone_cache, alone_mask, alone_last = prefill(model, [prompt])
+        torch.testing.assert_close(out.logits[row, -1], alone_last[0], atol=1e-5, rtol=1e-5)
+        _, alone_next = decode(model, alone_cache, alone_mask, [token])
+        torch.testing.assert_close(logits[row], alone_next[0], atol=1e-5, rtol=1e-5)
+        # The packed row holds the prompt's keys in its last columns, as a prefill of it alone would.
+        torch.testing.assert_close(batch.row_tail(cache, row, len(prompt) + 1)[1][0],
+                                   alone_cache.layers[1].keys[0], atol=1e-5, rtol=1e-5)
