@@ -3,7 +3,8 @@ references; and an operator restarted mid-way.
 
 The generation step is the real workload: `alpaca generate` runs as a process with the config the
 operator put in its ConfigMap, against a teacher over real HTTP, and reports its result onto the
-InstructDataset's status with the workload ServiceAccount's token, as its pod would.
+InstructDataset's status with the workload ServiceAccount's token, as its pod would. Its output is
+a folder on a claim; a local folder stands in for the pod's mount of it.
 """
 
 from __future__ import annotations
@@ -45,10 +46,14 @@ def _succeed_pytorchjob(custom, namespace: str, name: str) -> None:
     }})
 
 
-def _run_workload(control_plane, namespace: str, config_map: str, api_client, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    """`alpaca generate --config` as the Job's pod would run it, with the workload ServiceAccount's token."""
-    config = kubernetes.client.CoreV1Api(api_client).read_namespaced_config_map(config_map, namespace).data["config.json"]
-    (tmp_path / "config.json").write_text(config)
+def _run_workload(
+    control_plane, namespace: str, config_map: str, api_client, tmp_path: Path, mount: Path
+) -> subprocess.CompletedProcess[str]:
+    """`alpaca generate --config` as the Job's pod would run it, with the workload ServiceAccount's
+    token, and `mount` where the pod mounts its output's claim."""
+    config = json.loads(kubernetes.client.CoreV1Api(api_client).read_namespaced_config_map(config_map, namespace).data["config.json"])
+    assert config["output"] == "/var/lib/alpaca/output"
+    (tmp_path / "config.json").write_text(json.dumps({**config, "output": str(mount)}))
     token = control_plane.token_for_service_account(namespace, "alpaca-workload")
     kubeconfig = control_plane.kubeconfig_for_token(token, tmp_path / "workload.kubeconfig")
     env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
@@ -61,7 +66,7 @@ def _run_workload(control_plane, namespace: str, config_map: str, api_client, tm
 def test_full_chain(start_operator, control_plane, custom, api_client, namespace: str, tmp_path: Path) -> None:
     start_operator()
     teacher = TeacherServer().start()
-    output = tmp_path / "data"
+    output = tmp_path / "data"  # the pod's mount of claim "data" at subPath chain/dataset
     # Declared all at once, in reverse order: each waits for what it needs.
     create(custom, namespace, "modelservers", "ModelServer", "teacher", {"model": {"fineTuneRef": {"name": "tuned"}}})
     create(custom, namespace, "finetunes", "FineTune", "tuned", {
@@ -71,7 +76,7 @@ def test_full_chain(start_operator, control_plane, custom, api_client, namespace
     create(custom, namespace, "instructdatasets", "InstructDataset", "data", {
         "teacher": {"baseURL": teacher.base_url, "model": "gpt-teacher", "maxConcurrency": 4},
         "generation": {"numExamples": 30},
-        "output": {"uri": output.as_uri()},
+        "output": {"pvc": {"claimName": "data", "subPath": "chain/dataset"}},
     })
 
     # (Reconciled before the others arrived, they say NotFound first: what matters is they wait.)
@@ -81,35 +86,41 @@ def test_full_chain(start_operator, control_plane, custom, api_client, namespace
     # The generation workload runs for real and reports its result; then its Job completes.
     wait_for(lambda: kubernetes.client.BatchV1Api(api_client).read_namespaced_job("data-generate", namespace), what="the Job")
     try:
-        run = _run_workload(control_plane, namespace, "data-generate-config", api_client, tmp_path)
+        run = _run_workload(control_plane, namespace, "data-generate-config", api_client, tmp_path, output)
     finally:
         teacher.stop()
     assert run.returncode == 0, run.stderr[-2000:]
     digest = hashlib.sha256((output / "dataset.jsonl").read_bytes()).hexdigest()
     reported = status_of(custom, namespace, "instructdatasets", "data")["result"]
-    assert reported["artifact"] == {"uri": f"{output.as_uri()}/dataset.jsonl", "sha256": digest, "sizeBytes": (output / "dataset.jsonl").stat().st_size}
+    # Named by the claim and folder it is on, not by the path the pod mounts them at.
+    public = "pvc://data/chain/dataset/dataset.jsonl"
+    assert reported["artifact"] == {"uri": public, "sha256": digest, "sizeBytes": (output / "dataset.jsonl").stat().st_size}
     assert reported["records"] == 30
     assert json.loads((output / "manifest.json").read_text())["result"] == reported
     _complete_job(api_client, namespace, "data-generate")
     finished = wait_for(lambda: (s := status_of(custom, namespace, "instructdatasets", "data")).get("phase") == "Succeeded" and s, what="Succeeded")
     # Cost from the tokens the workload reported, at the operator's price for the model.
     assert finished["costUSD"] == round((reported["promptTokens"] * 1.0 + reported["completionTokens"] * 2.0) / 1e6, 4)
-    assert finished["dataset"]["sha256"] == digest
+    assert (finished["dataset"]["uri"], finished["dataset"]["sha256"]) == (public, digest)
 
     job = wait_for(lambda: custom.get_namespaced_custom_object("kubeflow.org", "v1", namespace, "pytorchjobs", "tuned-train"), what="the PyTorchJob")
     pod = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
-    assert not any(v["name"] == "dataset" for v in pod["volumes"]), "an object-store dataset is read by URI"
+    volume = next(v for v in pod["volumes"] if v["name"] == "dataset")
+    assert volume["persistentVolumeClaim"] == {"claimName": "data", "readOnly": True}
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "dataset")
+    assert (mount["mountPath"], mount["subPath"]) == ("/var/lib/alpaca/dataset", "chain/dataset")
     config = json.loads(kubernetes.client.CoreV1Api(api_client).read_namespaced_config_map("tuned-train-config", namespace).data["config.json"])
-    assert config["dataset"] == f"{output.as_uri()}/dataset.jsonl"
+    assert config["dataset"] == "/var/lib/alpaca/dataset/dataset.jsonl"
     assert config["datasetSha256"] == digest
+    assert (config["output"], config["outputURI"]) == ("/var/lib/alpaca/output", "pvc://models/tuned")
     pinned = wait_for(lambda: status_of(custom, namespace, "finetunes", "tuned").get("dataset"), what="the pinned dataset")
-    assert pinned["sha256"] == digest
+    assert (pinned["uri"], pinned["sha256"]) == (public, digest)
 
     # The training workload's report, through the same reporter and identity as in its pod.
     reporter = StatusReporter(StatusTarget(plural="finetunes", namespace=namespace, name="tuned"))
     workload = control_plane.api_client(control_plane.token_for_service_account(namespace, "alpaca-workload"))
     reporter._api = kubernetes.client.CustomObjectsApi(workload)
-    reporter.report_result(WorkloadResult(artifact=Artifact(uri="/var/lib/alpaca/output", sha256=MODEL_DIGEST), size_bytes=1, finished_at=now_minus(0)))
+    reporter.report_result(WorkloadResult(artifact=Artifact(uri="pvc://models/tuned", sha256=MODEL_DIGEST), size_bytes=1, finished_at=now_minus(0)))
     _succeed_pytorchjob(custom, namespace, "tuned-train")
 
     apps = kubernetes.client.AppsV1Api(api_client)
@@ -117,7 +128,8 @@ def test_full_chain(start_operator, control_plane, custom, api_client, namespace
     serve_config = json.loads(kubernetes.client.CoreV1Api(api_client).read_namespaced_config_map("teacher-serve-config", namespace).data["config.json"])
     assert serve_config["model"]["location"] == "/var/lib/alpaca/model"
     assert any(v.persistent_volume_claim and v.persistent_volume_claim.claim_name == "models" for v in deployment.spec.template.spec.volumes)
-    assert status_of(custom, namespace, "modelservers", "teacher")["model"]["sha256"] == MODEL_DIGEST
+    served = status_of(custom, namespace, "modelservers", "teacher")["model"]
+    assert (served["uri"], served["sha256"]) == ("pvc://models/tuned", MODEL_DIGEST)
 
     # Closing the loop: a dataset taught by the in-cluster server, once it is Ready.
     create(custom, namespace, "instructdatasets", "InstructDataset", "round-two", {

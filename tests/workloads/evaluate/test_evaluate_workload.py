@@ -313,8 +313,11 @@ def test_progress_then_score_and_result_are_patched_onto_the_evaluation(tmp_path
     api = _RecordingStatusApi()
     monkeypatch.setattr(StatusReporter, "_client", lambda self: api)
     with ChatServer(SCRIPTS) as server:
-        config = _config(server, tmp_path, judge="longer").model_copy(
-            update={"status_target": StatusTarget(plural="evaluations", namespace="team-a", name="demo")})
+        # tmp_path stands in for the pod's mount of the claim its output names.
+        config = _config(server, tmp_path, judge="longer").model_copy(update={
+            "status_target": StatusTarget(plural="evaluations", namespace="team-a", name="demo"),
+            "output_uri": "pvc://alpaca/quickstart/evaluation",
+        })
         evaluate(config, keys={}, options=RunOptions(retry=QUIET.retry, progress_bar=False, status_interval_s=3600))
     progress = [body["status"]["progress"] for _, body in api.patches if "progress" in body["status"]]
     assert len(progress) == 2  # throttled: the first update, then the final one
@@ -326,6 +329,7 @@ def test_progress_then_score_and_result_are_patched_onto_the_evaluation(tmp_path
     result = WorkloadResult.model_validate(last["status"]["result"])
     assert result.artifact.sha256 == sha256_file(tmp_path / "summary.json")
     assert result.records == TASKS and result.counts["wins"] == TASKS
+    assert result.artifact.uri == "pvc://alpaca/quickstart/evaluation/summary.json", "by the claim's public name"
     assert json.loads((tmp_path / "manifest.json").read_text())["result"] == last["status"]["result"]
 
 

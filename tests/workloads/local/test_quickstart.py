@@ -70,6 +70,13 @@ def test_quickstart_runs_end_to_end_then_skips_what_is_unchanged(tmp_path: Path)
     assert (model_dir / "loss_curve.png").stat().st_size > 0
     trained = json.loads((model_dir / "manifest.json").read_text())
     assert trained["steps"] == 2
+    # Reported as in a cluster, by the claim's public name, which local mode reads back as the
+    # claim's folder here (the FineTune trained on that dataset, the chat server loaded that model).
+    assert manifest["result"]["artifact"]["uri"] == "pvc://alpaca/quickstart/dataset/dataset.jsonl"
+    assert trained["result"]["artifact"]["uri"] == "pvc://alpaca/quickstart/model"
+    train_config = json.loads((state / "state" / "configs" / "FineTune-quickstart-tune.json").read_text())
+    assert train_config["dataset"] == str(dataset_dir / "dataset.jsonl")
+    assert config["model"]["location"] == str(model_dir)
     # The quickstart ends with the tuned model judged against its base: every sampled task judged.
     report = json.loads((state / "pvc" / "alpaca" / "quickstart" / "evaluation" / "summary.json").read_text())
     assert report["judged"] == report["tasks"] == 2 and report["score"] is not None

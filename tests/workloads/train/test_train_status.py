@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PYTHON, REPO, child_env, read_metrics, train_args
+from conftest import PYTHON, RECIPE, REPO, child_env, read_metrics
 
 pytestmark = pytest.mark.integration
 
@@ -40,12 +40,15 @@ def test_validation_loss_reaches_status_progress(cluster: Any, tmp_path: Path, d
         out = tmp_path / "out"
         config = tmp_path / "train.json"
         config.write_text(json.dumps({
-            "name": name, "dataset": str(dataset_file), "output": str(out), "baseModel": {"location": str(tiny_model)},
+            # `out` stands in for the pod's mount of the claim the FineTune's output names.
+            "name": name, "dataset": str(dataset_file), "output": str(out), "outputURI": "pvc://models/tiny",
+            "baseModel": {"location": str(tiny_model)},
             "spec": {"dataset": {"uri": "file:///d"}, "output": {"uri": "file:///o"}, "gpus": {"perNode": 0}},
             "statusTarget": {"plural": "finetunes", "namespace": namespace, "name": name},
         }))
-        # The flags of the shared recipe lie over the config (they also set dataset, model and output).
-        subprocess.run([PYTHON, "-m", "alpaca_operator.cli", *train_args(dataset_file, tiny_model, out), "--config", str(config)],
+        # The flags of the shared recipe lie over the config; the output stays the config's, and so its public name.
+        subprocess.run([PYTHON, "-m", "alpaca_operator.cli", "train", "--dataset", str(dataset_file), "--base-model", str(tiny_model),
+                        *RECIPE, "--config", str(config)],
                        check=True, env=child_env(KUBECONFIG=cluster.kubeconfig), cwd=REPO, timeout=300)
         status = api.get_namespaced_custom_object_status("alpaca.dev", "v1alpha1", namespace, "finetunes", name)["status"]
 
@@ -54,4 +57,8 @@ def test_validation_loss_reaches_status_progress(cluster: Any, tmp_path: Path, d
     progress = status["progress"]
     assert progress["validationLoss"] == pytest.approx(last["validation_loss"])
     assert progress["validationStep"] == 8 and progress["step"] == 8
-    assert status["result"]["artifact"]["sha256"] == json.loads((out / "manifest.json").read_text())["model"]["sha256"]
+    written = json.loads((out / "manifest.json").read_text())
+    assert status["result"]["artifact"]["sha256"] == written["model"]["sha256"]
+    # The model by the claim's public name, not by the folder the pod wrote it to.
+    assert status["result"]["artifact"]["uri"] == "pvc://models/tiny"
+    assert written["result"] == status["result"]
