@@ -53,6 +53,10 @@ def test_quickstart_chain(cluster: Cluster, chain_release: str, namespace: str, 
     assert finetune["dataset"]["sha256"] == dataset["dataset"]["sha256"]
     assert SHA256.match(finetune["model"]["sha256"])
     assert chat["model"]["sha256"] == finetune["model"]["sha256"]
+    # Named by the claim and folder they are on (what the MODEL and DATASET columns show), not by
+    # the path each pod mounts its output at.
+    assert dataset["dataset"]["uri"] == finetune["dataset"]["uri"] == "pvc://alpaca/quickstart/dataset/dataset.jsonl"
+    assert finetune["model"]["uri"] == chat["model"]["uri"] == "pvc://alpaca/quickstart/model"
     print(f"dataset {dataset['dataset']['sha256']} pinned by the FineTune {finetune['dataset']['sha256']}")
     print(f"model {finetune['model']['sha256']} served by the chat server {chat['model']['sha256']}")
 
