@@ -1,3 +1,4 @@
+import collections
 import math
 
 import pytest
@@ -10,6 +11,8 @@ from alpaca_jobs.serve.sampling import (
     Sampled,
     SamplingParams,
     adjust_logits,
+    draw,
+    nucleus,
     sample_rows,
     top_p_filter,
 )
@@ -24,6 +27,40 @@ def test_top_p_keeps_the_smallest_set_reaching_the_mass() -> None:
     kept = top_p_filter(probs, 0.8)
     assert torch.allclose(kept, torch.tensor([0.625, 0.375, 0.0, 0.0]))
     assert torch.equal(top_p_filter(probs, 1.0), probs)
+
+
+def _nucleus_by_full_sort(probs: torch.Tensor, top_p: float) -> set[int]:
+    ordered, ids = torch.sort(probs, descending=True)
+    mass_before = torch.cumsum(ordered, dim=-1) - ordered
+    return set(ids[mass_before < top_p].tolist())
+
+
+@pytest.mark.parametrize("spread, expected_size", [(8.0, "inside the first probe"), (3.0, "inside the second"),
+                                                   (0.05, "the whole vocabulary sorted")])
+def test_the_nucleus_is_the_full_sorts_whatever_probe_finds_it(spread: float, expected_size: str) -> None:
+    # Logits ever flatter: the set ends within the top 64, within the top 1024, and beyond both.
+    generator = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(20_000, generator=generator) * spread, dim=-1)
+    values, ids = nucleus(probs, 0.9)
+    assert set(ids.tolist()) == _nucleus_by_full_sort(probs, 0.9)
+    assert torch.equal(values, probs[ids]) and bool((values[:-1] >= values[1:]).all())
+    size = len(ids)
+    assert expected_size == ("inside the first probe" if size < 64 else "inside the second" if size < 1024
+                             else "the whole vocabulary sorted")
+
+
+def test_draws_follow_the_weights_and_never_take_a_zero_weight() -> None:
+    # top_p 0.8 of (0.5, 0.3, 0.15, 0.05) keeps the first two, renormalised to (0.625, 0.375).
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
+    values, ids = nucleus(probs, 0.8)
+    generator = torch.Generator().manual_seed(1)
+    n = 4000
+    counts = collections.Counter(int(ids[draw(values, generator)]) for _ in range(n))
+    assert set(counts) == {0, 1}
+    # Six standard deviations of a binomial proportion: a correct sampler fails this about once in 10^9.
+    assert abs(counts[0] / n - 0.625) < 6 * math.sqrt(0.625 * 0.375 / n)
+    masked = torch.tensor([0.0, 0.25, 0.0, 0.75, 0.0])  # a grammar's forbidden tokens weigh nothing
+    assert {draw(masked, generator) for _ in range(500)} == {1, 3}
 
 
 def test_greedy_rows_take_the_argmax_whatever_their_seed() -> None:
