@@ -14,7 +14,7 @@ from . import __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     "crds": ("alpaca_operator.crd.cli", "print or write the CustomResourceDefinitions"),
     "train": ("alpaca_jobs.train.cli", "fine-tune a model on Alpaca-format data (alone or under torchrun)"),
-    "operator": ("alpaca_operator.runner", "run the kopf operator (all namespaces or a list; one active replica via peering)"),
+    "operator": ("alpaca_operator.runner", "run the kopf operator (all namespaces or a list; one active replica, chosen by a Lease)"),
     "validate": ("alpaca_operator.validate_cli", "validate manifests as the cluster would"),
     "generate": ("alpaca_jobs.generate.cli", "generate instruction data from seed tasks with a teacher model"),
     "evaluate": ("alpaca_jobs.evaluate.cli", "judge a candidate model against a baseline, pairwise in both orders"),
